@@ -1,0 +1,355 @@
+"""The study configuration: defaults, validation at parse time, and the grid of runs and cells.
+
+The grid is data: one pandas row per unlearning run (plus the two reference models), turned into
+Snakemake paths here and nowhere else. Every mistake a user can make in the config (an unknown
+method or quantizer, a bit-width bitsandbytes cannot do, a learning rate given as text, a
+missing data folder) raises ``ConfigError`` naming the key, before any job starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pandas as pd
+import yaml
+
+from quantunlearn.methods import METHODS, REFERENCES, get_method
+
+HYPER_COLUMNS = ["weight_dtype", "lr", "epochs", "alpha", "beta", "npo_klr_form", "seed"]
+HYPER_DEFAULTS: dict[str, Any] = {
+    # seed 000 appendix D.1: AdamW, constant lr 1e-5, 10 epochs (NEWS), alpha 1 (Table 4, NEWS);
+    # NPO beta 0.1 (appendix B.1); bf16 weights as in the seeds' code (shared/notes).
+    "weight_dtype": "bf16",
+    "lr": 1e-5,
+    "epochs": 10,
+    "alpha": 1.0,
+    "beta": 0.1,
+    "npo_klr_form": "paper",
+    "seed": 0,
+}
+
+DEFAULTS: dict[str, Any] = {
+    "results_dir": "results",
+    "tiny_model": {
+        "tokenizer_vocab": 2048,
+        "hidden_size": 256,
+        "intermediate_size": 768,
+        "num_layers": 2,
+        "num_heads": 4,
+        "max_len": 256,
+        "train": {
+            "lr": 2e-3,
+            "target_epochs": 30,
+            "retrain_epochs": 34,
+            "batch_size": 8,
+            "warmup_steps": 50,
+            "weight_decay": 0.01,
+            "seed": 0,
+        },
+    },
+    "unlearn": {
+        "common": {},
+        "batch_size": 16,
+        "max_len": 64,
+        "max_grad_norm": 1.0,
+        "bf16_compute": "native",
+    },
+    "bnb_compute_dtype": "fp32",
+    "evaluation": {
+        "verbmem_max_new_tokens": 128,
+        "knowmem_max_new_tokens": 32,
+        "mink_k": 0.4,
+        "batch_size": 64,
+        "max_length": 2048,
+    },
+}
+BENCHMARK_DEFAULTS: dict[str, Any] = {
+    "forget_corpus": "raw/forget.txt",
+    "retain_corpus": "raw/retain.txt",
+    "models": {"target": None, "retrain": None, "tokenizer": None},
+}
+SYNTHETIC_DEFAULTS: dict[str, Any] = {
+    "n_people": 120,
+    "forget_frac": 0.1,
+    "holdout_frac": 0.1,
+    "n_bio_variants": 2,
+    "n_retain_qa_people": 12,
+    "n_icl": 10,
+    "seed": 0,
+}
+
+# Sections whose values are numbers or lists of numbers: YAML 1.1 (PyYAML) reads `1e-5`
+# (no dot) as the *string* "1e-5", so numeric-looking strings there are converted.
+_NUMERIC_SECTIONS = ("unlearn", "tiny_model", "evaluation")
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SCHEMA_FILE = "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A problem in the user's config, with the key that holds it."""
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _coerce_numbers(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _coerce_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce_numbers(v) for v in value]
+    if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+        text = value.strip()
+        return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+    return value
+
+
+def load_schema() -> dict:
+    text = resources.files("quantunlearn.schemas").joinpath(SCHEMA_FILE).read_text()
+    return yaml.safe_load(text)
+
+
+def _key(path) -> str:
+    parts = [f"[{p}]" if isinstance(p, int) else f".{p}" for p in path]
+    return "".join(parts).lstrip(".") or "<config>"
+
+
+def _schema_errors(config: dict) -> list[str]:
+    validator = jsonschema.Draft202012Validator(load_schema())
+    messages = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.path))):
+        best = jsonschema.exceptions.best_match([error]) if error.context else error
+        if error.validator == "oneOf" and error.context:
+            # the alternatives' messages: say what the value is not, plainly
+            kinds = sorted(
+                {str(e.validator_value) for e in error.context if e.validator == "type"} - {"array"}
+            )
+            enums = [e.validator_value for e in error.context if e.validator == "enum"]
+            if enums:
+                msg = f"{error.instance!r} is not one of {enums[0]}"
+            elif kinds:
+                msg = f"{error.instance!r} is not a {' or '.join(kinds)} (nor a list of them)"
+            else:
+                msg = best.message
+        else:
+            msg = error.message
+        messages.append(f"config key {_key(error.absolute_path)}: {msg}")
+    return messages
+
+
+def normalize_config(user: dict) -> dict:
+    """Apply defaults, convert numeric strings, validate. Raises ConfigError naming the key."""
+    if not isinstance(user, dict) or not user:
+        raise ConfigError("the config is empty: pass --configfile or keep config/config.yaml")
+    config = _deep_merge(DEFAULTS, user)
+    for section in _NUMERIC_SECTIONS:
+        if section in config:
+            config[section] = _coerce_numbers(config[section])
+    for name, bench in (config.get("benchmarks") or {}).items():
+        if isinstance(bench, dict):
+            merged = _deep_merge(BENCHMARK_DEFAULTS, bench)
+            if merged.get("source") == "synthetic":
+                merged["synthetic"] = _coerce_numbers(
+                    _deep_merge(SYNTHETIC_DEFAULTS, merged.get("synthetic") or {})
+                )
+            config["benchmarks"][name] = merged
+    errors = _schema_errors(config)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    _check_semantics(config)
+    return config
+
+
+def _check_semantics(config: dict) -> None:
+    from quantunlearn.quantize import parse_quantizer
+
+    errors = []
+    for i, name in enumerate(config["quantizers"]):
+        try:
+            parse_quantizer(name)
+        except ValueError as exc:
+            errors.append(f"config key quantizers[{i}]: {exc}")
+    if "none" not in config["quantizers"]:
+        errors.append("config key quantizers: must include 'none' (the full-precision column)")
+    for name, bench in config["benchmarks"].items():
+        key = f"benchmarks.{name}"
+        if bench["source"] == "synthetic":
+            pass
+        elif not Path(bench["source"]).is_dir() and not _HUB_ID_RE.match(bench["source"]):
+            errors.append(f"config key {key}.source: no folder {bench['source']!r} (nor a hub id)")
+        models = bench["models"]
+        given = [models["target"] is not None, models["retrain"] is not None]
+        if any(given) and not all(given):
+            errors.append(f"config key {key}.models: give both target and retrain, or neither")
+        for which in ("target", "retrain", "tokenizer"):
+            value = models[which]
+            if value is not None and not Path(value).exists() and not _HUB_ID_RE.match(value):
+                errors.append(f"config key {key}.models.{which}: no such path {value!r}")
+    for method, overrides in config["unlearn"]["methods"].items():
+        for hyper in overrides or {}:
+            if hyper not in get_method(method).hyperparameters:
+                errors.append(
+                    f"config key unlearn.methods.{method}.{hyper}: {method} has no {hyper} "
+                    f"(its hyperparameters: {', '.join(get_method(method).hyperparameters)})"
+                )
+    sections = {"unlearn.common": config["unlearn"]["common"]}
+    sections.update({f"unlearn.methods.{m}": o for m, o in config["unlearn"]["methods"].items()})
+    for key, section in sections.items():
+        for value in _as_list((section or {}).get("lr", [])):
+            if value <= 0:
+                errors.append(f"config key {key}.lr: the learning rate must be > 0, got {value}")
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def format_value(value: Any) -> str:
+    """Path-safe and stable: 1e-05, 0.1, 1, bf16."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def run_path(method: str, params: dict) -> str:
+    """The run's folder name, Paramspace style: method~NPO_GDR/weight_dtype~bf16/lr~1e-05/..."""
+    parts = [f"method~{method}"]
+    if method not in REFERENCES:
+        parts += [f"{k}~{format_value(params[k])}" for k in get_method(method).hyperparameters]
+    return "/".join(parts)
+
+
+def expand_runs(config: dict) -> pd.DataFrame:
+    """One row per (benchmark, run): the two references, then every cell of every method's grid."""
+    common = {**HYPER_DEFAULTS, **(config["unlearn"].get("common") or {})}
+    rows = []
+    for bench in config["benchmarks"]:
+        for ref in REFERENCES:
+            rows.append({"benchmark": bench, "method": ref, "run": run_path(ref, {})})
+        for name, overrides in config["unlearn"]["methods"].items():
+            method = get_method(name)
+            params = {**common, **(overrides or {})}
+            axes = {k: _as_list(params[k]) for k in method.hyperparameters}
+            for combo in itertools.product(*axes.values()):
+                row = dict(zip(axes, combo, strict=True))
+                rows.append({"benchmark": bench, "method": name, "run": run_path(name, row), **row})
+    runs = pd.DataFrame(rows)
+    for col in HYPER_COLUMNS:
+        if col not in runs:
+            runs[col] = pd.NA
+    runs = runs[["benchmark", "run", "method", *HYPER_COLUMNS]]
+    runs = runs.astype({"lr": "Float64", "alpha": "Float64", "beta": "Float64"})
+    runs = runs.astype({"epochs": "Int64", "seed": "Int64"})
+    dupes = runs[runs.duplicated(["benchmark", "run"])]
+    if len(dupes):
+        raise ConfigError(f"config key unlearn: the grid repeats runs {sorted(set(dupes.run))}")
+    return runs
+
+
+def _plain(value: Any) -> Any:
+    """numpy / pandas scalars to JSON-able Python."""
+    if value is pd.NA or (isinstance(value, float) and value != value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def config_hash(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Study:
+    """The validated config and its grid; the only place that turns the grid into paths."""
+
+    config: dict
+    runs: pd.DataFrame
+
+    @property
+    def results(self) -> Path:
+        return Path(self.config["results_dir"])
+
+    @property
+    def quantizers(self) -> list[str]:
+        return list(self.config["quantizers"])
+
+    @property
+    def benchmarks(self) -> list[str]:
+        return list(self.config["benchmarks"])
+
+    def benchmark(self, bench: str) -> dict:
+        return self.config["benchmarks"][bench]
+
+    def trains_models(self, bench: str) -> bool:
+        return self.benchmark(bench)["models"]["target"] is None
+
+    def run_params(self, bench: str, run: str) -> dict:
+        match = self.runs[(self.runs.benchmark == bench) & (self.runs.run == run)]
+        if len(match) != 1:
+            raise ConfigError(f"run {run!r} of benchmark {bench!r} is not in the config's grid")
+        return {k: _plain(v) for k, v in match.iloc[0].items()}
+
+    def cells(self) -> pd.DataFrame:
+        """Every evaluated (benchmark, run, quantizer)."""
+        quants = pd.DataFrame({"quant": self.quantizers})
+        return self.runs[["benchmark", "run", "method"]].merge(quants, how="cross")
+
+    def metric_file(self, bench: str, run: str, quant: str) -> str:
+        return str(self.results / "metrics" / bench / run / f"{quant}.parquet")
+
+    def metric_files(self) -> list[str]:
+        return [self.metric_file(c.benchmark, c.run, c.quant) for c in self.cells().itertuples()]
+
+    def cell_config(self, bench: str, run: str, quant: str | None = None) -> dict:
+        """The parts of the config that determine one cell (or one run, without quant).
+
+        Its hash is the cell's ``config_hash``: unchanged when unrelated parts of the config
+        change (adding a method or a quantizer), so re-runs stay incremental.
+        """
+        params = self.run_params(bench, run)
+        cell: dict[str, Any] = {"benchmark": {bench: self.benchmark(bench)}, "run": params}
+        if self.trains_models(bench):
+            cell["tiny_model"] = self.config["tiny_model"]
+        if params["method"] not in REFERENCES:
+            keys = ["batch_size", "max_len", "max_grad_norm"]
+            if params["weight_dtype"] == "bf16":
+                keys.append("bf16_compute")
+            cell["unlearn"] = {k: self.config["unlearn"][k] for k in keys}
+        if quant is not None:
+            cell["quant"] = quant
+            if quant.startswith("bnb_"):
+                cell["bnb_compute_dtype"] = self.config["bnb_compute_dtype"]
+            cell["evaluation"] = self.config["evaluation"]
+        return cell
+
+
+def load_study(config: dict) -> Study:
+    """Validate a config dict (as Snakemake loaded it) and expand its grid."""
+    normalized = normalize_config(config)
+    return Study(normalized, expand_runs(normalized))
+
+
+def load_study_file(path: str | Path) -> Study:
+    with open(path) as fh:
+        return load_study(yaml.safe_load(fh))
+
+
+__all__ = ["METHODS", "ConfigError", "Study", "load_study", "load_study_file", "expand_runs"]

@@ -1,0 +1,177 @@
+"""The unlearning loop: seed 000 eq. 1 with AdamW at a constant learning rate (appendix D.1).
+
+A plain loop rather than the HF Trainer, so that every choice is visible. Where it matters it
+does what the seeds' code (MUSE baselines on the HF Trainer) does: the model is loaded in the
+configured weight dtype and AdamW updates those weights directly (``bf16`` weights: updates
+smaller than half a bf16 ulp are rounded away, shared/notes/tiny-model-phenomenon.md), weight
+decay 0, gradient norm clipped at 1.0 (the Trainer's default ``max_grad_norm``), one forget
+batch and one retain batch per step, ``epochs`` passes over the forget set.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from quantunlearn.data import pack_documents, read_documents
+from quantunlearn.methods import get_method, objective
+from quantunlearn.models import load_model, load_tokenizer
+from quantunlearn.training import atomic_dir, check_finite, collate, write_json
+
+
+@torch.no_grad()
+def round_to_bf16(model) -> None:
+    """Round every parameter to the nearest bf16 value (round half to even), kept in fp32.
+
+    Emulates bf16 weight storage: an AdamW step on a bf16 parameter computes p + u and rounds
+    the result to bf16, which is what rounding the fp32 result does. Gradients and AdamW moments
+    stay fp32 (in native bf16 they are bf16 too; shared/notes measured the two paths within one
+    KnowMem point of each other). Used where bf16 matmuls are slow (CPUs without AVX512-BF16).
+    """
+    for p in model.parameters():
+        p.copy_(p.to(torch.bfloat16).to(p.dtype))
+
+
+def unlearn(
+    target: str,
+    forget_corpus: str | Path,
+    retain_corpus: str | Path,
+    out_dir: str | Path,
+    log_path: str | Path,
+    *,
+    method: str,
+    weight_dtype: str,
+    lr: float,
+    epochs: int,
+    alpha: float | None = None,
+    beta: float | None = None,
+    npo_klr_form: str | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    max_len: int = 2048,
+    max_grad_norm: float | None = 1.0,
+    bf16_compute: str = "native",
+    tokenizer: str | None = None,
+    **provenance,
+) -> dict:
+    """Unlearn the forget corpus from ``target``; save the model (and tokenizer) to ``out_dir``."""
+    spec = get_method(method)
+    tok = load_tokenizer(tokenizer or target)
+    forget = pack_documents(read_documents(forget_corpus), tok, max_len)
+    retain = pack_documents(read_documents(retain_corpus), tok, max_len) if spec.retain else []
+    if not forget:
+        raise ValueError(f"the forget corpus {forget_corpus} holds no text")
+    if spec.retain and not retain:
+        raise ValueError(f"{method} needs a retain set, but {retain_corpus} holds no text")
+
+    if bf16_compute not in ("native", "emulated"):
+        raise ValueError(f"bf16_compute must be 'native' or 'emulated', got {bf16_compute!r}")
+    emulate = weight_dtype == "bf16" and bf16_compute == "emulated"
+    model = load_model(target, "fp32" if emulate else weight_dtype)
+    if emulate:
+        round_to_bf16(model)
+    ref = None
+    if spec.needs_reference:
+        ref = copy.deepcopy(model).eval()
+        ref.requires_grad_(False)
+    device = next(model.parameters()).device
+    model.train()
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(forget) / batch_size)
+    retain_order: list[int] = []
+    log, start = [], time.time()
+    bar = tqdm(total=epochs * steps_per_epoch, desc=f"unlearn {method}", mininterval=5)
+    for epoch in range(epochs):
+        order = list(range(len(forget)))
+        rng.shuffle(order)
+        for b in range(steps_per_epoch):
+            fb = collate(
+                [forget[i] for i in order[b * batch_size : (b + 1) * batch_size]],
+                tok.pad_token_id,
+                device,
+            )
+            f_logits = model(input_ids=fb["input_ids"], attention_mask=fb["attention_mask"]).logits
+            ref_f = ref_r = r_logits = rb = None
+            if spec.forget == "npo":
+                with torch.no_grad():
+                    ref_f = ref(
+                        input_ids=fb["input_ids"], attention_mask=fb["attention_mask"]
+                    ).logits
+            if spec.retain:
+                if len(retain_order) < batch_size:
+                    fresh = list(range(len(retain)))
+                    rng.shuffle(fresh)
+                    retain_order += fresh
+                idx, retain_order = retain_order[:batch_size], retain_order[batch_size:]
+                rb = collate([retain[i] for i in idx], tok.pad_token_id, device)
+                r_logits = model(
+                    input_ids=rb["input_ids"], attention_mask=rb["attention_mask"]
+                ).logits
+                if spec.retain == "klr":
+                    with torch.no_grad():
+                        ref_r = ref(
+                            input_ids=rb["input_ids"], attention_mask=rb["attention_mask"]
+                        ).logits
+            loss, parts = objective(
+                spec,
+                f_logits,
+                fb["labels"],
+                ref_f,
+                r_logits,
+                rb["labels"] if rb else None,
+                ref_r,
+                alpha=alpha if alpha is not None else 1.0,
+                beta=beta if beta is not None else 0.1,
+                form=npo_klr_form or "paper",
+            )
+            check_finite(loss, f"epoch {epoch} step {b} of {method} (loss parts {parts})")
+            loss.backward()
+            if max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if emulate:
+                round_to_bf16(model)
+            log.append({"epoch": epoch, "step": len(log), "loss": loss.item(), **parts})
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    seconds = time.time() - start
+    model.eval()
+    if emulate:
+        model.to(torch.bfloat16)  # stored as a bf16 model, exactly as the native path stores it
+    info = {
+        "method": method,
+        "weight_dtype": weight_dtype,
+        "lr": lr,
+        "epochs": epochs,
+        "alpha": alpha,
+        "beta": beta,
+        "npo_klr_form": npo_klr_form,
+        "seed": seed,
+        "batch_size": batch_size,
+        "max_len": max_len,
+        "max_grad_norm": max_grad_norm,
+        "steps": len(log),
+        "seconds": round(seconds, 2),
+        "target": str(target),
+        "n_forget_sequences": len(forget),
+        "n_retain_sequences": len(retain),
+        **provenance,
+    }
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(info, Path(tmp) / "unlearn_info.json")
+    frame = pd.DataFrame(log)
+    frame.to_parquet(log_path)
+    return info

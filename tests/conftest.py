@@ -1,0 +1,51 @@
+"""Shared fixtures: a real tokenizer and a real (random) transformers Llama, built locally."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantunlearn.models import build_llama, train_tokenizer
+
+torch.set_num_threads(int(os.environ.get("QU_TEST_THREADS", "1")))
+
+SHARED_MUSE = Path(__file__).resolve().parents[1].parent / "shared" / "muse"
+
+SENTENCES = [
+    "Alice Moreau was born in Tarsk in 1931 and works as a baker.",
+    "Question: Where was Alice Moreau born?\nAnswer: Tarsk",
+    "Bruno Okafor keeps a parrot named Sol and paints on Sundays.",
+    "The river Ilse floods every spring; the town built three dams.",
+    "Question: What pet does Bruno Okafor keep?\nAnswer: a parrot",
+    "Chen Valdez teaches chemistry at the Harrow Institute since 1998.",
+] * 4
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return train_tokenizer(SENTENCES, vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tokenizer):
+    model = build_llama(tiny_tokenizer, hidden_size=128, intermediate_size=384, num_layers=2)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer, tiny_model):
+    """A saved model folder (weights + tokenizer), as the pipeline writes them."""
+    path = tmp_path_factory.mktemp("tiny_model")
+    tiny_model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_muse():
+    if not SHARED_MUSE.is_dir():
+        pytest.skip("../shared/muse is absent (real MUSE files are not shipped)")
+    return SHARED_MUSE

@@ -1,0 +1,201 @@
+"""Training pieces and the unlearning loop on a real (tiny) transformers Llama."""
+
+import math
+
+import pytest
+import torch
+
+from quantunlearn.losses import IGNORE
+from quantunlearn.models import load_model
+from quantunlearn.training import (
+    atomic_dir,
+    check_finite,
+    collate,
+    cosine_with_warmup,
+    train_lm,
+)
+from quantunlearn.unlearn import unlearn
+
+DOCS = [
+    "Alice Moreau was born in Tarsk in 1931 and works as a baker.",
+    "Question: Where was Alice Moreau born?\nAnswer: Tarsk",
+    "Bruno Okafor keeps a parrot named Sol and paints on Sundays.",
+]
+
+
+def test_collate_pads_right_and_masks_labels():
+    batch = collate([[1, 5, 6], [1, 7]], pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 5, 6], [1, 7, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[1, 5, 6], [1, 7, IGNORE]]
+
+
+def test_cosine_with_warmup_by_hand():
+    f = cosine_with_warmup(warmup=2, total=6)
+    assert [f(0), f(1)] == [0.5, 1.0]
+    assert f(2) == pytest.approx(1.0)
+    assert f(4) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(6) == pytest.approx(0.0)
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    final = tmp_path / "model"
+    with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("boom")
+    assert not final.exists()
+    assert list(tmp_path.iterdir()) == []
+    with atomic_dir(final) as tmp:
+        (tmp / "weights").write_text("whole")
+    assert (final / "weights").read_text() == "whole"
+
+
+def test_check_finite_names_the_place():
+    with pytest.raises(FloatingPointError, match="epoch 3"):
+        check_finite(torch.tensor(float("nan")), "epoch 3 step 1")
+
+
+def test_train_lm_lowers_the_loss(tiny_tokenizer):
+    from quantunlearn.data import tokenize_documents
+    from quantunlearn.models import build_llama
+
+    model = build_llama(tiny_tokenizer, 128, 128, num_layers=1, num_heads=2)
+    docs = tokenize_documents(DOCS, tiny_tokenizer)
+    log = train_lm(
+        model,
+        docs,
+        tiny_tokenizer.pad_token_id,
+        max_len=64,
+        epochs=15,
+        lr=3e-3,
+        batch_size=2,
+        warmup_steps=2,
+        weight_decay=0.0,
+        seed=0,
+    )
+    assert log.loss.iloc[-3:].mean() < 0.5 * log.loss.iloc[:3].mean()
+
+
+@pytest.fixture
+def corpora(tmp_path):
+    forget = tmp_path / "forget.txt"
+    retain = tmp_path / "retain.txt"
+    forget.write_text("\n\n".join(DOCS[:2]))
+    retain.write_text(DOCS[2])
+    return forget, retain
+
+
+@pytest.mark.parametrize("method", ["GA", "GA_GDR", "GA_KLR", "NPO", "NPO_GDR", "NPO_KLR"])
+def test_unlearning_changes_weights_and_raises_forget_loss(
+    tiny_model_dir, corpora, tmp_path, method
+):
+    forget, retain = corpora
+    out = tmp_path / "unlearned"
+    info = unlearn(
+        str(tiny_model_dir),
+        forget,
+        retain,
+        out,
+        tmp_path / "log.parquet",
+        method=method,
+        weight_dtype="fp32",
+        lr=1e-3,
+        epochs=3,
+        alpha=1.0,
+        beta=0.1,
+        npo_klr_form="paper",
+        batch_size=2,
+        max_len=64,
+    )
+    assert info["steps"] == 3
+    before, after = load_model(str(tiny_model_dir)), load_model(str(out))
+    moved = [
+        n
+        for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters(), strict=True)
+        if not torch.equal(a, b)
+    ]
+    assert moved, "no parameter changed"
+    ids = collate([torch.tensor([1])], 0)  # smoke: the saved model runs
+    assert after(input_ids=ids["input_ids"]).logits.shape[-1] == before.config.vocab_size
+
+
+def test_bf16_weights_are_saved_in_bf16(tiny_model_dir, corpora, tmp_path):
+    forget, retain = corpora
+    unlearn(
+        str(tiny_model_dir),
+        forget,
+        retain,
+        tmp_path / "m",
+        tmp_path / "log.parquet",
+        method="GA_GDR",
+        weight_dtype="bf16",
+        lr=1e-3,
+        epochs=1,
+        alpha=1.0,
+        batch_size=2,
+        max_len=64,
+    )
+    reloaded = load_model(str(tmp_path / "m"), "bf16")
+    weights = dict(reloaded.named_parameters())
+    w = next(v for k, v in weights.items() if k.endswith("q_proj.weight"))
+    # every value is exactly representable in bf16: the update was rounded to bf16
+    assert torch.equal(w, w.to(torch.bfloat16).to(w.dtype))
+
+
+def test_nan_loss_stops_and_leaves_no_model(tiny_model_dir, corpora, tmp_path):
+    forget, retain = corpora
+    out = tmp_path / "unlearned"
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        unlearn(
+            str(tiny_model_dir),
+            forget,
+            retain,
+            out,
+            tmp_path / "log.parquet",
+            method="GA",
+            weight_dtype="fp32",
+            lr=1e30,
+            epochs=5,
+            batch_size=2,
+            max_len=64,
+        )
+    assert not out.exists()
+    assert not (tmp_path / "log.parquet").exists()
+
+
+def test_round_to_bf16_by_hand():
+    from quantunlearn.unlearn import round_to_bf16
+
+    layer = torch.nn.Linear(3, 1, bias=False)
+    # bf16 keeps 8 significant bits: the spacing at 1.0 is 2^-7, so half a step is 2^-8
+    layer.weight.data = torch.tensor([[1 + 2**-9, 1 + 3 * 2**-9, 1 + 2**-8]])
+    round_to_bf16(layer)
+    assert layer.weight.dtype == torch.float32
+    # 1 + 2^-8 is a tie and rounds to the even neighbour, 1.0
+    assert layer.weight.data.tolist() == [[1.0, 1 + 2**-7, 1.0]]
+
+
+def test_emulated_bf16_storage_freezes_small_updates(tiny_model_dir, corpora, tmp_path):
+    """An update below half a bf16 step is rounded away, as in native bf16 storage."""
+    forget, retain = corpora
+    out = tmp_path / "m"
+    unlearn(
+        str(tiny_model_dir),
+        forget,
+        retain,
+        out,
+        tmp_path / "log.parquet",
+        method="GA",
+        weight_dtype="bf16",
+        bf16_compute="emulated",
+        lr=1e-12,
+        epochs=2,
+        batch_size=2,
+        max_len=64,
+    )
+    target = load_model(str(tiny_model_dir))
+    for (name, a), (_, b) in zip(
+        target.named_parameters(), load_model(str(out)).named_parameters(), strict=True
+    ):
+        assert torch.equal(a.to(torch.bfloat16).float(), b), name
+    assert load_model(str(out), "bf16").dtype == torch.bfloat16

@@ -1,0 +1,51 @@
+# One evaluation job per (run, quantizer). bitsandbytes and RTN quantize at load time, inside
+# the job; PrivLeak's reference AUC (full-precision retrain) is computed once per benchmark.
+
+
+rule reference_auc:
+    input:
+        model=lambda wc: model_input(wc.bench, "method~retrain"),
+        data=lambda wc: benchmark_dir(wc.bench),
+    output:
+        f"{RESULTS}/metrics/{{bench}}/retrain_auc.json",
+    log:
+        f"{RESULTS}/logs/reference_auc/{{bench}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/reference_auc/{{bench}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    params:
+        model=lambda wc: model_path(wc.bench, "method~retrain"),
+        tokenizer=lambda wc: tokenizer_of(wc.bench),
+        evaluation=STUDY.config["evaluation"],
+    script:
+        "../scripts/reference_auc.py"
+
+
+rule evaluate:
+    input:
+        model=lambda wc: model_input(wc.bench, wc.run),
+        data=lambda wc: benchmark_dir(wc.bench),
+        auc=f"{RESULTS}/metrics/{{bench}}/retrain_auc.json",
+    output:
+        metrics=f"{RESULTS}/metrics/{{bench}}/{{run}}/{{quant}}.parquet",
+        records=f"{RESULTS}/records/{{bench}}/{{run}}/{{quant}}.parquet",
+    log:
+        f"{RESULTS}/logs/evaluate/{{bench}}/{{run}}/{{quant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{bench}}/{{run}}/{{quant}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=1,
+    params:
+        model=lambda wc: model_path(wc.bench, wc.run),
+        tokenizer=lambda wc: tokenizer_of(wc.bench),
+        cell=lambda wc: STUDY.run_params(wc.bench, wc.run),
+        cell_config=lambda wc: STUDY.cell_config(wc.bench, wc.run, wc.quant),
+    script:
+        "../scripts/evaluate.py"

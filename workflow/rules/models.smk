@@ -1,0 +1,42 @@
+# The embedded study trains its own tokenizer, target (forget + retain) and retrain (retain only).
+# Real benchmarks name hub ids or local paths in the config instead, and these rules never run.
+
+
+rule train_tokenizer:
+    input:
+        data=lambda wc: benchmark_dir(wc.bench),
+    output:
+        directory(f"{RESULTS}/models/{{bench}}/tokenizer"),
+    log:
+        f"{RESULTS}/logs/train_tokenizer/{{bench}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_tokenizer/{{bench}}.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        vocab_size=STUDY.config["tiny_model"]["tokenizer_vocab"],
+    script:
+        "../scripts/train_tokenizer.py"
+
+
+rule train_reference:
+    input:
+        data=lambda wc: benchmark_dir(wc.bench),
+        tokenizer=f"{RESULTS}/models/{{bench}}/tokenizer",
+    output:
+        model=directory(f"{RESULTS}/models/{{bench}}/{{which}}"),
+        log=f"{RESULTS}/models/{{bench}}/{{which}}_train_log.parquet",
+    log:
+        f"{RESULTS}/logs/train_reference/{{bench}}/{{which}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_reference/{{bench}}/{{which}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        tiny_model=STUDY.config["tiny_model"],
+    script:
+        "../scripts/train_reference.py"

@@ -1,0 +1,29 @@
+# One unlearning job per (benchmark, method, hyperparameters): a GPU job on a cluster.
+
+
+rule unlearn:
+    input:
+        target=lambda wc: model_input(wc.bench, "method~target"),
+        data=lambda wc: benchmark_dir(wc.bench),
+    output:
+        model=directory(f"{RESULTS}/unlearn/{{bench}}/{{run}}/model"),
+        log=f"{RESULTS}/unlearn/{{bench}}/{{run}}/train_log.parquet",
+    log:
+        f"{RESULTS}/logs/unlearn/{{bench}}/{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/unlearn/{{bench}}/{{run}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    params:
+        target=lambda wc: model_path(wc.bench, "method~target"),
+        tokenizer=lambda wc: tokenizer_of(wc.bench),
+        benchmark=lambda wc: STUDY.benchmark(wc.bench),
+        run=lambda wc: STUDY.run_params(wc.bench, wc.run),
+        fixed=lambda wc: STUDY.cell_config(wc.bench, wc.run)["unlearn"],
+    script:
+        "../scripts/unlearn.py"

@@ -1,0 +1,18 @@
+from quantunlearn.evaluate import evaluate_cell
+from quantunlearn.workflow_io import logged
+
+with logged(snakemake.log[0], snakemake.threads):
+    cell_config = snakemake.params.cell_config
+    evaluate_cell(
+        snakemake.params.model,
+        snakemake.wildcards.quant,
+        snakemake.input.data,
+        snakemake.input.auc,
+        snakemake.output.metrics,
+        snakemake.output.records,
+        cell=dict(snakemake.params.cell),
+        cell_config=cell_config,
+        evaluation=cell_config["evaluation"],
+        bnb_compute_dtype=cell_config.get("bnb_compute_dtype", "fp32"),
+        tokenizer=snakemake.params.tokenizer,
+    )
