@@ -38,6 +38,19 @@ def package_versions() -> str:
     return json.dumps(versions, sort_keys=True)
 
 
+def membership_auc(model, tok, bench, evaluation: dict) -> float:
+    """Min-K% Prob AUC of the forget texts (label 0) against the holdout texts (label 1)."""
+    return metrics.privleak_auc(
+        model,
+        tok,
+        bench.privleak_forget,
+        bench.privleak_holdout,
+        k=evaluation["mink_k"],
+        max_length=evaluation["max_length"],
+        batch_size=evaluation["batch_size"],
+    )
+
+
 def reference_auc(
     retrain_model: str,
     bench_dir: str | Path,
@@ -49,15 +62,7 @@ def reference_auc(
     bench = load_benchmark(bench_dir)
     tok = load_tokenizer(tokenizer or retrain_model)
     model = load_model(retrain_model, "fp32")
-    auc = metrics.privleak_auc(
-        model,
-        tok,
-        bench.privleak_forget,
-        bench.privleak_holdout,
-        k=evaluation["mink_k"],
-        max_length=evaluation["max_length"],
-        batch_size=evaluation["batch_size"],
-    )
+    auc = membership_auc(model, tok, bench, evaluation)
     write_json({"auc_retrain": auc, "model": str(retrain_model)}, out_json)
     return auc
 
@@ -115,15 +120,7 @@ def evaluate_cell(
             bs,
             metric="knowmem_r",
         )
-        auc = metrics.privleak_auc(
-            model,
-            tok,
-            bench.privleak_forget,
-            bench.privleak_holdout,
-            k=evaluation["mink_k"],
-            max_length=evaluation["max_length"],
-            batch_size=bs,
-        )
+        auc = membership_auc(model, tok, bench, evaluation)
     values = {
         "verbmem_f": (verb, len(verb_rec)),
         "knowmem_f": (know_f, len(kf_rec)),
