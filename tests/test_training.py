@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from quantunlearn.files import atomic_dir
 from quantunlearn.losses import IGNORE
 from quantunlearn.models import load_model
 from quantunlearn.training import (
-    atomic_dir,
     check_finite,
     collate,
     cosine_with_warmup,

@@ -9,7 +9,6 @@ that every number can be audited.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from importlib import metadata
@@ -21,9 +20,9 @@ import torch
 from quantunlearn import metrics
 from quantunlearn.config import config_hash
 from quantunlearn.data import load_benchmark
+from quantunlearn.files import write_json, write_parquet
 from quantunlearn.models import load_model, load_tokenizer
 from quantunlearn.quantize import load_quantized, parse_quantizer
-from quantunlearn.training import write_json
 
 PACKAGES = ("quantunlearn", "torch", "transformers", "bitsandbytes", "rouge-score", "tokenizers")
 
@@ -65,14 +64,6 @@ def reference_auc(
     auc = membership_auc(model, tok, bench, evaluation)
     write_json({"auc_retrain": auc, "model": str(retrain_model)}, out_json)
     return auc
-
-
-def _atomic_parquet(frame: pd.DataFrame, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.to_parquet(tmp, index=False)
-    tmp.rename(path)
 
 
 def evaluate_cell(
@@ -145,6 +136,6 @@ def evaluate_cell(
     records.insert(0, "quant", quant)
     records.insert(0, "run", cell["run"])
     records.insert(0, "benchmark", cell["benchmark"])
-    _atomic_parquet(records, records_out)
-    _atomic_parquet(frame, metrics_out)
+    write_parquet(records, records_out)
+    write_parquet(frame, metrics_out)
     return frame

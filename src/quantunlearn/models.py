@@ -144,7 +144,8 @@ def train_reference(
 ) -> dict:
     """Train the tiny target (forget + retain) or retrain (retain only) model from scratch."""
     from quantunlearn.data import read_documents, tokenize_documents
-    from quantunlearn.training import atomic_dir, train_lm, write_json
+    from quantunlearn.files import atomic_dir, write_json, write_parquet
+    from quantunlearn.training import train_lm
 
     if which not in REFERENCE_SPLITS:
         raise ValueError(
@@ -192,5 +193,5 @@ def train_reference(
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_json(info, Path(tmp) / "train_info.json")
-    log.to_parquet(log_path)
+    write_parquet(log, log_path)
     return info

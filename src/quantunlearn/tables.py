@@ -22,15 +22,14 @@ the 4-bit target), which round to the quoted 21% and 83%; against the full-preci
 from __future__ import annotations
 
 import math
-import os
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from quantunlearn.config import HYPER_COLUMNS
+from quantunlearn.files import atomic_write
 
 METRIC_COLUMNS = ["verbmem_f", "knowmem_f", "privleak", "knowmem_r"]
 METHOD_ORDER = ["target", "retrain", "GA", "GA_GDR", "GA_KLR", "NPO", "NPO_GDR", "NPO_KLR"]
@@ -311,26 +310,14 @@ def to_markdown(
 # --------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def _write_frames(frame: pd.DataFrame, stem: Path) -> None:
     stem = Path(stem)
-    _atomic_write(stem.with_suffix(".parquet"), lambda p: frame.to_parquet(p, index=False))
-    _atomic_write(stem.with_suffix(".csv"), lambda p: frame.to_csv(p, index=False))
+    atomic_write(stem.with_suffix(".parquet"), lambda p: frame.to_parquet(p, index=False))
+    atomic_write(stem.with_suffix(".csv"), lambda p: frame.to_csv(p, index=False))
 
 
 def table1_markdown(table: pd.DataFrame, title: str, notes: str = "") -> str:
@@ -566,7 +553,7 @@ def plot_retention(summary: pd.DataFrame, png: Path, svg: Path, quant_order: Seq
     fig.suptitle("Forget-set knowledge retained by regularized unlearning (Zhang et al., §4.2)")
     fig.tight_layout()
     for path, fmt in ((Path(png), "png"), (Path(svg), "svg")):
-        _atomic_write(path, lambda p, fmt=fmt: fig.savefig(p, format=fmt, dpi=150))
+        atomic_write(path, lambda p, fmt=fmt: fig.savefig(p, format=fmt, dpi=150))
     plt.close(fig)
 
 

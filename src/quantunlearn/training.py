@@ -7,15 +7,10 @@ memorises its forget set.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
-import shutil
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -44,33 +39,6 @@ def collate(seqs: Sequence[Sequence[int]], pad_id: int, device="cpu") -> dict[st
         "attention_mask": mask.to(device),
         "labels": labels.to(device),
     }
-
-
-@contextmanager
-def atomic_dir(final: str | Path):
-    """Yield a temporary folder that becomes `final` only if the block succeeds.
-
-    A crash (or a NaN loss) leaves no folder that looks like a finished result.
-    """
-    final = Path(final)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-
-
-def write_json(obj, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    tmp.rename(path)
 
 
 def check_finite(loss: torch.Tensor, where: str) -> None:

@@ -21,9 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from quantunlearn.data import pack_documents, read_documents
+from quantunlearn.files import atomic_dir, write_json, write_parquet
 from quantunlearn.methods import get_method, objective
 from quantunlearn.models import load_model, load_tokenizer
-from quantunlearn.training import atomic_dir, check_finite, collate, write_json
+from quantunlearn.training import check_finite, collate
 
 
 @torch.no_grad()
@@ -173,5 +174,5 @@ def unlearn(
         tok.save_pretrained(tmp)
         write_json(info, Path(tmp) / "unlearn_info.json")
     frame = pd.DataFrame(log)
-    frame.to_parquet(log_path)
+    write_parquet(frame, log_path)
     return info
