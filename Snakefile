@@ -28,12 +28,11 @@ include: "workflow/rules/tables.smk"
 rule all_tables:
     default_target: True
     input:
-        rules.table1.output,
-        rules.scale_table.output if "scale" in STUDY.config else [],
-        rules.quant_tables.output if STUDY.has_quant_tables else [],
-        # SURE / QUAIL / LoRA tables, when the grid holds such methods and a 4-bit quantizer
-        (
-            rules.mitigation_tables.output
-            if STUDY.has_mitigations and STUDY.low_bit_quantizer
-            else []
-        ),
+        # every report of the REPORTS table that this study makes (quantunlearn.reports)
+        all_report_files(),
+
+
+onsuccess:
+    print(
+        f"The tables and figures are in {TABLES}/ (snakemake --report report.html: all in one page)"
+    )

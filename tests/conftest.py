@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from quantunlearn.models import build_llama, train_tokenizer
+from quantunlearn.models.tiny import build_llama, train_tokenizer
 
 torch.set_num_threads(int(os.environ.get("QU_TEST_THREADS", "1")))
 
@@ -69,3 +69,24 @@ def shared_muse():
     if not SHARED_MUSE.is_dir():
         pytest.skip("../shared/muse is absent (real MUSE files are not shipped)")
     return SHARED_MUSE
+
+
+@pytest.fixture(scope="session")
+def stored(tmp_path_factory, tiny_model_dir):
+    """GPTQ (4 and 8 bit) and AWQ checkpoints of the tiny model, as the `quantize` rule writes
+    them (GPTQModel, 16 calibration texts of the general corpus)."""
+    from quantunlearn.data.calibration import general_corpus
+    from quantunlearn.quantizers import parse_quantizer
+    from quantunlearn.quantizers.gptq_awq import quantize_stored
+
+    out = {}
+    for quant in ("gptq_w4g128", "gptq_w8g128", "awq_w4g128"):
+        path = tmp_path_factory.mktemp(quant) / quant
+        info = quantize_stored(
+            tiny_model_dir, parse_quantizer(quant), general_corpus(16, seed=0), path, max_len=64
+        )
+        assert info["n_calibration"] == 16
+        # GPTQModel's own quantization log lands with the checkpoint, not in ./logs
+        assert any((path / "gptqmodel_logs").iterdir())
+        out[quant] = path
+    return out

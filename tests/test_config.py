@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quantunlearn.config import ConfigError, config_hash, load_study, load_study_file
+from quantunlearn.io import config_hash
+from quantunlearn.study import load_study, load_study_file
+from quantunlearn.study.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "config" / "config.yaml"

@@ -12,16 +12,10 @@ import datasets
 import pytest
 from rouge_score import rouge_scorer
 
-from quantunlearn import data
-from quantunlearn.data import (
-    MUSE_HUB_FILES,
-    fetch_muse,
-    generate_synthetic,
-    load_benchmark,
-    pack_documents,
-    prepare_benchmark,
-    read_documents,
-)
+from quantunlearn.data import muse, synthetic
+from quantunlearn.data.documents import pack_documents, read_documents
+from quantunlearn.data.muse import MUSE_HUB_FILES, fetch_muse, load_benchmark, prepare_benchmark
+from quantunlearn.data.synthetic import generate_synthetic
 
 SMALL = dict(n_people=60, n_retain_qa_people=10, n_icl=4)
 
@@ -72,7 +66,7 @@ def test_files_are_utf8_json_with_indent_1(synth):
 
 def test_counts_match_parameters(synth):
     root, meta = synth
-    counts, n_attr = meta["counts"], len(data.ATTRIBUTES)
+    counts, n_attr = meta["counts"], len(synthetic.ATTRIBUTES)
     assert n_attr == 8
     assert counts["people"] == {"forget": 30, "holdout": 30, "retain": 240}
     per_person = 3 + n_attr  # 3 bio variants + one QA document per attribute
@@ -89,7 +83,7 @@ def test_counts_match_parameters(synth):
     assert len(bench.privleak_holdout) == 30
     written = json.loads((root / "meta.json").read_text(encoding="utf-8"))
     assert written == {k: v for k, v in meta.items() if k != "_seconds"}
-    assert meta["layout_version"] == data.LAYOUT_VERSION
+    assert meta["layout_version"] == muse.LAYOUT_VERSION
     assert meta["params"]["n_people"] == 300 and meta["params"]["seed"] == 0
 
 
@@ -112,10 +106,10 @@ def test_splits_are_disjoint_by_person(synth):
 
 def test_name_words_prefix_free_and_vocabularies_disjoint():
     """Guarantees the substring checks above: no full name can occur inside another name."""
-    name_words = [w.lower() for w in data.FIRST_NAMES + data.LAST_NAMES]
+    name_words = [w.lower() for w in synthetic.FIRST_NAMES + synthetic.LAST_NAMES]
     for a in name_words:
         assert not [b for b in name_words if b != a and b.startswith(a)], a
-    lists = [data.FIRST_NAMES, data.LAST_NAMES, *data.ATTRIBUTES.values()]
+    lists = [synthetic.FIRST_NAMES, synthetic.LAST_NAMES, *synthetic.ATTRIBUTES.values()]
     words = [w.lower() for values in lists for w in values]
     assert len(words) == len(set(words))
     assert all(re.fullmatch(r"[A-Za-z0-9]+", w) for w in words)  # single ASCII words
@@ -143,7 +137,7 @@ def test_every_person_attribute_is_stated_in_each_bio(synth):
     for name in {p["name"] for p in people.values() if p["split"] == "forget"}:
         bios = [d for d in docs if name in d and not d.startswith("Question:")]
         assert len(bios) == 3
-        for key in data.ATTRIBUTES:
+        for key in synthetic.ATTRIBUTES:
             assert all(re.search(rf"\b{people[name][key]}\b", b) for b in bios), (name, key)
 
 
@@ -201,7 +195,7 @@ def test_icl_people_disjoint_from_evaluated_people(synth):
     # Cycling through the attributes shows all 8 question types.
     for items in (bench.knowmem_forget_icl, bench.knowmem_retain_icl):
         kinds = {re.sub(r"[A-Z][a-z]+ [A-Z][a-z]+", "{name}", qa["question"]) for qa in items}
-        assert kinds == set(data.QUESTIONS.values())
+        assert kinds == set(synthetic.QUESTIONS.values())
     privleak_retain = set(bench.privleak_retain)
     retain_eval = [p["name"] for p in people if p.get("role") == "retain_eval"]
     assert len(retain_eval) == 60
@@ -230,7 +224,7 @@ def test_load_benchmark_round_trip(synth):
     root, _ = synth
     bench = load_benchmark(root)
     assert bench.root == root
-    for field, (rel, _kind) in data.BENCHMARK_FILES.items():
+    for field, (rel, _kind) in muse.BENCHMARK_FILES.items():
         assert getattr(bench, field) == json.loads((root / rel).read_text(encoding="utf-8"))
     assert bench.knowmem_forget_qa[0].keys() == {"question", "answer"}
     assert isinstance(bench.privleak_holdout[0], str)
@@ -383,7 +377,7 @@ def test_hub_files_cover_the_muse_configs():
         "retain2",
         "holdout",
     }
-    fields = {rel for rel, _ in data.BENCHMARK_FILES.values()}
+    fields = {rel for rel, _ in muse.BENCHMARK_FILES.values()}
     assert fields <= set(MUSE_HUB_FILES.values())
 
 
@@ -411,7 +405,7 @@ def test_fetch_muse_failure_leaves_nothing(tmp_path, monkeypatch):
         datasets, "load_dataset", _fake_hub(calls, fail_on=("knowmem", "retain_qa"))
     )
     out = tmp_path / "muse" / "books"
-    with pytest.raises(data.HubDownloadError) as info:
+    with pytest.raises(muse.HubDownloadError) as info:
         fetch_muse("muse-bench/MUSE-Books", out)
     message = str(info.value)
     for part in (

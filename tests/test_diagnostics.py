@@ -9,15 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-from quantunlearn.diagnostics import (
+from quantunlearn.evaluation.diagnostics import (
     bucket_overlap,
     diagnose_run,
     half_step,
     linear_state,
     quantized_state,
 )
-from quantunlearn.models import load_model
-from quantunlearn.quantize import parse_quantizer
+from quantunlearn.models.loading import load_model
+from quantunlearn.quantizers import parse_quantizer
+from quantunlearn.quantizers.rtn import RTN
 
 # One row of 8 weights, 4 bits per channel: Delta = 1.0 / 8 = 0.125, half step 0.0625.
 # Codes: 8 -> clamp 7, 2.4 -> 2, 0.8 -> 1, -1.6 -> -2, 4 -> 4, -8, 0, 5.6 -> 6.
@@ -132,7 +133,7 @@ def test_diagnose_run_rows(tiny_model_dir, perturbed_dir, tmp_path, quant):
     target = linear_state(load_model(str(tiny_model_dir)))
     unlearned = linear_state(load_model(str(perturbed_dir)))
     kwargs = {}
-    if spec.backend == "bnb":
+    if not spec.weightwise:
         kwargs = {
             "target_quantized": quantized_state(tiny_model_dir, spec),
             "unlearned_quantized": quantized_state(perturbed_dir, spec),
@@ -142,6 +143,6 @@ def test_diagnose_run_rows(tiny_model_dir, perturbed_dir, tmp_path, quant):
     assert glob["overlap"] == pytest.approx(direct["overlap"])
     assert glob["mean_change_to_half_step"] == pytest.approx(direct["mean_change_to_half_step"])
     assert back["config_hash"].nunique() == 1 and (back["quant"] == quant).all()
-    if spec.backend == "rtn":  # round to nearest: the quantization error is at most half a step
+    if isinstance(spec, RTN):  # round to nearest: the quantization error is at most half a step
         self_rows = back[(back["pair"] == "unlearned_vs_quantized") & (back["level"] == "tensor")]
         assert self_rows["overlap"].min() > 0.9

@@ -6,9 +6,9 @@ import json
 
 import torch
 
-from quantunlearn import unlearn as unlearn_module
-from quantunlearn.models import load_model
-from quantunlearn.unlearn import unlearn
+from quantunlearn.models.loading import load_model
+from quantunlearn.unlearning import loop as unlearn_module
+from quantunlearn.unlearning.loop import unlearn
 
 DOCS = [
     "Alice Moreau was born in Tarsk in 1931 and works as a baker in the old town.",
@@ -28,15 +28,9 @@ def _run(model_dir, tmp_path, name, checkpointing):
         retain,
         out,
         tmp_path / f"{name}.parquet",
-        method="NPO_KLR",  # a frozen reference model and a retain term: every code path
-        weight_dtype="fp32",
-        lr=1e-3,
-        epochs=2,
-        alpha=1.0,
-        beta=0.1,
-        batch_size=2,
-        max_len=64,
-        gradient_checkpointing=checkpointing,
+        method="NPO_KLR",
+        hyperparameters=dict(weight_dtype="fp32", lr=1e-3, epochs=2, alpha=1.0, beta=0.1),
+        settings=dict(batch_size=2, max_len=64, gradient_checkpointing=checkpointing),
     )
     return out, info
 

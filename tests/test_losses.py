@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from quantunlearn import losses
+from quantunlearn.unlearning import losses
 
 LN = math.log
 

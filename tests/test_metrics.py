@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from quantunlearn.metrics import (
+from quantunlearn.evaluation.generation import _decode_until_eos, cut_at_stop, greedy_generate
+from quantunlearn.evaluation.muse import (
     KNOWMEM_STOP,
-    _decode_until_eos,
-    cut_at_stop,
-    greedy_generate,
     knowmem,
     knowmem_prompt,
     min_k_scores,

@@ -11,20 +11,28 @@ import pandas as pd
 import pytest
 import torch
 
-from quantunlearn import losses
-from quantunlearn.config import ConfigError, expand_runs, normalize_config, run_path
-from quantunlearn.losses import IGNORE
-from quantunlearn.methods import METHODS, get_method, objective
-from quantunlearn.models import load_model
-from quantunlearn.quail import logit_perturbation, parse_margin
-from quantunlearn.scopes import (
+from quantunlearn.models.loading import load_model
+from quantunlearn.models.training import IGNORE
+from quantunlearn.study.config import ConfigError, normalize_config
+from quantunlearn.study.grid import expand_runs, run_path
+from quantunlearn.unlearning import losses
+from quantunlearn.unlearning.loop import unlearn
+from quantunlearn.unlearning.methods import METHODS, get_method
+from quantunlearn.unlearning.quail import logit_perturbation, parse_margin
+from quantunlearn.unlearning.scopes import (
     ADAPTER_DIR,
     SALIENCY_FILE,
-    lora_scope,
     saliency_mask,
     weight_modules,
 )
-from quantunlearn.unlearn import unlearn
+
+
+def lora(model, name: str, **values):
+    """The LoRA scope of method `name` built on `model` (the reference: the adapter-free model,
+    when the method needs one)."""
+    method = METHODS[name]
+    return method.scope.build(model, method, method.run(values), [], 0, 1)
+
 
 # --------------------------------------------------------------------------- QUAIL
 
@@ -67,12 +75,14 @@ def test_quail_objective_adds_gamma_times_hinge():
     torch.manual_seed(0)
     f, ref_f, r = torch.randn(2, 5, 11), torch.randn(2, 5, 11), torch.randn(2, 5, 11)
     labels = torch.randint(0, 11, (2, 5))
-    base, _ = objective(METHODS["GA_GDR"], f, labels, ref_f, r, labels, alpha=2.0)
-    hinge = losses.quail_hinge(f, ref_f, labels, 3.0)
-    loss, parts = objective(
-        METHODS["GA_GDR_QUAIL"], f, labels, ref_f, r, labels, alpha=2.0,
-        quail_gamma=0.5, quail_margin=3.0,
+    step = SimpleNamespace(
+        forget_logits=f, ref_forget_logits=ref_f, retain_logits=r, forget={"labels": labels},
+        retain={"labels": labels}, state={"quail_margin": 3.0},
     )  # fmt: skip
+    base, _ = METHODS["GA_GDR"].loss(step, METHODS["GA_GDR"].run({"alpha": 2.0}))
+    hinge = losses.quail_hinge(f, ref_f, labels, 3.0)
+    quail = METHODS["GA_GDR_QUAIL"]
+    loss, parts = quail.loss(step, quail.run({"alpha": 2.0, "quail_gamma": 0.5}))
     assert loss.item() == pytest.approx(base.item() + 0.5 * hinge.item())
     assert parts["quail_loss"] == pytest.approx(hinge.item())
 
@@ -108,10 +118,22 @@ def test_parse_margin():
 def test_quail_unlearning_with_a_quantizer_margin(tiny_model_dir, corpora, tmp_path):
     forget, retain = corpora
     info = unlearn(
-        str(tiny_model_dir), forget, retain, tmp_path / "m", tmp_path / "log.parquet",
-        method="GA_GDR_QUAIL", weight_dtype="fp32", lr=1e-3, epochs=2, alpha=1.0,
-        quail_gamma=1.0, quail_delta="rtn_w4g128", batch_size=2, max_len=64,
-    )  # fmt: skip
+        str(tiny_model_dir),
+        forget,
+        retain,
+        tmp_path / "m",
+        tmp_path / "log.parquet",
+        method="GA_GDR_QUAIL",
+        hyperparameters=dict(
+            weight_dtype="fp32",
+            lr=1e-3,
+            epochs=2,
+            alpha=1.0,
+            quail_gamma=1.0,
+            quail_delta="rtn_w4g128",
+        ),
+        settings=dict(batch_size=2, max_len=64),
+    )
     assert info["quail_margin"] > 0
     log = pd.read_parquet(tmp_path / "log.parquet")
     assert "quail_loss" in log and (log["quail_loss"] >= 0).all()
@@ -140,10 +162,24 @@ def test_sure_moves_only_salient_modules(tiny_model_dir, corpora, tmp_path, meth
     forget, retain = corpora
     out = tmp_path / "m"
     info = unlearn(
-        str(tiny_model_dir), forget, retain, out, tmp_path / "log.parquet",
-        method=method, weight_dtype="fp32", lr=1e-3, epochs=2, alpha=1.0, beta=0.1,
-        npo_klr_form="paper", gamma_pct=80.0, sure_modules=modules, batch_size=2, max_len=64,
-    )  # fmt: skip
+        str(tiny_model_dir),
+        forget,
+        retain,
+        out,
+        tmp_path / "log.parquet",
+        method=method,
+        hyperparameters=dict(
+            weight_dtype="fp32",
+            lr=1e-3,
+            epochs=2,
+            alpha=1.0,
+            beta=0.1,
+            npo_klr_form="paper",
+            gamma_pct=80.0,
+            sure_modules=modules,
+        ),
+        settings=dict(batch_size=2, max_len=64),
+    )
     mask = pd.read_parquet(out / SALIENCY_FILE)
     if modules == "linear":  # embeddings, norms and lm_head are never candidates
         assert not mask.loc[~mask.module.str.endswith("_proj"), "candidate"].any()
@@ -165,14 +201,17 @@ def test_sure_moves_only_salient_modules(tiny_model_dir, corpora, tmp_path, meth
 
 
 def test_sure_saliency_is_the_forget_gradient_norm(tiny_model_dir, tiny_tokenizer, unlearn_docs):
-    from quantunlearn.scopes import module_saliency
+    from quantunlearn.unlearning.scopes import module_saliency
 
     model = load_model(str(tiny_model_dir))
     seqs = [tiny_tokenizer(d)["input_ids"] for d in unlearn_docs]
-    scores = module_saliency(model, seqs, tiny_tokenizer.pad_token_id, "ga", batch_size=2)
+    method = METHODS["GA_GDR_SURE"]
+    scores = module_saliency(
+        model, seqs, tiny_tokenizer.pad_token_id, method, method.run({}), batch_size=2
+    )
     # by hand: one batch with all three documents, GA = -(mean token NLL); lm_head's score is the
     # Frobenius norm of the gradient of that loss w.r.t. lm_head.weight
-    from quantunlearn.training import collate
+    from quantunlearn.models.training import collate
 
     batch = collate(seqs, tiny_tokenizer.pad_token_id)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -188,7 +227,7 @@ def test_sure_saliency_is_the_forget_gradient_norm(tiny_model_dir, tiny_tokenize
 
 def test_lora_merge_equals_the_adapter_model(tiny_model_dir):
     model = load_model(str(tiny_model_dir))
-    scope = lora_scope(model, True, rank=4, alpha=8.0, targets="all_linear")
+    scope = lora(model, "GA_KLR_LORA", lora_rank=4, lora_alpha=8.0, lora_targets="all_linear")
     with torch.no_grad():  # B = 0 at init: give the adapters a real update
         for name, p in scope.model.named_parameters():
             if "lora_B" in name:
@@ -207,7 +246,7 @@ def test_lora_trains_under_reentrant_gradient_checkpointing(tiny_model_dir):
     # the trap: frozen embeddings + reentrant checkpointing -> LoRA layers get no gradient
     model = load_model(str(tiny_model_dir))
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
-    scope = lora_scope(model, False, rank=2, alpha=4.0, targets="attn")
+    scope = lora(model, "GA_GDR_LORA", lora_rank=2, lora_alpha=4.0, lora_targets="attn")
     scope.model.train()
     ids = torch.tensor([[1, 5, 9, 12, 3]])
     out = scope.model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
@@ -219,9 +258,9 @@ def test_lora_trains_under_reentrant_gradient_checkpointing(tiny_model_dir):
 def test_lora_rejects_bad_settings(tiny_model_dir):
     model = load_model(str(tiny_model_dir))
     with pytest.raises(ValueError, match="rank"):
-        lora_scope(model, False, rank=0, alpha=1.0, targets="attn")
+        lora(model, "GA_GDR_LORA", lora_rank=0, lora_alpha=1.0, lora_targets="attn")
     with pytest.raises(ValueError, match="lora_targets"):
-        lora_scope(model, False, rank=2, alpha=1.0, targets="everything")
+        lora(model, "GA_GDR_LORA", lora_rank=2, lora_alpha=1.0, lora_targets="everything")
 
 
 def test_lora_unlearning_trains_adapters_and_saves_merged(tiny_model_dir, corpora, tmp_path):
@@ -230,11 +269,25 @@ def test_lora_unlearning_trains_adapters_and_saves_merged(tiny_model_dir, corpor
     forget, retain = corpora
     out = tmp_path / "m"
     info = unlearn(
-        str(tiny_model_dir), forget, retain, out, tmp_path / "log.parquet",
-        method="NPO_GDR_LORA", weight_dtype="fp32", lr=1e-2, epochs=2, alpha=1.0, beta=0.1,
-        npo_klr_form="paper", lora_rank=4, lora_alpha=8.0, lora_targets="mlp",
-        batch_size=2, max_len=64,
-    )  # fmt: skip
+        str(tiny_model_dir),
+        forget,
+        retain,
+        out,
+        tmp_path / "log.parquet",
+        method="NPO_GDR_LORA",
+        hyperparameters=dict(
+            weight_dtype="fp32",
+            lr=1e-2,
+            epochs=2,
+            alpha=1.0,
+            beta=0.1,
+            npo_klr_form="paper",
+            lora_rank=4,
+            lora_alpha=8.0,
+            lora_targets="mlp",
+        ),
+        settings=dict(batch_size=2, max_len=64),
+    )
     assert info["lora_trainable_params"] > 0
     adapter = load_file(out / ADAPTER_DIR / "adapter_model.safetensors")
     b_weights = [v for k, v in adapter.items() if "lora_B" in k]
@@ -325,5 +378,5 @@ def test_low_bit_quantizer_must_be_evaluated():
 def test_every_method_has_a_consistent_base():
     for name, spec in METHODS.items():
         assert name.startswith(spec.base)
-        # a mitigation builds on one of seed 000's six methods; RMU is its own base
-        assert get_method(spec.base).scope == ("rmu" if name == "RMU" else "full")
+        # a mitigation builds on one of Zhang et al.'s six methods; RMU is its own base
+        assert get_method(spec.base).family == ("RMU" if name == "RMU" else "base")

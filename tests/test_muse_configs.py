@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quantunlearn.config import load_study, load_study_file
-from quantunlearn.data import load_benchmark, prepare_benchmark
-from quantunlearn.metrics import knowmem_prompt
-from quantunlearn.storage import LLAMA2_7B_PARAMS, disk_estimate, llama_params
+from quantunlearn.data.muse import load_benchmark, prepare_benchmark
+from quantunlearn.evaluation.muse import knowmem_prompt
+from quantunlearn.study import load_study, load_study_file
+from quantunlearn.study.storage import LLAMA2_7B_PARAMS, disk_estimate, llama_params
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"news": ROOT / "config" / "muse_news.yaml", "books": ROOT / "config" / "muse_books.yaml"}
-# seed 000 appendix D.1: epochs and Table 4's retain weights
+# Zhang et al. appendix D.1: epochs and Table 4's retain weights
 EPOCHS = {"news": 10, "books": 5}
 ALPHA = {
     "news": {"GA_GDR": 1, "GA_KLR": 1, "NPO_GDR": 1, "NPO_KLR": 1},
@@ -33,10 +33,10 @@ QUANTIZERS = [
 ]  # fmt: skip
 BASE = ["GA", "GA_GDR", "GA_KLR", "NPO", "NPO_GDR", "NPO_KLR"]
 # unlearning runs: 6 base methods + 4 SURE + 2 LoRA x 12 (lr x epochs x lora_alpha)
-# + QUAIL 3 alpha x 6 gamma on NEWS (seed 001 reports NEWS only), + RMU's 3 lr on BOOKS
-# (seed 000 appendix J)
+# + QUAIL 3 alpha x 6 gamma on NEWS (Mishra and Mehreen reports NEWS only), + RMU's 3 lr on BOOKS
+# (Zhang et al. appendix J)
 RUNS = {"news": 6 + 4 + 24 + 18, "books": 6 + 4 + 24 + 3}
-# seed 000 Tables 6 (NEWS) and 5 (BOOKS): SURE's retain weight and saliency percentile
+# Zhang et al. Tables 6 (NEWS) and 5 (BOOKS): SURE's retain weight and saliency percentile
 SURE = {
     "news": {"GA_GDR_SURE": (50, 95), "GA_KLR_SURE": (10, 90), "NPO_GDR_SURE": (50, 95),
              "NPO_KLR_SURE": (10, 90)},
@@ -81,12 +81,12 @@ def test_muse_config_has_the_seeds_settings(bench):
     assert set(lora.lora_rank) == {32} and set(lora.lora_alpha) == {16, 32, 64}
     assert set(lora.lr) == {1e-4, 7e-4} and set(lora.epochs) == {5, 10}
     quail = every[every.method == "GA_GDR_QUAIL"]
-    if bench == "news":  # seed 001 Table II's grid
+    if bench == "news":  # Mishra and Mehreen Table II's grid
         assert set(quail.alpha) == {1, 5, 20} and set(quail.quail_gamma) == {1, 5, 8, 9, 20, 50}
     else:
         assert quail.empty
     rmu = every[every.method == "RMU"]
-    if bench == "books":  # seed 000 appendix J: BOOKS, lr over {5e-6, 1e-5, 5e-5}
+    if bench == "books":  # Zhang et al. appendix J: BOOKS, lr over {5e-6, 1e-5, 5e-5}
         assert sorted(rmu.lr) == [5e-6, 1e-5, 5e-5]
         assert set(zip(rmu.alpha, rmu.rmu_layer, rmu.rmu_steering, strict=True)) == {(1200, 7, 6.5)}
     else:

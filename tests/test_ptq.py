@@ -10,26 +10,26 @@ import numpy as np
 import pytest
 import torch
 
-from quantunlearn.calibration import calibration_texts, general_corpus
-from quantunlearn.config import ConfigError, load_study
-from quantunlearn.ptq import (
-    dequantize_awq,
-    dequantize_gptq,
+from quantunlearn.data.calibration import calibration_texts, general_corpus
+from quantunlearn.quantizers import parse_quantizer, quantizable_linears
+from quantunlearn.quantizers.gguf import (
+    GGUF,
     gguf_dequantize,
     gguf_quantize_bytes,
     gguf_tensor_type,
-    load_stored,
-    noflip_weight,
-    quantize_stored,
     use_more_bits,
 )
-from quantunlearn.quantize import (
-    QuantSpec,
-    load_quantized,
-    parse_quantizer,
-    quantizable_linears,
-    rtn_quantize,
+from quantunlearn.quantizers.gptq_awq import (
+    AWQ,
+    GPTQ,
+    dequantize_awq,
+    dequantize_gptq,
+    load_stored,
 )
+from quantunlearn.quantizers.noflip import NoFlip, noflip_weight
+from quantunlearn.quantizers.rtn import RTN, rtn_quantize
+from quantunlearn.study import load_study
+from quantunlearn.study.config import ConfigError
 
 # ----------------------------------------------------------------------------- names
 
@@ -37,22 +37,22 @@ from quantunlearn.quantize import (
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("gptq_w4g128", QuantSpec("gptq_w4g128", "gptq", bits=4, group_size=128)),
-        ("gptq_w8g128", QuantSpec("gptq_w8g128", "gptq", bits=8, group_size=128)),
-        ("gptq_w4", QuantSpec("gptq_w4", "gptq", bits=4)),
-        ("awq_w4g64", QuantSpec("awq_w4g64", "awq", bits=4, group_size=64)),
-        ("gguf_q8_0", QuantSpec("gguf_q8_0", "gguf", bits=8, gguf_type="q8_0")),
-        ("gguf_q4_k_m", QuantSpec("gguf_q4_k_m", "gguf", bits=4, gguf_type="q4_k_m")),
+        ("gptq_w4g128", GPTQ("gptq_w4g128", 4, 128)),
+        ("gptq_w8g128", GPTQ("gptq_w8g128", 8, 128)),
+        ("gptq_w4", GPTQ("gptq_w4", 4)),
+        ("awq_w4g64", AWQ("awq_w4g64", 4, 64)),
+        ("gguf_q8_0", GGUF("gguf_q8_0", 8, gguf_type="q8_0")),
+        ("gguf_q4_k_m", GGUF("gguf_q4_k_m", 4, gguf_type="q4_k_m")),
         (
             "noflip_rtn_w4g128",
-            QuantSpec("noflip_rtn_w4g128", "noflip", bits=4, group_size=128, base="rtn_w4g128"),
+            NoFlip("noflip_rtn_w4g128", 4, 128, base=RTN("rtn_w4g128", 4, 128)),
         ),
     ],
 )
 def test_parse_new_quantizers(name, expected):
     spec = parse_quantizer(name)
     assert spec == expected
-    assert spec.is_stored == (spec.backend in ("gptq", "awq"))
+    assert spec.stored == isinstance(spec, GPTQ | AWQ)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_config_rejects_impossible_quantizers_at_parse_time():
 
 
 def test_general_corpus_is_deterministic_and_names_nobody(tmp_path):
-    from quantunlearn.data import FIRST_NAMES
+    from quantunlearn.data.synthetic import FIRST_NAMES
 
     a, b = general_corpus(20, seed=0), general_corpus(20, seed=0)
     assert a == b and len(a) == 20 and general_corpus(20, seed=1) != a
@@ -176,7 +176,7 @@ def test_load_noflip_model(tiny_model, tiny_model_dir, tmp_path):
             p.add_(torch.randn_like(p) * 1e-3)
     unlearned.save_pretrained(tmp_path)
     spec = parse_quantizer("noflip_rtn_w4")
-    model = load_quantized(tmp_path, spec, target_path=tiny_model_dir)
+    model = spec.load(tmp_path, target_path=tiny_model_dir)
     target_lin = quantizable_linears(tiny_model)
     for name, module in quantizable_linears(model).items():
         expected = noflip_weight(
@@ -185,7 +185,7 @@ def test_load_noflip_model(tiny_model, tiny_model_dir, tmp_path):
         torch.testing.assert_close(module.weight, expected)
     torch.testing.assert_close(model.model.embed_tokens.weight, unlearned.model.embed_tokens.weight)
     with pytest.raises(ValueError, match="needs the target"):
-        load_quantized(tmp_path, spec)
+        spec.load(tmp_path)
 
 
 # ----------------------------------------------------------------------------- GGUF
@@ -244,10 +244,10 @@ def test_q4_k_m_mixture_follows_llama_cpp():
 
 def test_gguf_model_holds_gguf_effective_weights(tiny_model_dir):
     """The gguf_q8_0 model computes with gguf-py's decoding of its Q8_0 bytes, nothing else."""
-    from quantunlearn.models import load_model
+    from quantunlearn.models.loading import load_model
 
     source = load_model(str(tiny_model_dir))
-    fake = load_quantized(tiny_model_dir, parse_quantizer("gguf_q8_0"))
+    fake = parse_quantizer("gguf_q8_0").load(tiny_model_dir)
     for name, module in quantizable_linears(source).items():
         data = gguf_quantize_bytes(module.weight, "Q8_0")
         expected = gguf_dequantize(data, "Q8_0", tuple(module.weight.shape))
@@ -256,23 +256,6 @@ def test_gguf_model_holds_gguf_effective_weights(tiny_model_dir):
 
 
 # ----------------------------------------------------------------------------- GPTQ, AWQ
-
-CALIBRATION = general_corpus(16, seed=0)
-
-
-@pytest.fixture(scope="module")
-def stored(tmp_path_factory, tiny_model_dir):
-    out = {}
-    for quant in ("gptq_w4g128", "gptq_w8g128", "awq_w4g128"):
-        path = tmp_path_factory.mktemp(quant) / quant
-        info = quantize_stored(
-            tiny_model_dir, parse_quantizer(quant), CALIBRATION, path, max_len=64
-        )
-        assert info["n_calibration"] == 16
-        # GPTQModel's own quantization log lands with the checkpoint, not in ./logs
-        assert any((path / "gptqmodel_logs").iterdir())
-        out[quant] = path
-    return out
 
 
 def _real(path, quant):
@@ -290,7 +273,7 @@ def test_stored_effective_weights_reproduce_quantized_logits(stored, tiny_model_
     to 2e-3 of the logit scale; the fp32 model to 1e-2 (fp16 activations in the real model).
     """
     spec = parse_quantizer(quant)
-    fake = load_quantized(tiny_model_dir, spec, quant_dir=stored[quant])
+    fake = spec.load(tiny_model_dir, quant_dir=stored[quant])
     real = _real(stored[quant], quant)
     # decoded weights equal GPTQModel's own decoders (fp32 scales: exact)
     from gptqmodel.quantization.awq.utils.packing_utils import dequantize_gemm
@@ -298,7 +281,7 @@ def test_stored_effective_weights_reproduce_quantized_logits(stored, tiny_model_
     for name, module in real.model.named_modules():
         if not hasattr(module, "qweight"):
             continue
-        if spec.backend == "gptq":
+        if isinstance(spec, GPTQ):
             module.scales = module.scales.float()
             ref = module.dequantize_weight().T.float()
         else:
@@ -314,7 +297,7 @@ def test_stored_effective_weights_reproduce_quantized_logits(stored, tiny_model_
     assert (lh - lr).abs().max().item() < 2e-3 * max(scale, 1.0)
     assert (lf - lr).abs().max().item() < 1e-2 * max(scale, 1.0)
     # and it is quantized: the weights are not the original ones
-    source = load_quantized(tiny_model_dir, parse_quantizer("none"))
+    source = parse_quantizer("none").load(tiny_model_dir)
     w0 = quantizable_linears(source)["model.layers.0.mlp.up_proj"].weight
     w1 = quantizable_linears(fake)["model.layers.0.mlp.up_proj"].weight
     assert 0.001 < ((w1 - w0).norm() / w0.norm()).item() < 0.2
@@ -322,12 +305,10 @@ def test_stored_effective_weights_reproduce_quantized_logits(stored, tiny_model_
 
 def test_awq_folds_scales_into_norms(stored, tiny_model_dir):
     """AWQ changes the RMSNorm weights; the fp32 model must take them from the checkpoint."""
-    from quantunlearn.models import load_model
+    from quantunlearn.models.loading import load_model
 
     source = load_model(str(tiny_model_dir))
-    fake = load_quantized(
-        tiny_model_dir, parse_quantizer("awq_w4g128"), quant_dir=stored["awq_w4g128"]
-    )
+    fake = parse_quantizer("awq_w4g128").load(tiny_model_dir, quant_dir=stored["awq_w4g128"])
     norm = "model.layers.0.input_layernorm.weight"
     changed = (fake.state_dict()[norm] - source.state_dict()[norm]).abs().max().item()
     assert changed > 1e-3
@@ -352,7 +333,7 @@ def test_stored_checkpoint_checks(stored, tiny_model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="quantize_config.json"):
         load_stored(tiny_model_dir, parse_quantizer("gptq_w4g128"), tmp_path)
     with pytest.raises(ValueError, match="pass its quant_dir"):
-        load_quantized(tiny_model_dir, parse_quantizer("awq_w4g128"))
+        parse_quantizer("awq_w4g128").load(tiny_model_dir)
 
 
 def test_gptq_decoder_by_hand():

@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from quantunlearn.config import HYPER_COLUMNS
-from quantunlearn.diagnostics import diagnostics_frame
-from quantunlearn.files import write_parquet
-from quantunlearn.quant_tables import four_bit_quantizers, make_quant_tables, rtn_sweep
-from quantunlearn.quantize import parse_quantizer, rtn_quantize
+from quantunlearn.evaluation.diagnostics import diagnostics_frame
+from quantunlearn.io import write_parquet
+from quantunlearn.quantizers import parse_quantizer
+from quantunlearn.quantizers.rtn import rtn_quantize
+from quantunlearn.reports.quantizers import four_bit_quantizers, make_quant_tables, rtn_sweep
+from quantunlearn.unlearning.hyperparameters import HYPER_COLUMNS
 
 QUANTS = ["none", "rtn_w8", "rtn_w4", "rtn_w2", "rtn_w4g128", "gptq_w4g128", "awq_w4g128",
           "gguf_q8_0", "noflip_rtn_w4g128"]  # fmt: skip

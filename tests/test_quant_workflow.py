@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
 
+import pytest
 from test_workflow import ROOT, job_counts, snakemake
+
+from quantunlearn.quantizers import QUANTIZERS, family_pattern, parse_quantizer
 
 QUANT_CONFIG = ROOT / "config" / "quantizers.yaml"
 
@@ -22,10 +25,13 @@ def test_quantizer_study_dry_run(tmp_path):
     text = out.stdout
     assert "results/tables/quantizers/overlap.md" in text
     assert "results/quantize/synthetic/method~target/gptq_w4g128" in text
+    quantize_jobs = text.split("rule quantize:")[1:]
+    assert quantize_jobs and all("gpu=1" in job.split("rule ")[0] for job in quantize_jobs)
 
 
-def test_rules_declare_gpu_for_stored_quantizers():
-    rule = (ROOT / "workflow" / "rules" / "quantize.smk").read_text()
-    head = rule.split("rule diagnose")[0]
-    assert "gpu=1" in head and 'quant=r"(gptq|awq)_w[0-9]+(g[0-9]+)?"' in head
-    assert Path(ROOT / "workflow" / "scripts" / "quantize.py").is_file()
+@pytest.mark.parametrize(
+    "name", ["gptq_w4g128", "gptq_w8", "awq_w4g64", "rtn_w4g128", "bnb_nf4", "gguf_q4_0", "none"]
+)
+def test_quantize_rule_takes_exactly_the_stored_quantizers(name):
+    stored = family_pattern([family for family in QUANTIZERS if family.stored])
+    assert (re.fullmatch(stored, name) is not None) == parse_quantizer(name).stored

@@ -12,17 +12,17 @@ import pytest
 import torch
 from torch import nn
 
-from quantunlearn.quantize import (
-    QUANTIZER_PATTERN,
-    QuantSpec,
-    dequantize_4bit_manual,
-    effective_weights,
-    load_quantized,
+from quantunlearn.quantizers import (
+    FullPrecision,
     parse_quantizer,
     quantizable_linears,
-    relative_error,
-    rtn_quantize,
+    quantizer_pattern,
 )
+from quantunlearn.quantizers.base import relative_error
+from quantunlearn.quantizers.bnb import BitsAndBytes, dequantize_4bit_manual
+from quantunlearn.quantizers.rtn import RTN, rtn_quantize
+
+QUANTIZER_PATTERN = quantizer_pattern()
 
 BNB_MESSAGE = re.escape(
     "bitsandbytes quantizes to 8 bits (bnb_int8) or 4 bits (bnb_nf4, bnb_fp4) only"
@@ -64,15 +64,15 @@ WEIGHT_ERROR_BOUNDS = {
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("none", QuantSpec("none", "none")),
-        ("bnb_int8", QuantSpec("bnb_int8", "bnb", bits=8, bnb_type="int8")),
-        ("bnb_nf4", QuantSpec("bnb_nf4", "bnb", bits=4, bnb_type="nf4")),
-        ("bnb_fp4", QuantSpec("bnb_fp4", "bnb", bits=4, bnb_type="fp4")),
-        ("rtn_w2", QuantSpec("rtn_w2", "rtn", bits=2)),
-        ("rtn_w4", QuantSpec("rtn_w4", "rtn", bits=4)),
-        ("rtn_w8", QuantSpec("rtn_w8", "rtn", bits=8)),
-        ("rtn_w4g128", QuantSpec("rtn_w4g128", "rtn", bits=4, group_size=128)),
-        ("rtn_w3g1", QuantSpec("rtn_w3g1", "rtn", bits=3, group_size=1)),
+        ("none", FullPrecision("none")),
+        ("bnb_int8", BitsAndBytes("bnb_int8", 8, bnb_type="int8")),
+        ("bnb_nf4", BitsAndBytes("bnb_nf4", 4, bnb_type="nf4")),
+        ("bnb_fp4", BitsAndBytes("bnb_fp4", 4, bnb_type="fp4")),
+        ("rtn_w2", RTN("rtn_w2", 2)),
+        ("rtn_w4", RTN("rtn_w4", 4)),
+        ("rtn_w8", RTN("rtn_w8", 8)),
+        ("rtn_w4g128", RTN("rtn_w4g128", 4, 128)),
+        ("rtn_w3g1", RTN("rtn_w3g1", 3, 1)),
     ],
 )
 def test_parse_valid_names(name, expected):
@@ -249,10 +249,10 @@ def _logits(model: nn.Module, batch) -> torch.Tensor:
 @pytest.fixture(scope="module", params=QUANTIZERS)
 def quantized(request, tiny_model_dir, batch):
     spec = parse_quantizer(request.param)
-    model = load_quantized(tiny_model_dir, spec)
-    before = {k: v.clone() for k, v in effective_weights(model, spec).items()}
+    model = spec.load(tiny_model_dir)
+    before = {k: v.clone() for k, v in spec.effective_weights(model).items()}
     logits = _logits(model, batch)
-    after = effective_weights(model, spec)
+    after = spec.effective_weights(model)
     return {"spec": spec, "model": model, "before": before, "after": after, "logits": logits}
 
 
@@ -266,7 +266,7 @@ def test_quantized_layers_are_the_decoder_projections(quantized, tiny_model):
         "int8": bnb.nn.Linear8bitLt,
         "nf4": bnb.nn.Linear4bit,
         "fp4": bnb.nn.Linear4bit,
-    }[spec.bnb_type or spec.backend]
+    }[getattr(spec, "bnb_type", "rtn")]
     assert all(type(m) is expected_type for m in quantizable_linears(model).values())
     # lm_head and the embeddings stay full precision, untouched.
     assert type(model.lm_head) is nn.Linear and model.lm_head.weight.dtype == torch.float32
@@ -289,9 +289,9 @@ def test_logits_match_model_rebuilt_from_effective_weights(quantized, tiny_model
         for name, module in quantizable_linears(reference).items():
             module.weight.copy_(quantized["before"][name].cpu())
     expected = _logits(reference, batch)
-    if spec.bnb_type == "int8":
+    if getattr(spec, "bnb_type", None) == "int8":
         assert relative_error(expected, quantized["logits"]) < 0.05
-    elif spec.backend == "bnb":
+    elif isinstance(spec, BitsAndBytes):
         torch.testing.assert_close(quantized["logits"], expected, rtol=1e-5, atol=1e-5)
     else:
         assert torch.equal(quantized["logits"], expected)
@@ -343,7 +343,7 @@ def test_bnb_4bit_blocks_by_hand(tiny_model_dir, tiny_model, quant_type, table):
     block's absmax is the max |w| of 64 consecutive weights of the original, and each value is
     the table level nearest to w / absmax (QLoRA's quantization)."""
     spec = parse_quantizer(f"bnb_{quant_type}")
-    model = load_quantized(tiny_model_dir, spec)
+    model = spec.load(tiny_model_dir)
     name = "model.layers.1.mlp.down_proj"
     module = dict(model.named_modules())[name]
     state = module.weight.quant_state
@@ -359,7 +359,7 @@ def test_bnb_4bit_blocks_by_hand(tiny_model_dir, tiny_model, quant_type, table):
     table_t = torch.tensor(table)
     by_hand = (table_t[nibbles].reshape(-1, 64) * absmax[:, None]).reshape(128, 384)
     torch.testing.assert_close(
-        effective_weights(model, spec)[name].cpu(), by_hand, rtol=1e-6, atol=1e-9
+        spec.effective_weights(model)[name].cpu(), by_hand, rtol=1e-6, atol=1e-9
     )
     nearest = (original / absmax[:, None]).unsqueeze(-1).sub(table_t).abs().argmin(-1)
     assert torch.equal(table_t[nearest], table_t[nibbles].reshape(-1, 64))  # FP4 has +0 and -0
@@ -369,7 +369,7 @@ def test_bnb_int8_rows_by_hand(tiny_model_dir, tiny_model):
     """LLM.int8 weights (bnb casts the weight to fp16 first): SCB is each row's max |w16|,
     CB = round(127 w16 / SCB), and CB * SCB / 127 is within half a step of w (+ fp16 rounding)."""
     spec = parse_quantizer("bnb_int8")
-    model = load_quantized(tiny_model_dir, spec)
+    model = spec.load(tiny_model_dir)
     name = "model.layers.0.self_attn.q_proj"
     module = dict(model.named_modules())[name]
     w = dict(tiny_model.named_modules())[name].weight.detach()
@@ -381,7 +381,7 @@ def test_bnb_int8_rows_by_hand(tiny_model_dir, tiny_model):
     expected_codes = torch.round(127 * w16 / scb[:, None])
     assert (codes.float() - expected_codes).abs().max() <= 1  # ties after fp16 division
     assert (codes.float() == expected_codes).float().mean() > 0.999
-    effective = effective_weights(model, spec)[name].cpu()
+    effective = spec.effective_weights(model)[name].cpu()
     bound = scb[:, None] / 254 + w.abs() * 2.0**-11 + 1e-7
     assert ((effective - w).abs() <= bound).all()
 
@@ -389,7 +389,7 @@ def test_bnb_int8_rows_by_hand(tiny_model_dir, tiny_model):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU repacking only")
 def test_cpu_repacking_disabled_and_repacked_weights_refused(tiny_model_dir, batch):
     spec = parse_quantizer("bnb_nf4")
-    model = load_quantized(tiny_model_dir, spec)
+    model = spec.load(tiny_model_dir)
     flagged = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
     # bnb sets the flag to has_avx512bf16() (an int); the workaround sets the bool False.
     assert len(flagged) == 14 and all(m.support_avx512bf16_for_cpu is False for m in flagged)
@@ -399,7 +399,7 @@ def test_cpu_repacking_disabled_and_repacked_weights_refused(tiny_model_dir, bat
     _logits(model, batch)
     assert module.weight.quant_state.packing_format_for_cpu
     with pytest.raises(RuntimeError, match=r"model\.layers\.0\.mlp\.down_proj.*repacked"):
-        effective_weights(model, spec)
+        spec.effective_weights(model)
 
 
 def test_dequantize_manual_handles_double_quant():
@@ -415,30 +415,30 @@ def test_dequantize_manual_handles_double_quant():
 
 
 def test_effective_weights_rejects_wrong_spec(tiny_model_dir):
-    model = load_quantized(tiny_model_dir, parse_quantizer("bnb_fp4"))
+    model = parse_quantizer("bnb_fp4").load(tiny_model_dir)
     with pytest.raises(ValueError, match="Linear4bit.*'rtn_w4'"):
-        effective_weights(model, parse_quantizer("rtn_w4"))
+        parse_quantizer("rtn_w4").effective_weights(model)
     with pytest.raises(ValueError, match="fp4.*'bnb_nf4'"):
-        effective_weights(model, parse_quantizer("bnb_nf4"))
+        parse_quantizer("bnb_nf4").effective_weights(model)
 
 
 def test_bf16_compute_and_generation(tiny_model_dir, tiny_tokenizer, batch):
-    # NF4 with bf16 compute (seed 002's setting): close to the fp32-compute model (measured
+    # NF4 with bf16 compute (Abitante et al.'s setting): close to the fp32-compute model (measured
     # 0.0048 relative), but not identical since activations are rounded to bf16.
     spec = parse_quantizer("bnb_nf4")
-    fp32 = _logits(load_quantized(tiny_model_dir, spec, compute_dtype="fp32"), batch)
-    model = load_quantized(tiny_model_dir, spec, compute_dtype="bf16")
+    fp32 = _logits(spec.load(tiny_model_dir, compute_dtype="fp32"), batch)
+    model = spec.load(tiny_model_dir, compute_dtype="bf16")
     bf16 = _logits(model, batch)
     assert 0 < relative_error(fp32, bf16) < 0.03
     prompt = tiny_tokenizer(["Question: Where was Alice Moreau born?"], return_tensors="pt")
     out = model.generate(**prompt, max_new_tokens=3, do_sample=False)
     assert out.shape == (1, prompt["input_ids"].shape[1] + 3)
     with pytest.raises(ValueError, match="'fp64'.*bf16"):
-        load_quantized(tiny_model_dir, spec, compute_dtype="fp64")
+        spec.load(tiny_model_dir, compute_dtype="fp64")
 
 
 def test_int8_forward_does_not_spam_cast_warning(tiny_model_dir, batch, caplog):
-    model = load_quantized(tiny_model_dir, parse_quantizer("bnb_int8"))
+    model = parse_quantizer("bnb_int8").load(tiny_model_dir)
     with caplog.at_level("WARNING"):
         _logits(model, batch)
     assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]
@@ -448,6 +448,6 @@ def test_missing_model_path(tmp_path):
     missing = tmp_path / "no_such_model"
     for spec in ("none", "rtn_w4", "bnb_nf4"):
         with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
-            load_quantized(str(missing), parse_quantizer(spec))
+            parse_quantizer(spec).load(str(missing))
     with pytest.raises(FileNotFoundError, match="config.json"):
-        load_quantized(tmp_path, parse_quantizer("none"))
+        parse_quantizer("none").load(tmp_path)

@@ -1,4 +1,4 @@
-"""RMU (seed 000 appendix J; Li et al. 2024): its two losses, its control vector, its scope,
+"""RMU (Zhang et al. appendix J; Li et al. 2024): its two losses, its control vector, its scope,
 the layer it reads, a real unlearning run and its config keys.
 
 Expected values are worked out by hand in the comments, never recomputed with the code under test.
@@ -7,19 +7,32 @@ Expected values are worked out by hand in the comments, never recomputed with th
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
-import yaml
 from test_mitigations import config_with
 
-from quantunlearn import losses
-from quantunlearn.config import ConfigError, expand_runs, normalize_config
-from quantunlearn.methods import METHODS, get_method, rmu_objective
-from quantunlearn.models import build_llama, load_model, load_tokenizer
-from quantunlearn.scopes import CONTROL_FILE, control_vector, layer_activations, rmu_scope
-from quantunlearn.unlearn import unlearn
+from quantunlearn.models.loading import load_model, load_tokenizer
+from quantunlearn.models.tiny import build_llama
+from quantunlearn.study.config import ConfigError, normalize_config
+from quantunlearn.study.grid import expand_runs
+from quantunlearn.unlearning import losses
+from quantunlearn.unlearning.loop import unlearn
+from quantunlearn.unlearning.methods import METHODS, get_method
+from quantunlearn.unlearning.scopes import (
+    CONTROL_FILE,
+    control_vector,
+    layer_activations,
+)
+
+
+def rmu_scope(model, layer: int):
+    """RMU's scope built on `model`, steering `layer` with c = 2."""
+    run = METHODS["RMU"].run({"rmu_layer": layer, "rmu_steering": 2.0, "seed": 0})
+    return METHODS["RMU"].scope.build(model, METHODS["RMU"], run, [], 0, 1)
+
 
 # --------------------------------------------------------------------------- losses
 
@@ -53,7 +66,12 @@ def test_rmu_objective_is_forget_plus_alpha_retain():
     f = torch.tensor([[[2.0, 0.0]]])  # forget term vs control (0, 0): (4 + 0) / 2 = 2
     r, r_ref = torch.tensor([[[1.0, 1.0]]]), torch.tensor([[[0.0, 1.0]]])  # retain: 1 / 2
     one = torch.ones(1, 1, dtype=torch.bool)
-    loss, parts = rmu_objective(f, one, torch.zeros(2), r, r_ref, one, alpha=10.0)
+    step = SimpleNamespace(
+        forget_activations=f, retain_activations=r, ref_retain_activations=r_ref,
+        forget={"attention_mask": one}, retain={"attention_mask": one},
+        scope=SimpleNamespace(steering=SimpleNamespace(control=torch.zeros(2))),
+    )  # fmt: skip
+    loss, parts = METHODS["RMU"].loss(step, METHODS["RMU"].run({"alpha": 10.0}))
     assert loss.item() == pytest.approx(2 + 10 * 0.5)
     assert parts == {"forget_loss": pytest.approx(2.0), "retain_loss": pytest.approx(0.5)}
 
@@ -85,7 +103,7 @@ def test_layer_activations_are_the_residual_stream_after_the_layer(tiny_model):
 
 def test_rmu_scope_trains_only_the_down_projections_up_to_the_layer(tiny_tokenizer):
     model = build_llama(tiny_tokenizer, hidden_size=128, intermediate_size=384, num_layers=5)
-    scope = rmu_scope(model, layer=3, steering=2.0, seed=0)
+    scope = rmu_scope(model, layer=3)
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     # layers l-2 .. l = 1, 2, 3 (the WMDP code: layers 5, 6, 7 for layer 7)
     assert trained == {f"model.layers.{i}.mlp.down_proj.weight" for i in (1, 2, 3)}
@@ -93,9 +111,9 @@ def test_rmu_scope_trains_only_the_down_projections_up_to_the_layer(tiny_tokeniz
         id(p) for n, p in model.named_parameters() if n in trained
     }
     assert scope.info["rmu_trained_layers"] == [1, 2, 3]
-    assert rmu_scope(model, layer=0, steering=2.0, seed=0).info["rmu_trained_layers"] == [0]
+    assert rmu_scope(model, layer=0).info["rmu_trained_layers"] == [0]
     with pytest.raises(ValueError, match="rmu_layer 5 does not exist: the model has 5"):
-        rmu_scope(model, layer=5, steering=2.0, seed=0)
+        rmu_scope(model, layer=5)
 
 
 def test_rmu_unlearning_moves_only_the_scope_and_steers_the_layer(
@@ -104,10 +122,23 @@ def test_rmu_unlearning_moves_only_the_scope_and_steers_the_layer(
     forget, retain = corpora
     out = tmp_path / "rmu"
     info = unlearn(
-        str(tiny_model_dir), forget, retain, out, tmp_path / "log.parquet",
-        method="RMU", weight_dtype="fp32", lr=1e-2, epochs=20, alpha=1.0, rmu_layer=1,
-        rmu_steering=4.0, batch_size=2, max_len=64, seed=3,
-    )  # fmt: skip
+        str(tiny_model_dir),
+        forget,
+        retain,
+        out,
+        tmp_path / "log.parquet",
+        method="RMU",
+        hyperparameters=dict(
+            weight_dtype="fp32",
+            lr=1e-2,
+            epochs=20,
+            alpha=1.0,
+            rmu_layer=1,
+            rmu_steering=4.0,
+            seed=3,
+        ),
+        settings=dict(batch_size=2, max_len=64),
+    )
     before, after = load_model(str(tiny_model_dir)), load_model(str(out))
     for (name, p), (_, q) in zip(before.named_parameters(), after.named_parameters(), strict=True):
         if name.endswith("mlp.down_proj.weight"):  # layers 0 and 1 (l - 2 < 0 is skipped)
@@ -164,13 +195,6 @@ def test_bad_rmu_keys_fail_at_parse_time(methods, message):
         normalize_config(config_with(methods))
 
 
-def test_the_schema_names_every_method():
-    schema_file = Path(__file__).resolve().parents[1] / "src/quantunlearn/schemas"
-    schema = yaml.safe_load((schema_file / "config.schema.yaml").read_text())
-    names = schema["properties"]["unlearn"]["properties"]["methods"]["propertyNames"]["enum"]
-    assert sorted(names) == sorted(METHODS)
-
-
 def test_rmu_under_gradient_checkpointing_gives_the_same_model(
     tiny_model_dir, corpora, tmp_path: Path
 ):
@@ -179,10 +203,17 @@ def test_rmu_under_gradient_checkpointing_gives_the_same_model(
     for checkpointing in (False, True):
         out = tmp_path / f"ckpt_{checkpointing}"
         unlearn(
-            str(tiny_model_dir), forget, retain, out, tmp_path / f"{checkpointing}.parquet",
-            method="RMU", weight_dtype="fp32", lr=1e-2, epochs=3, alpha=1.0, rmu_layer=1,
-            rmu_steering=4.0, batch_size=2, max_len=64, gradient_checkpointing=checkpointing,
-        )  # fmt: skip
+            str(tiny_model_dir),
+            forget,
+            retain,
+            out,
+            tmp_path / f"{checkpointing}.parquet",
+            method="RMU",
+            hyperparameters=dict(
+                weight_dtype="fp32", lr=1e-2, epochs=3, alpha=1.0, rmu_layer=1, rmu_steering=4.0
+            ),
+            settings=dict(batch_size=2, max_len=64, gradient_checkpointing=checkpointing),
+        )
         outs.append(load_model(str(out)))
     target = load_model(str(tiny_model_dir))
     for (name, p), (_, q), (_, t) in zip(

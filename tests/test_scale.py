@@ -16,9 +16,10 @@ import yaml
 from test_tables import cell_rows, hypers, write_cells
 from test_workflow import job_counts, snakemake
 
-from quantunlearn.config import ConfigError, load_study
-from quantunlearn.scale import make_scale_table, model_sizes, scale_table
-from quantunlearn.tables import build_table1
+from quantunlearn.reports.cells import build_table1
+from quantunlearn.reports.scale import make_scale_table, model_sizes, scale_table
+from quantunlearn.study import load_study
+from quantunlearn.study.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = ROOT / "config" / "scale.yaml"

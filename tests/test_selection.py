@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from quantunlearn.mitigation_tables import make_mitigation_tables, paired_table, summary_table
-from quantunlearn.selection import mark_selected, select_runs
+from quantunlearn.reports.mitigations import make_mitigation_tables, paired_table, summary_table
+from quantunlearn.reports.selection import mark_selected, select_runs
 
 
 def frame(rows):
@@ -82,7 +82,7 @@ def test_sure_table_and_summary_by_hand():
 
 
 def test_make_mitigation_tables_from_metric_files(tmp_path):
-    from quantunlearn.config import BASE_HYPER_COLUMNS
+    from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS
 
     files = []
     for i, (bench, method, dtype, run, quant, kf, kr) in enumerate(PAIR_ROWS):

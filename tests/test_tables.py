@@ -14,21 +14,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from quantunlearn.tables import (
-    HYPER_COLUMNS,
-    METRIC_COLUMNS,
+from quantunlearn.reports.cells import build_table1, metric_columns, read_cells, table1_columns
+from quantunlearn.reports.render import row_label, to_markdown
+from quantunlearn.reports.table1 import (
     POOLED_METRIC,
-    TABLE1_COLUMNS,
-    build_table1,
     headline_retention,
     make_table1,
     plot_retention,
-    read_cells,
     retention_summary,
-    row_label,
-    to_markdown,
     write_table,
 )
+from quantunlearn.unlearning.hyperparameters import HYPER_COLUMNS
 
 QUANTS = ["none", "rtn_w8", "rtn_w4g128"]
 HASH = "cfg0123abcd"
@@ -184,7 +180,7 @@ def test_read_cells_names_file_missing_a_column(tmp_path, long):
 
 
 def test_table1_columns_and_row_order(table):
-    assert list(table.columns) == TABLE1_COLUMNS
+    assert list(table.columns) == table1_columns()
     order = list(zip(table["method"], table["weight_dtype"], table["quant"], strict=True))
     want = []
     for method, dtype in [
@@ -347,7 +343,7 @@ def test_write_table_files(tmp_path, table):
         assert stem.with_suffix(f".{ext}").is_file()
     assert not [p for p in stem.parent.iterdir() if p.name.endswith(".tmp")]
     back = pd.read_parquet(stem.with_suffix(".parquet"))
-    assert list(back.columns) == TABLE1_COLUMNS and len(back) == len(table) == 18
+    assert list(back.columns) == table1_columns() and len(back) == len(table) == 18
     assert back["knowmem_f"].tolist() == table["knowmem_f"].tolist()
     assert len(pd.read_csv(stem.with_suffix(".csv"))) == 18
 
@@ -454,7 +450,7 @@ def test_headline_reproduces_paper_21_and_83_percent():
                     "run": f"method~{method}",
                 }
             )
-    table = pd.DataFrame(rows, columns=TABLE1_COLUMNS)
+    table = pd.DataFrame(rows, columns=table1_columns())
     head = headline_retention(table)
     assert set(head["metric"]) == {POOLED_METRIC} and set(head["benchmark"]) == {"all"}
     full = head[head["quant"] == "none"].iloc[0]
@@ -511,7 +507,7 @@ def test_make_table1_end_to_end(tmp_path, long):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     check_figures(out / "retention.png", out / "retention.svg")
     table = pd.read_parquet(out / "table1.parquet")
-    assert len(table) == 18 and list(table.columns[-6:-2]) == METRIC_COLUMNS
+    assert len(table) == 18 and list(table.columns[-6:-2]) == metric_columns()
     ret = pd.read_parquet(out / "retention.parquet")
     assert len(ret) == 12 + 6  # per-benchmark rows + pooled rows (2 dtypes x 3 quants)
     assert pct(ret, "knowmem_f", "bf16", "rtn_w4g128")[0] == pytest.approx(82.5)

@@ -5,16 +5,10 @@ import math
 import pytest
 import torch
 
-from quantunlearn.files import atomic_dir
-from quantunlearn.losses import IGNORE
-from quantunlearn.models import load_model
-from quantunlearn.training import (
-    check_finite,
-    collate,
-    cosine_with_warmup,
-    train_lm,
-)
-from quantunlearn.unlearn import unlearn
+from quantunlearn.io import atomic_dir
+from quantunlearn.models.loading import load_model
+from quantunlearn.models.training import IGNORE, check_finite, collate, cosine_with_warmup, train_lm
+from quantunlearn.unlearning.loop import unlearn
 
 
 def test_collate_pads_right_and_masks_labels():
@@ -50,8 +44,8 @@ def test_check_finite_names_the_place():
 
 
 def test_train_lm_lowers_the_loss(tiny_tokenizer, unlearn_docs):
-    from quantunlearn.data import tokenize_documents
-    from quantunlearn.models import build_llama
+    from quantunlearn.data.documents import tokenize_documents
+    from quantunlearn.models.tiny import build_llama
 
     model = build_llama(tiny_tokenizer, 128, 128, num_layers=1, num_heads=2)
     docs = tokenize_documents(unlearn_docs, tiny_tokenizer)
@@ -83,14 +77,10 @@ def test_unlearning_changes_weights_and_raises_forget_loss(
         out,
         tmp_path / "log.parquet",
         method=method,
-        weight_dtype="fp32",
-        lr=1e-3,
-        epochs=3,
-        alpha=1.0,
-        beta=0.1,
-        npo_klr_form="paper",
-        batch_size=2,
-        max_len=64,
+        hyperparameters=dict(
+            weight_dtype="fp32", lr=1e-3, epochs=3, alpha=1.0, beta=0.1, npo_klr_form="paper"
+        ),
+        settings=dict(batch_size=2, max_len=64),
     )
     assert info["steps"] == 3
     before, after = load_model(str(tiny_model_dir)), load_model(str(out))
@@ -113,12 +103,8 @@ def test_bf16_weights_are_saved_in_bf16(tiny_model_dir, corpora, tmp_path):
         tmp_path / "m",
         tmp_path / "log.parquet",
         method="GA_GDR",
-        weight_dtype="bf16",
-        lr=1e-3,
-        epochs=1,
-        alpha=1.0,
-        batch_size=2,
-        max_len=64,
+        hyperparameters=dict(weight_dtype="bf16", lr=1e-3, epochs=1, alpha=1.0),
+        settings=dict(batch_size=2, max_len=64),
     )
     reloaded = load_model(str(tmp_path / "m"), "bf16")
     weights = dict(reloaded.named_parameters())
@@ -138,18 +124,15 @@ def test_nan_loss_stops_and_leaves_no_model(tiny_model_dir, corpora, tmp_path):
             out,
             tmp_path / "log.parquet",
             method="GA",
-            weight_dtype="fp32",
-            lr=1e30,
-            epochs=5,
-            batch_size=2,
-            max_len=64,
+            hyperparameters=dict(weight_dtype="fp32", lr=1e30, epochs=5),
+            settings=dict(batch_size=2, max_len=64),
         )
     assert not out.exists()
     assert not (tmp_path / "log.parquet").exists()
 
 
 def test_round_to_bf16_by_hand():
-    from quantunlearn.unlearn import round_to_bf16
+    from quantunlearn.unlearning.loop import round_to_bf16
 
     layer = torch.nn.Linear(3, 1, bias=False)
     # bf16 keeps 8 significant bits: the spacing at 1.0 is 2^-7, so half a step is 2^-8
@@ -171,12 +154,8 @@ def test_emulated_bf16_storage_freezes_small_updates(tiny_model_dir, corpora, tm
         out,
         tmp_path / "log.parquet",
         method="GA",
-        weight_dtype="bf16",
-        bf16_compute="emulated",
-        lr=1e-12,
-        epochs=2,
-        batch_size=2,
-        max_len=64,
+        hyperparameters=dict(weight_dtype="bf16", lr=1e-12, epochs=2),
+        settings=dict(bf16_compute="emulated", batch_size=2, max_len=64),
     )
     target = load_model(str(tiny_model_dir))
     for (name, a), (_, b) in zip(

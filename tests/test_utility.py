@@ -1,4 +1,4 @@
-"""Utility metrics (seed 000 section 6.2) against hand-computed values, and on real files."""
+"""Utility metrics (Zhang et al. section 6.2) against hand-computed values, and on real files."""
 
 from __future__ import annotations
 
@@ -10,18 +10,19 @@ import pytest
 import torch
 import yaml
 
-from quantunlearn import utility
-from quantunlearn.config import ConfigError, load_study
-from quantunlearn.utility import (
+from quantunlearn.data.utility import write_utility_fixture
+from quantunlearn.evaluation import utility
+from quantunlearn.evaluation.metrics import BY_NAME, Context, metric_names
+from quantunlearn.evaluation.utility import (
     continuation_logprobs,
-    evaluate_utility,
     fluency_entropy,
-    join_utility_columns,
     ngram_entropy,
     normalize_answer,
     token_f1,
-    write_utility_fixture,
 )
+from quantunlearn.reports.table1 import join_utility_columns
+from quantunlearn.study import load_study
+from quantunlearn.study.config import ConfigError
 
 
 def test_ngram_entropy_by_hand():
@@ -106,28 +107,31 @@ def test_evaluate_utility_on_fixture_files(tiny_model, tiny_tokenizer, tmp_path)
     assert set(tq[0]["mc1_targets"]) == {"choices", "labels"}
     trivia = json.loads((tmp_path / "triviaqa" / "train.json").read_text())
     assert {"value", "aliases", "normalized_aliases"} <= set(trivia[0]["answer"])
+    names = metric_names(group="utility")
     evaluation = {
-        "utility": list(utility.UTILITY_METRICS),
+        "utility": names,
         "utility_data": sources,
         "utility_limit": 2,
         "fluency_max_new_tokens": 6,
         "batch_size": 4,
         "max_length": 256,
     }
-    values, records = evaluate_utility(tiny_model, tiny_tokenizer, evaluation)
-    assert set(values) == set(utility.UTILITY_METRICS)
+    context = Context(tiny_model, tiny_tokenizer, None, evaluation, auc_retrain=0.5)
+    values, records = {}, []
+    for name in names:
+        value, n, recs = BY_NAME[name].compute(context)
+        values[name] = (value, n)
+        records += recs
     for name, (value, n) in values.items():
         assert n == 2 and 0.0 <= value <= (100.0 if name != "fluency" else 100.0 * math.log2(6))
     assert len(records) == 4 * 2
-    assert {r["metric"] for r in records} == set(utility.UTILITY_METRICS)
+    assert {r["metric"] for r in records} == set(names)
     # the metric value is the mean of the per-item scores
     for name, (value, _) in values.items():
         scores = [r["score"] for r in records if r["metric"] == name]
         assert value == pytest.approx(sum(scores) / len(scores))
-    assert evaluate_utility(tiny_model, tiny_tokenizer, {"batch_size": 4, "max_length": 64}) == (
-        {},
-        [],
-    )
+    # a utility metric is measured only when evaluation.utility names it
+    assert not any(BY_NAME[name].applies({"batch_size": 4}) for name in names)
 
 
 def test_utility_columns_join_table1_rows():
@@ -176,9 +180,9 @@ def test_config_names_bad_utility_keys(tmp_path):
 
 def test_evaluation_cell_with_utility_gives_table3_columns(tiny_model_dir, tmp_path):
     """evaluate_cell writes the utility rows next to MUSE's; table1 shows them as Gen..Flu."""
-    from quantunlearn.data import generate_synthetic
-    from quantunlearn.evaluate import evaluate_cell
-    from quantunlearn.tables import make_table1
+    from quantunlearn.data.synthetic import generate_synthetic
+    from quantunlearn.evaluation.cell import evaluate_cell
+    from quantunlearn.reports.table1 import make_table1
 
     bench = tmp_path / "bench"
     generate_synthetic(bench, n_people=24, n_bio_variants=1, n_retain_qa_people=2, n_icl=2)

@@ -3,10 +3,11 @@
 import os
 import sys
 
-from quantunlearn.config import load_study
-from quantunlearn.methods import REFERENCES
-from quantunlearn.quantize import parse_quantizer
-from quantunlearn.storage import disk_summary
+from quantunlearn.quantizers import QUANTIZERS, family_pattern, parse_quantizer
+from quantunlearn.reports import BY_NAME as REPORTS
+from quantunlearn.study import load_study
+from quantunlearn.study.storage import disk_summary
+from quantunlearn.unlearning.methods import REFERENCES
 
 STUDY = load_study(config)
 if workflow.is_main_process:  # the dry run (and the main run) says what the checkpoints take
@@ -56,7 +57,7 @@ def benchmark_dir(bench):
 
 def quantized_dir(bench, run, quant):
     """The stored checkpoint of a GPTQ/AWQ quantizer (quantize.smk), else None."""
-    return STUDY.quant_dir(bench, run, quant) if parse_quantizer(quant).is_stored else None
+    return STUDY.quant_dir(bench, run, quant) if parse_quantizer(quant).stored else None
 
 
 def quantized_input(bench, run, quant):
@@ -66,6 +67,37 @@ def quantized_input(bench, run, quant):
 
 def noflip_target_input(bench, quant):
     """The noflip counterfactual forces the target's codes back: it needs the target."""
-    if parse_quantizer(quant).backend != "noflip":
+    if not parse_quantizer(quant).needs_target:
         return []
     return model_input(bench, "method~target")
+
+
+# GPTQ/AWQ: the quantizers whose checkpoint the `quantize` rule writes (from the QUANTIZERS table)
+STORED_QUANTIZERS = family_pattern([family for family in QUANTIZERS if family.stored])
+
+
+def report_outputs(name):
+    """The files a report writes, as its module declares them; its Markdown tables and PNG
+    figures also go into the HTML report (snakemake --report), captioned by workflow/report/."""
+    items = REPORTS[name].report_items()
+    outputs = {}
+    for file in REPORTS[name].files:
+        path = f"{TABLES}/{file}"
+        if file in items:
+            caption = os.path.join(
+                workflow.basedir, "workflow", "report", file.split(".")[0] + ".rst"
+            )
+            kwargs = {"caption": caption} if os.path.exists(caption) else {}
+            path = report(path, category=items[file], **kwargs)
+        outputs[file.replace(".", "_")] = path
+    return outputs
+
+
+def all_report_files():
+    """Every file of every report this study makes (the `all_tables` target)."""
+    return [
+        f"{TABLES}/{file}"
+        for name, spec in REPORTS.items()
+        if spec.applies(STUDY)
+        for file in spec.files
+    ]

@@ -14,7 +14,7 @@ rule quantize:
     benchmark:
         f"{RESULTS}/benchmarks/quantize/{{bench}}/{{run}}/{{quant}}.tsv"
     wildcard_constraints:
-        quant=r"(gptq|awq)_w[0-9]+(g[0-9]+)?",
+        quant=STORED_QUANTIZERS,
     conda:
         CONDA_ENV
     threads: 1

@@ -1,7 +1,8 @@
-from quantunlearn.diagnostics import diagnose_run
-from quantunlearn.workflow_io import logged
+from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0], snakemake.threads):
+    from quantunlearn.evaluation.diagnostics import diagnose_run
+
     cell_config = snakemake.params.cell_config
     diagnose_run(
         snakemake.params.target,

@@ -1,7 +1,8 @@
-from quantunlearn.evaluate import evaluate_cell
-from quantunlearn.workflow_io import logged
+from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0], snakemake.threads):
+    from quantunlearn.evaluation.cell import evaluate_cell
+
     cell_config = snakemake.params.cell_config
     evaluate_cell(
         snakemake.params.model,

@@ -1,12 +1,13 @@
 from pathlib import Path
 
-from quantunlearn.mitigation_tables import make_mitigation_tables
-from quantunlearn.workflow_io import logged
+from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0]):
+    from quantunlearn.reports.mitigations import make_mitigation_tables
+
     make_mitigation_tables(
         snakemake.input,
-        Path(snakemake.output.md).parent,
+        Path(snakemake.output[0]).parent,
         snakemake.params.quantizers,
         snakemake.params.selection,
         snakemake.params.low_bit,

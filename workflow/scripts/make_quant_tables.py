@@ -1,12 +1,13 @@
 from pathlib import Path
 
-from quantunlearn.quant_tables import make_quant_tables
-from quantunlearn.workflow_io import logged
+from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0]):
+    from quantunlearn.reports.quantizers import make_quant_tables
+
     make_quant_tables(
         snakemake.input.metrics,
         snakemake.input.diagnostics,
-        Path(snakemake.output.table2).parent,
+        Path(snakemake.output[0]).parent,
         snakemake.params.quantizers,
     )

@@ -1,7 +1,8 @@
 from pathlib import Path
 
-from quantunlearn.tables import make_table1
-from quantunlearn.workflow_io import logged
+from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0]):
-    make_table1(snakemake.input, Path(snakemake.output.md).parent, snakemake.params.quantizers)
+    from quantunlearn.reports.table1 import make_table1
+
+    make_table1(snakemake.input, Path(snakemake.output[0]).parent, snakemake.params.quantizers)

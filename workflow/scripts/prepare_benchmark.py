@@ -1,7 +1,9 @@
-from quantunlearn.data import generate_synthetic, prepare_benchmark
-from quantunlearn.workflow_io import logged
+from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0]):
+    from quantunlearn.data.muse import prepare_benchmark
+    from quantunlearn.data.synthetic import generate_synthetic
+
     bench = snakemake.params.benchmark
     if bench["source"] == "synthetic":
         generate_synthetic(snakemake.output[0], **bench["synthetic"])

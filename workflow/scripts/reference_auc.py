@@ -1,7 +1,8 @@
-from quantunlearn.evaluate import reference_auc
-from quantunlearn.workflow_io import logged
+from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0], snakemake.threads):
+    from quantunlearn.evaluation.cell import reference_auc
+
     reference_auc(
         snakemake.params.model,
         snakemake.input.data,

@@ -1,7 +1,8 @@
-from quantunlearn.models import train_reference
-from quantunlearn.workflow_io import logged
+from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0], snakemake.threads):
+    from quantunlearn.models.tiny import train_reference
+
     train_reference(
         snakemake.wildcards.which,
         snakemake.input.data,

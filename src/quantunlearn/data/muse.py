@@ -1,0 +1,228 @@
+"""The MUSE layout: loading and validating a benchmark folder, and fetching it from the hub.
+
+The MUSE benchmark (Shi et al., "MUSE: Machine Unlearning Six-Way Evaluation for Language
+Models") ships, per corpus, a raw text corpus plus JSON evaluation files:
+
+    raw/forget.txt, raw/retain*.txt, raw/holdout.txt   documents separated by blank lines
+    verbmem/forget.json                                [{"prompt", "gt"}]
+    knowmem/{forget_qa,forget_qa_icl,retain_qa,retain_qa_icl}.json   [{"question", "answer"}]
+    privleak/{forget,retain,holdout}.json              ["text", ...]
+
+The embedded benchmark (`quantunlearn.data.synthetic`) is written in the same layout; the real
+corpora come from the Hugging Face hub (``fetch_muse``) or a local folder (``prepare_benchmark``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+LAYOUT_VERSION = 1
+
+
+def write_json_file(path: Path, obj: Any) -> None:
+    """Pretty JSON with a final newline (the layout's files are human-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(obj, indent=1, ensure_ascii=False) + "\n"
+    path.write_text(text, encoding="utf-8", newline="\n")
+
+
+def write_documents(path: Path, docs: Sequence[str]) -> None:
+    """A raw corpus file: documents separated by one blank line."""
+    for i, doc in enumerate(docs):
+        if "\n\n" in doc or not doc.strip():
+            raise ValueError(f"{path.name}: document {i} is empty or contains a blank line")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8", newline="\n")
+
+
+# Benchmark field -> (relative path, item kind)
+BENCHMARK_FILES: dict[str, tuple[str, str]] = {
+    "verbmem_forget": ("verbmem/forget.json", "verbmem"),
+    "knowmem_forget_qa": ("knowmem/forget_qa.json", "qa"),
+    "knowmem_forget_icl": ("knowmem/forget_qa_icl.json", "qa"),
+    "knowmem_retain_qa": ("knowmem/retain_qa.json", "qa"),
+    "knowmem_retain_icl": ("knowmem/retain_qa_icl.json", "qa"),
+    "privleak_forget": ("privleak/forget.json", "text"),
+    "privleak_retain": ("privleak/retain.json", "text"),
+    "privleak_holdout": ("privleak/holdout.json", "text"),
+}
+ITEM_KEYS = {"verbmem": ("prompt", "gt"), "qa": ("question", "answer")}
+
+
+@dataclass
+class Benchmark:
+    """The evaluation files of one MUSE-layout folder (raw corpora are read with read_documents)."""
+
+    root: Path
+    verbmem_forget: list[dict]
+    knowmem_forget_qa: list[dict]
+    knowmem_forget_icl: list[dict]
+    knowmem_retain_qa: list[dict]
+    knowmem_retain_icl: list[dict]
+    privleak_forget: list[str]
+    privleak_retain: list[str]
+    privleak_holdout: list[str]
+
+
+def _check_items(items: Any, kind: str, path: Path) -> list:
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a JSON list, got {type(items).__name__}")
+    for i, item in enumerate(items):
+        if kind == "text":
+            if not isinstance(item, str):
+                raise ValueError(f"{path}: item {i} must be a string, got {type(item).__name__}")
+            continue
+        keys = ITEM_KEYS[kind]
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}: item {i} must be an object with keys {keys}")
+        for key in keys:
+            if not isinstance(item.get(key), str):
+                raise ValueError(
+                    f"{path}: item {i} needs a string {key!r} (keys {keys}); got {item.get(key)!r}"
+                )
+    return items
+
+
+def load_benchmark(root: str | os.PathLike) -> Benchmark:
+    """Read and validate the evaluation JSON files of a MUSE-layout folder."""
+    root = Path(root)
+    fields = {}
+    for field, (rel, kind) in BENCHMARK_FILES.items():
+        path = root / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"{rel} is missing in benchmark folder {root}")
+        try:
+            items = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+        fields[field] = _check_items(items, kind, path)
+    return Benchmark(root=root, **fields)
+
+
+# ----------------------------------------------------------------------------------------------
+# The hub path: muse-bench/MUSE-News and muse-bench/MUSE-Books
+# ----------------------------------------------------------------------------------------------
+
+MUSE_HUB_IDS = ("muse-bench/MUSE-News", "muse-bench/MUSE-Books")
+
+# (hub config, split) -> path in the local layout. Config and split names are those of the
+# datasets' cards on the hub (same for News and Books; Books' raw splits are whole books).
+MUSE_HUB_FILES: dict[tuple[str, str], str] = {
+    ("raw", "forget"): "raw/forget.txt",
+    ("raw", "retain1"): "raw/retain1.txt",
+    ("raw", "retain2"): "raw/retain2.txt",
+    ("raw", "holdout"): "raw/holdout.txt",
+    ("verbmem", "forget"): "verbmem/forget.json",
+    ("knowmem", "forget_qa"): "knowmem/forget_qa.json",
+    ("knowmem", "forget_qa_icl"): "knowmem/forget_qa_icl.json",
+    ("knowmem", "retain_qa"): "knowmem/retain_qa.json",
+    ("knowmem", "retain_qa_icl"): "knowmem/retain_qa_icl.json",
+    ("privleak", "forget"): "privleak/forget.json",
+    ("privleak", "retain"): "privleak/retain.json",
+    ("privleak", "holdout"): "privleak/holdout.json",
+}
+HUB_COLUMNS = {"raw": ("text",), "verbmem": ITEM_KEYS["verbmem"], "knowmem": ITEM_KEYS["qa"]}
+HUB_COLUMNS["privleak"] = ("text",)
+
+
+class HubDownloadError(RuntimeError):
+    """A MUSE split could not be loaded from the hub (no network, wrong name, ...)."""
+
+
+def _rows_to_local(rows, config: str, where: str) -> Any:
+    columns = HUB_COLUMNS[config]
+    missing = [c for c in columns if c not in rows.column_names]
+    if missing:
+        raise ValueError(f"{where}: columns {missing} missing (has {rows.column_names})")
+    if config in ("raw", "privleak"):
+        texts = list(rows["text"])
+        return "\n\n".join(texts) + "\n" if config == "raw" else texts
+    return [{c: row[c] for c in columns} for row in rows]
+
+
+def _atomic_dir(out_dir: Path) -> Path:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir} already exists and is not an empty folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+
+
+def _commit_dir(tmp: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        out_dir.rmdir()  # empty, checked by _atomic_dir
+    tmp.rename(out_dir)
+
+
+def fetch_muse(hub_id: str, out_dir: str | os.PathLike) -> None:
+    """Download one MUSE corpus from the hub into ``out_dir`` in the local layout.
+
+    Everything is written into a temporary sibling folder, validated with load_benchmark and
+    renamed at the end, so a failure leaves no ``out_dir`` behind.
+    """
+    import datasets  # late: heavy, and tests replace datasets.load_dataset
+
+    out_dir = Path(out_dir)
+    tmp = _atomic_dir(out_dir)
+    try:
+        for (config, split), rel in tqdm(MUSE_HUB_FILES.items(), desc=f"fetch {hub_id}"):
+            where = f"{hub_id} config {config!r} split {split!r}"
+            try:
+                rows = datasets.load_dataset(hub_id, config, split=split)
+            except Exception as err:
+                raise HubDownloadError(
+                    f"could not load {where}: {err}. Without network access, download it once on "
+                    f"a machine that has it (into the Hugging Face cache, then run with "
+                    f"HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1), or point the benchmark source at a "
+                    f"local folder in the MUSE layout."
+                ) from err
+            local = _rows_to_local(rows, config, where)
+            if isinstance(local, str):
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / rel).write_text(local, encoding="utf-8", newline="\n")
+            else:
+                write_json_file(tmp / rel, local)
+        write_json_file(
+            tmp / "meta.json",
+            {"benchmark": hub_id, "layout_version": LAYOUT_VERSION, "source": "hub"},
+        )
+        load_benchmark(tmp)
+        _commit_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+def prepare_benchmark(source: str, out_dir: str | os.PathLike) -> None:
+    """Put a MUSE-layout benchmark into ``out_dir`` from a local folder or a hub dataset id."""
+    out_dir = Path(out_dir)
+    local = Path(source)
+    if local.is_dir():
+        load_benchmark(local)
+        tmp = _atomic_dir(out_dir)
+        try:
+            shutil.copytree(local, tmp, dirs_exist_ok=True)
+            _commit_dir(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return
+    if not local.exists() and _HUB_ID.match(source):
+        fetch_muse(source, out_dir)
+        return
+    raise FileNotFoundError(
+        f"benchmark source {source!r} is neither a folder in the MUSE layout nor a hub dataset id "
+        f"like {MUSE_HUB_IDS[0]!r}"
+    )

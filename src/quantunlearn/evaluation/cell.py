@@ -1,0 +1,123 @@
+"""Evaluate one (run, quantizer) cell with every metric of the METRICS table; write its files.
+
+Each cell writes two files: the metrics in long format (one row per metric, with the cell's
+parameters, its config hash and package versions as columns, so that aggregation is a plain
+concatenation) and the per-sample records (metric, index, prompt, reference, output, score), so
+that every number can be audited.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from quantunlearn.data.muse import load_benchmark
+from quantunlearn.evaluation import metrics
+from quantunlearn.evaluation.metrics import Context
+from quantunlearn.io import config_hash, write_json, write_parquet
+from quantunlearn.models.loading import load_model, load_tokenizer
+from quantunlearn.quantizers import parse_quantizer
+from quantunlearn.unlearning.hyperparameters import all_fields, column_dtype
+
+PACKAGES = (
+    "quantunlearn",
+    "torch",
+    "transformers",
+    "bitsandbytes",
+    "rouge-score",
+    "tokenizers",
+    "gptqmodel",
+    "gguf",
+)
+
+
+def package_versions() -> str:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return json.dumps(versions, sort_keys=True)
+
+
+def reference_auc(
+    retrain_model: str,
+    bench_dir: str | Path,
+    out_json: str | Path,
+    evaluation: dict,
+    tokenizer: str | None = None,
+) -> float:
+    """PrivLeak's denominator: the full-precision retrain model's Min-K% AUC (forget vs holdout)."""
+    bench = load_benchmark(bench_dir)
+    tok = load_tokenizer(tokenizer or retrain_model)
+    model = load_model(retrain_model, "fp32")
+    auc = Context(model, tok, bench, evaluation, auc_retrain=float("nan")).membership_auc
+    write_json({"auc_retrain": auc, "model": str(retrain_model)}, out_json)
+    return auc
+
+
+def evaluate_cell(
+    model_path: str,
+    quant: str,
+    bench_dir: str | Path,
+    reference_auc_json: str | Path,
+    metrics_out: str | Path,
+    records_out: str | Path,
+    *,
+    cell: dict,
+    cell_config: dict,
+    evaluation: dict,
+    bnb_compute_dtype: str = "fp32",
+    tokenizer: str | None = None,
+    quant_dir: str | Path | None = None,
+    target_model: str | None = None,
+) -> pd.DataFrame:
+    """Quantize (at load time, or decode a stored checkpoint) and evaluate one model; `cell`
+    holds the row's parameters. quant_dir: the stored checkpoint of a GPTQ/AWQ quantizer;
+    target_model: the target, which the noflip counterfactual needs."""
+    quantizer = parse_quantizer(quant)
+    bench = load_benchmark(bench_dir)
+    auc_retrain = json.loads(Path(reference_auc_json).read_text())["auc_retrain"]
+    tok = load_tokenizer(tokenizer or model_path)
+    start = time.time()
+    model = quantizer.load(
+        model_path, compute_dtype=bnb_compute_dtype, quant_dir=quant_dir, target_path=target_model
+    )
+    quantize_seconds = time.time() - start
+    context = Context(model, tok, bench, evaluation, auc_retrain)
+    values, records = {}, []
+    with torch.inference_mode():
+        for metric in metrics.METRICS:
+            if metric.applies(evaluation):
+                value, n, recs = metric.compute(context)
+                values[metric.name] = (value, n)
+                records += recs
+    shared = {
+        **cell,
+        "quant": quant,
+        "config_hash": config_hash(cell_config),
+        "cell_config": json.dumps(cell_config, sort_keys=True, default=str),
+        "versions": package_versions(),
+        "eval_seconds": time.time() - start,
+        "quantize_seconds": quantize_seconds,
+    }
+    rows = [{**shared, "metric": m, "value": float(v), "n": n} for m, (v, n) in values.items()]
+    frame = pd.DataFrame(rows)
+    hyper = [key for key in all_fields() if key in frame.columns]
+    frame = frame.astype({"n": "Int64", **{key: column_dtype(key) for key in hyper}})
+    records = pd.DataFrame(records)
+    records.insert(0, "quant", quant)
+    records.insert(0, "run", cell["run"])
+    records.insert(0, "benchmark", cell["benchmark"])
+    write_parquet(records, records_out)
+    write_parquet(frame, metrics_out)
+    summary = ", ".join(f"{m} {v:.1f}" for m, (v, _) in values.items())
+    print(f"{cell['benchmark']} {cell['run']} {quant}: {summary}")
+    return frame

@@ -1,0 +1,179 @@
+"""The metrics of an evaluation cell: one explicit table, each row a name, a label, a direction
+and the function that measures it.
+
+The MUSE metrics (Zhang et al., ICLR 2025, section 4.1 and appendix C; Shi et al. 2024b) are
+measured in every cell; the utility metrics of Zhang et al. section 6.2 (Table 3's Gen, Tru, Fac,
+Flu) when ``evaluation.utility`` names them. A row's ``compute`` takes the cell's `Context` and
+returns (value, number of items, per-item records). The tables take their columns, headers and
+arrows from this table; a new metric is one function and one row. This module reads without
+torch (the workflow validates ``evaluation.utility`` against it); the measuring code is imported
+when a metric is computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from quantunlearn.data.utility import benchmark_rows
+
+ARROWS = {"lower": "↓", "higher": "↑", "zero": "→0"}
+
+
+class Context:
+    """What every metric of one cell reads: the (quantized) model, its tokenizer, the
+    benchmark's evaluation files, the ``evaluation`` config and PrivLeak's reference AUC."""
+
+    def __init__(self, model, tokenizer, benchmark, evaluation: dict, auc_retrain: float):
+        self.model, self.tokenizer, self.benchmark = model, tokenizer, benchmark
+        self.evaluation, self.auc_retrain = evaluation, auc_retrain
+
+    @cached_property
+    def membership_auc(self) -> float:
+        """Min-K% Prob AUC of the forget texts (label 0) against the holdout texts (label 1)."""
+        from quantunlearn.evaluation.muse import privleak_auc
+
+        ev, bench = self.evaluation, self.benchmark
+        return privleak_auc(
+            self.model,
+            self.tokenizer,
+            bench.privleak_forget,
+            bench.privleak_holdout,
+            k=ev["mink_k"],
+            max_length=ev["max_length"],
+            batch_size=ev["batch_size"],
+        )
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # the value's key in the metric files (column ``metric``)
+    label: str  # the column header of the paper's tables
+    direction: str | None  # lower | higher | zero (closer to 0 is better) | None
+    compute: Callable[[Context], tuple[float, int, list[dict]]]
+    group: str = "muse"  # muse: every cell; utility: when evaluation.utility names it
+    table: bool = True  # shown in the paper-style tables
+
+    @property
+    def header(self) -> str:
+        """The label with the paper's arrow: "VerbMem_f ↓"."""
+        return f"{self.label} {ARROWS[self.direction]}" if self.direction else self.label
+
+    def applies(self, evaluation: dict) -> bool:
+        return self.group == "muse" or self.name in (evaluation.get("utility") or [])
+
+
+def _verbmem(ctx: Context):
+    from quantunlearn.evaluation.muse import verbmem
+
+    ev = ctx.evaluation
+    items = ctx.benchmark.verbmem_forget
+    value, records = verbmem(
+        ctx.model, ctx.tokenizer, items, ev["verbmem_max_new_tokens"], ev["batch_size"]
+    )
+    return value, len(records), records
+
+
+def _knowmem(split: str) -> Callable[[Context], tuple[float, int, list[dict]]]:
+    def compute(ctx: Context):
+        from quantunlearn.evaluation.muse import knowmem
+
+        ev, bench = ctx.evaluation, ctx.benchmark
+        value, records = knowmem(
+            ctx.model,
+            ctx.tokenizer,
+            getattr(bench, f"knowmem_{split}_qa"),
+            getattr(bench, f"knowmem_{split}_icl"),
+            ev["knowmem_max_new_tokens"],
+            ev["batch_size"],
+            metric=f"knowmem_{split[0]}",
+        )
+        return value, len(records), records
+
+    return compute
+
+
+def _privleak(ctx: Context):
+    from quantunlearn.evaluation.muse import privleak
+
+    value = privleak(ctx.membership_auc, ctx.auc_retrain)
+    return value, len(ctx.benchmark.privleak_forget), []
+
+
+def _mink_auc(ctx: Context):
+    bench = ctx.benchmark
+    return ctx.membership_auc, len(bench.privleak_forget) + len(bench.privleak_holdout), []
+
+
+def _mmlu(ctx: Context):
+    from quantunlearn.evaluation import utility
+
+    test, dev = benchmark_rows("mmlu", ctx.evaluation)
+    ev = ctx.evaluation
+    value, records = utility.mmlu(
+        ctx.model, ctx.tokenizer, test, dev, ev["batch_size"], ev["max_length"]
+    )
+    return value, len(test), records
+
+
+def _truthfulqa_mc1(ctx: Context):
+    from quantunlearn.evaluation import utility
+
+    rows, _ = benchmark_rows("truthfulqa_mc1", ctx.evaluation)
+    ev = ctx.evaluation
+    value, records = utility.truthfulqa_mc1(
+        ctx.model, ctx.tokenizer, rows, ev["batch_size"], ev["max_length"]
+    )
+    return value, len(rows), records
+
+
+def _triviaqa(ctx: Context):
+    from quantunlearn.evaluation import utility
+
+    rows, shots = benchmark_rows("triviaqa", ctx.evaluation)
+    value, records = utility.triviaqa(
+        ctx.model, ctx.tokenizer, rows, shots, ctx.evaluation["batch_size"]
+    )
+    return value, len(rows), records
+
+
+def _fluency(ctx: Context):
+    from quantunlearn.evaluation import utility
+
+    rows, _ = benchmark_rows("fluency", ctx.evaluation)
+    ev = ctx.evaluation
+    max_new = ev.get("fluency_max_new_tokens", 128)
+    value, records = utility.fluency(ctx.model, ctx.tokenizer, rows, ev["batch_size"], max_new)
+    return value, len(rows), records
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("verbmem_f", "VerbMem_f", "lower", _verbmem),
+    Metric("knowmem_f", "KnowMem_f", "lower", _knowmem("forget")),
+    Metric("privleak", "PrivLeak", "zero", _privleak),
+    Metric("knowmem_r", "KnowMem_r", "higher", _knowmem("retain")),
+    # PrivLeak's input, recorded so that PrivLeak can be recomputed from the metric files
+    Metric("mink_auc", "Min-K% AUC", None, _mink_auc, table=False),
+    # Zhang et al. section 6.2 (Table 3): general knowledge, truthfulness, factuality, fluency
+    Metric("mmlu", "Gen", "higher", _mmlu, group="utility"),
+    Metric("truthfulqa_mc1", "Tru", "higher", _truthfulqa_mc1, group="utility"),
+    Metric("triviaqa", "Fac", "higher", _triviaqa, group="utility"),
+    Metric("fluency", "Flu", "higher", _fluency, group="utility"),
+)
+BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+
+
+def metric_names(group: str | None = None, table: bool | None = None) -> list[str]:
+    """Names of the metrics of a group (muse / utility), optionally only those in tables."""
+    return [
+        m.name
+        for m in METRICS
+        if (group is None or m.group == group) and (table is None or m.table == table)
+    ]
+
+
+def headers(names) -> dict[str, Any]:
+    """{name: header} of the named metrics, in the given order."""
+    return {name: BY_NAME[name].header for name in names}

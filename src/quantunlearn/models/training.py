@@ -1,0 +1,110 @@
+"""Training pieces shared by the tiny models and the unlearning loop: batching, finite-loss
+checks, the learning-rate schedule, and causal-LM training from scratch."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from quantunlearn.data.documents import pack_token_lists
+
+IGNORE = -100  # label of positions that carry no loss (transformers convention)
+
+
+def collate(seqs: Sequence[Sequence[int]], pad_id: int, device="cpu") -> dict[str, torch.Tensor]:
+    """Right-pad token lists; padded positions get attention 0 and label IGNORE."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    labels = ids.masked_fill(mask == 0, IGNORE)
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "labels": labels.to(device),
+    }
+
+
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss ({loss.item()}) at {where}; nothing was saved")
+
+
+def cosine_with_warmup(warmup: int, total: int):
+    """Linear warm-up to the peak, then a half cosine to zero (the usual LM schedule)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def train_lm(
+    model,
+    docs: list[list[int]],
+    pad_id: int,
+    *,
+    max_len: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    warmup_steps: int,
+    weight_decay: float,
+    seed: int,
+    desc: str = "train",
+) -> pd.DataFrame:
+    """Causal-LM training from scratch: AdamW (0.9, 0.98), cosine schedule with warm-up.
+
+    ``docs`` are tokenized documents; every epoch shuffles them and packs them afresh into
+    sequences of at most ``max_len`` tokens. Static packing let the model recall a fact from the
+    documents that happened to share its sequence rather than from the person's name (measured:
+    training loss 0.04 but 25 % zero-shot recall); fresh neighbours every epoch remove that cue,
+    and long mixed sequences teach the positions a 10-shot KnowMem prompt uses.
+    """
+    if not docs:
+        raise ValueError("no training documents: is the corpus empty?")
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    if device.type == "cuda":  # TF32 matmuls: the scale study's larger models train in minutes
+        torch.set_float32_matmul_precision("high")
+    steps_per_epoch = math.ceil(len(pack_token_lists(docs, max_len)) / batch_size)
+    total = epochs * steps_per_epoch
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, cosine_with_warmup(min(warmup_steps, total // 10), total)
+    )
+    model.train()
+    log, order, start = [], list(range(len(docs))), time.time()
+    bar = tqdm(total=total, desc=desc, mininterval=5)
+    for epoch in range(epochs):
+        rng.shuffle(order)
+        seqs = pack_token_lists([docs[i] for i in order], max_len)
+        rng.shuffle(seqs)
+        for b in range(min(steps_per_epoch, math.ceil(len(seqs) / batch_size))):
+            batch = collate(seqs[b * batch_size : (b + 1) * batch_size], pad_id, device)
+            loss = model(**batch).loss
+            check_finite(loss, f"epoch {epoch} step {b} of {desc}")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            log.append({"epoch": epoch, "step": len(log), "loss": loss.item()})
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        log[-1]["seconds"] = time.time() - start
+    bar.close()
+    model.eval()
+    return pd.DataFrame(log)

@@ -1,0 +1,36 @@
+"""``none``: the full-precision model (fp32 weights; a bf16 checkpoint loads exactly in fp32)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from quantunlearn.quantizers.base import Quantizer
+
+
+@dataclass(frozen=True)
+class FullPrecision(Quantizer):
+    PATTERN: ClassVar[str] = r"none"
+    SYNTAX: ClassVar[str] = "none"
+    EXAMPLE: ClassVar[str] = "none"
+
+    @classmethod
+    def parse(cls, name: str) -> FullPrecision | None:
+        return cls(name) if name == "none" else None
+
+    @property
+    def is_quantized(self) -> bool:
+        return False
+
+    @property
+    def block(self) -> None:
+        return None
+
+    @property
+    def nominal_grid(self):
+        raise ValueError("'none' quantizes nothing: it has no grid")
+
+    def load(self, model_path, *, compute_dtype="fp32", quant_dir=None, target_path=None):
+        from quantunlearn.models.loading import load_model
+
+        return load_model(model_path, "fp32")

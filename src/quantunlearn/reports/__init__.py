@@ -1,0 +1,45 @@
+"""The paper-style tables and figures: one module per report and one row of the REPORTS table.
+
+Each row names the workflow rule that builds the report, the files it writes (declared by its
+module, so the rule's outputs are exactly what the code writes: tests/test_contracts.py) and
+when a study makes it. Markdown tables and PNG figures also go into the Snakemake HTML report
+(``snakemake --report report.html``), with the captions of ``workflow/report/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from quantunlearn.reports import mitigations, quantizers, scale, table1
+
+
+@dataclass(frozen=True)
+class Report:
+    name: str  # its rule in workflow/rules/tables.smk
+    files: tuple[str, ...]  # what it writes, relative to the study's tables folder
+    applies: Callable  # Study -> bool: does this study make it?
+
+    def report_items(self) -> dict[str, str]:
+        """{file: category} of the files shown in the HTML report (Markdown and PNG)."""
+        kinds = {".md": "Tables", ".png": "Figures"}
+        return {f: kinds[f[f.rindex(".") :]] for f in self.files if f.endswith((".md", ".png"))}
+
+
+REPORTS: tuple[Report, ...] = (
+    # Zhang et al. 2025 Table 1 (+ Table 3's utility columns) and the section 4.2 retention
+    Report("table1", table1.FILES, lambda study: True),
+    # Table 2 (4-bit quantizers), the RTN bit sweep, noflip and QUAIL's Table I layout
+    Report("quant_tables", quantizers.FILES, lambda study: study.has_quant_tables),
+    # SURE / LoRA / QUAIL tables of the papers, the grid, the selection and the summary
+    Report(
+        "mitigation_tables",
+        mitigations.FILES,
+        lambda study: study.has_mitigations and study.low_bit_quantizer is not None,
+    ),
+    # the scale study (config/scale.yaml)
+    Report("scale_table", scale.FILES, lambda study: "scale" in study.config),
+)
+BY_NAME = {report.name: report for report in REPORTS}
+
+__all__ = ["BY_NAME", "REPORTS", "Report"]

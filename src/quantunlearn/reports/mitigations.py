@@ -1,0 +1,370 @@
+"""The papers' result tables for the quantization-robust methods, and one summary of them all.
+
+All are built from the same per-cell metric files as Table 1 (`reports.cells.read_cells` and
+`reports.cells.build_table1`); the reported cell of every (benchmark, method, weight_dtype) is
+the one the config's selection rule picks (`quantunlearn.reports.selection`), and the whole grid
+is written too.
+
+- ``grid``: every cell of every run, with a ``selected`` column.
+- ``table_sure`` (Zhang et al. Table 3 layout): per regularized method, the method, + 4 bit,
+  + SURE, + SURE + 4 bit.
+- ``table_lora`` (Abitante et al. Table II layout): per regularized method, full fine-tuning vs
+  LoRA, each in full precision and at 4 bits.
+- ``table_quail`` (Mishra and Mehreen Table II layout): the base method and its QUAIL variant over
+  their whole grid (alpha, gamma, Delta_q), each in full precision and at 4 bits.
+- ``summary``: per selected run, what 4-bit quantization gives back (KnowMem_f and VerbMem_f at
+  4 bits minus full precision) next to the utility (KnowMem_r), and ``summary.png/svg``, the same
+  as a scatter plot.
+
+"4 bit" is the config's ``selection.low_bit_quantizer`` (default: the first 4-bit quantizer of
+the config's list).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from quantunlearn.reports.cells import (
+    REGULARIZED,
+    build_table1,
+    metric_columns,
+    metric_headers,
+    read_cells,
+)
+from quantunlearn.reports.render import (
+    NA_MARK,
+    pyplot,
+    row_label,
+    save_figure,
+    to_markdown,
+    write_frames,
+    write_text,
+)
+from quantunlearn.reports.selection import mark_selected, select_runs
+from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS
+from quantunlearn.unlearning.methods import METHODS
+
+#: The files this report writes (relative to the tables folder), declared for its rule.
+FILES = (
+    *(
+        f"{stem}.{ext}"
+        for stem in ("grid", "selection", "table_sure", "table_lora", "table_quail", "summary")
+        for ext in ("md", "csv", "parquet")
+    ),
+    "summary.png",
+    "summary.svg",
+)
+PAIR_COLUMNS = [
+    "benchmark",
+    "weight_dtype",
+    "base",
+    "variant",
+    "precision",
+    "method",
+    "run",
+    "quant",
+    *metric_columns(),
+]
+SUMMARY_COLUMNS = [
+    "benchmark",
+    "method",
+    "family",
+    "weight_dtype",
+    "run",
+    "knowmem_f",
+    "knowmem_f_low",
+    "d_knowmem_f",
+    "verbmem_f",
+    "verbmem_f_low",
+    "d_verbmem_f",
+    "knowmem_r",
+    "knowmem_r_low",
+    "meets_threshold",
+]
+
+
+def family(method: str) -> str:
+    """base | SURE | QUAIL | LoRA | RMU | reference, for grouping and colours."""
+    return METHODS[method].family if method in METHODS else "reference"
+
+
+def _cell(table: pd.DataFrame, bench: str, run: str, quant: str) -> pd.Series | None:
+    rows = table[(table["benchmark"] == bench) & (table["run"] == run) & (table["quant"] == quant)]
+    return rows.iloc[0] if len(rows) else None
+
+
+def paired_table(
+    table: pd.DataFrame,
+    selected: pd.DataFrame,
+    variant_family: str,
+    low: str,
+    labels: tuple[str, str],
+) -> pd.DataFrame:
+    """Base method vs its variant of a family (SURE, LoRA), each at full precision and `low`.
+
+    One group of four rows per (benchmark, weight_dtype, regularized base) whose variant was
+    run; the base's rows are NaN when the base itself is not in the grid. `labels` name the base
+    and variant rows (Zhang et al.: "" / "+ SURE"; Abitante et al.: "Full-FT" / "LoRA").
+    """
+    rows = []
+    for _, sel in selected.iterrows():
+        method = sel["method"]
+        if family(method) != variant_family or METHODS[method].base not in REGULARIZED:
+            continue
+        base = METHODS[method].base
+        base_sel = selected[
+            (selected["benchmark"] == sel["benchmark"])
+            & (selected["method"] == base)
+            & (selected["weight_dtype"] == sel["weight_dtype"])
+        ]
+        for variant, name, run in (
+            (labels[0], base, base_sel["run"].iloc[0] if len(base_sel) else None),
+            (labels[1], method, sel["run"]),
+        ):
+            for precision, quant in (("full", "none"), ("4 bit", low)):
+                cell = _cell(table, sel["benchmark"], run, quant) if run else None
+                values = [cell[m] if cell is not None else np.nan for m in metric_columns()]
+                rows.append(
+                    (sel["benchmark"], sel["weight_dtype"], base, variant, precision, name)
+                    + (run, quant, *values)
+                )
+    out = pd.DataFrame(rows, columns=PAIR_COLUMNS)
+    for col in metric_columns():
+        out[col] = out[col].astype("float64")
+    return out
+
+
+def quail_table(table: pd.DataFrame, low: str) -> pd.DataFrame:
+    """Every cell of each QUAIL method and of its base, at full precision and `low`."""
+    quail = [m for m in table["method"].unique() if family(m) == "QUAIL"]
+    bases = {METHODS[m].base for m in quail}
+    keep = table["method"].isin([*quail, *bases]) & table["quant"].isin(["none", low])
+    cols = [
+        "benchmark",
+        "weight_dtype",
+        "method",
+        "lr",
+        "alpha",
+        "quail_gamma",
+        "quail_delta",
+        "quant",
+        *metric_columns(),
+        "run",
+    ]
+    out = table.loc[keep, cols].copy()
+    out = out.sort_values(
+        ["benchmark", "weight_dtype", "method", "lr", "alpha", "quail_gamma", "quail_delta"],
+        na_position="first",
+        kind="mergesort",
+    )
+    return out.reset_index(drop=True)
+
+
+def summary_table(table: pd.DataFrame, selected: pd.DataFrame, low: str) -> pd.DataFrame:
+    """Per selected run (and the references): 4-bit minus full precision next to KnowMem_r."""
+    rows = []
+    refs = table[table["method"].isin(["target", "retrain"])][["benchmark", "method", "run"]]
+    refs = refs.drop_duplicates().assign(weight_dtype=NA_MARK, meets_threshold=pd.NA)
+    picks = pd.concat([refs, selected], ignore_index=True)
+    for _, sel in picks.iterrows():
+        full = _cell(table, sel["benchmark"], sel["run"], "none")
+        four = _cell(table, sel["benchmark"], sel["run"], low)
+        if full is None:
+            continue
+
+        def at(cell, metric):
+            return float(cell[metric]) if cell is not None else np.nan
+
+        rows.append(
+            {
+                "benchmark": sel["benchmark"],
+                "method": sel["method"],
+                "family": family(sel["method"]),
+                "weight_dtype": sel["weight_dtype"],
+                "run": sel["run"],
+                "knowmem_f": at(full, "knowmem_f"),
+                "knowmem_f_low": at(four, "knowmem_f"),
+                "d_knowmem_f": at(four, "knowmem_f") - at(full, "knowmem_f"),
+                "verbmem_f": at(full, "verbmem_f"),
+                "verbmem_f_low": at(four, "verbmem_f"),
+                "d_verbmem_f": at(four, "verbmem_f") - at(full, "verbmem_f"),
+                "knowmem_r": at(full, "knowmem_r"),
+                "knowmem_r_low": at(four, "knowmem_r"),
+                "meets_threshold": sel["meets_threshold"],
+            }
+        )
+    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    out["meets_threshold"] = out["meets_threshold"].astype("boolean")
+    return out
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _section(title: str, notes: str, frames: list[tuple[str, pd.DataFrame, dict]]) -> str:
+    out = [f"# {title}", ""]
+    if notes.strip():
+        out += [notes.strip(), ""]
+    if not frames:
+        out += ["No run of this kind in the config.", ""]
+    for heading, frame, headers in frames:
+        out += [f"## {heading}", "", to_markdown(frame, headers)]
+    return "\n".join(out) + "\n"
+
+
+def _by_group(frame: pd.DataFrame, keys: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
+    if frame.empty:
+        return []
+    return [
+        (" · ".join(str(k) for k in key), part)
+        for key, part in frame.groupby(list(keys), sort=False, dropna=False)
+    ]
+
+
+def _write_pairs(frame: pd.DataFrame, stem: Path, title: str, notes: str) -> None:
+    """A paired table (base method vs its SURE / LoRA variant), one table per weight dtype."""
+    shown = frame.assign(
+        label=[
+            f"{r.base} {r.variant}".strip() + ("" if r.precision == "full" else " + Quan. (4 bit)")
+            for r in frame.itertuples()
+        ]
+    )
+    headers = {"label": "Method", **metric_headers()}
+    _write_grouped(frame, stem, title, notes, headers, ["benchmark", "weight_dtype"], shown)
+
+
+# --------------------------------------------------------------------------- figure
+
+
+def plot_summary(summary: pd.DataFrame, png: Path, svg: Path, low: str) -> None:
+    """Scatter: utility (KnowMem_r, full precision) vs knowledge given back at 4 bits."""
+    plt = pyplot()
+    colours = {"reference": "black", "base": "tab:blue", "SURE": "tab:orange"}
+    colours |= {"QUAIL": "tab:green", "LoRA": "tab:red", "RMU": "tab:purple"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), squeeze=False)
+    for ax, metric, name in (
+        (axes[0, 0], "d_knowmem_f", "KnowMem_f"),
+        (axes[0, 1], "d_verbmem_f", "VerbMem_f"),
+    ):
+        for fam, part in summary.groupby("family", sort=False):
+            ax.scatter(part["knowmem_r"], part[metric], c=colours.get(fam, "grey"), label=fam, s=30)
+            for r in part.itertuples():
+                text = r.method if r.weight_dtype == NA_MARK else f"{r.method} ({r.weight_dtype})"
+                ax.annotate(
+                    text,
+                    (r.knowmem_r, getattr(r, metric)),
+                    fontsize=6,
+                    xytext=(3, 2),
+                    textcoords="offset points",
+                )
+        ax.axhline(0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlabel("KnowMem_r, full precision (utility ↑)")
+        # two lines: one line of this length was cut off at the figure's edge
+        ax.set_ylabel(f"Δ {name} = {low} − full precision\n(↑ = knowledge comes back)")
+        ax.set_title(f"{name} recovered by {low}")
+        ax.legend(fontsize=7)
+    fig.suptitle("Robustness to 4-bit quantization vs utility, selected cell of each method")
+    fig.tight_layout()
+    save_figure(fig, png, svg)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+QUAIL_HEADERS = {
+    "method": "Method",
+    "quant": "Quantizer",
+    "lr": "lr",
+    "alpha": "α",
+    "quail_gamma": "γ",
+    "quail_delta": "Δ_q",
+    **metric_headers(),
+}
+SUMMARY_HEADERS = {
+    "method": "Method",
+    "weight_dtype": "Weights",
+    "knowmem_f": "KnowMem_f",
+    "d_knowmem_f": "Δ KnowMem_f (4 bit − full) ↓",
+    "verbmem_f": "VerbMem_f",
+    "d_verbmem_f": "Δ VerbMem_f (4 bit − full) ↓",
+    "knowmem_r": "KnowMem_r ↑",
+    "meets_threshold": "Meets threshold",
+}
+
+
+def rule_text(selection: dict, low: str) -> str:
+    return (
+        f"Selection rule `{selection['rule']}`: per (benchmark, method, weights) the run with the "
+        f"highest full-precision {selection['utility_metric']} among those whose full-precision "
+        f"{selection['forget_metric']} ≤ {selection['threshold']:g}; if none qualifies, the run "
+        f"with the lowest {selection['forget_metric']} (meets_threshold = False). "
+        f"'4 bit' is {low}."
+    )
+
+
+def _write_grouped(frame, stem: Path, title, notes, headers, keys, shown=None) -> None:
+    """stem.parquet/.csv of ``frame`` and stem.md: one pipe table per group of ``keys`` (of
+    ``shown``, the frame as displayed, when given)."""
+    write_frames(frame, stem)
+    parts = [(h, p, headers) for h, p in _by_group(frame if shown is None else shown, keys)]
+    write_text(stem.with_suffix(".md"), _section(title, notes, parts))
+
+
+def make_mitigation_tables(
+    metric_files: Sequence[str | Path],
+    out_dir: Path,
+    quant_order: Sequence[str],
+    selection: dict,
+    low: str,
+) -> dict[str, pd.DataFrame]:
+    """Metric files -> out_dir/{grid, selection, table_sure, table_lora, table_quail, summary}.
+
+    Each table as .parquet, .csv and .md (atomically), plus summary.png and summary.svg.
+    """
+    out = Path(out_dir)
+    table = build_table1(read_cells(metric_files), quant_order)
+    rule = {k: selection[k] for k in ("threshold", "forget_metric", "utility_metric")}
+    selected = select_runs(table, selection["rule"], **rule)
+    notes = rule_text(selection, low)
+    grid = mark_selected(table, selected)
+    shown = grid.assign(label=[row_label(r, _grid_keys(grid)) for _, r in grid.iterrows()])
+    headers = {"label": "Run", **metric_headers(), "selected": "Selected"}
+    _write_grouped(grid, out / "grid", "Every grid cell", notes, headers, ["benchmark"], shown)
+    _write_grouped(
+        selected, out / "selection", "Selected runs", notes, list(selected.columns), ["benchmark"]
+    )
+    sure = paired_table(table, selected, "SURE", low, ("", "+ SURE"))
+    _write_pairs(sure, out / "table_sure", "SURE (layout of Zhang et al. Table 3)", notes)
+    lora = paired_table(table, selected, "LoRA", low, ("Full-FT", "LoRA"))
+    title = "LoRA vs full fine-tuning (layout of Abitante et al. Table II)"
+    _write_pairs(lora, out / "table_lora", title, notes)
+    quail = quail_table(table, low)
+    _write_grouped(
+        quail, out / "table_quail", "QUAIL over its grid (layout of Mishra and Mehreen Table II)",
+        "Every cell of each QUAIL method and of its base method (not only the selected ones), "
+        "as the paper's table lists every (α, γ).",
+        QUAIL_HEADERS, ["benchmark", "weight_dtype"],
+        quail.assign(lr=[f"{v:g}" for v in quail["lr"]]),  # 1e-05, not 0.0
+    )  # fmt: skip
+    summary = summary_table(table, selected, low)
+    _write_grouped(
+        summary, out / "summary", "Knowledge recovered by 4-bit quantization vs utility",
+        "Δ = metric of the 4-bit model minus metric of the full-precision model, for the "
+        "selected run of each method: a positive Δ is forgotten knowledge that quantization "
+        "gives back. " + notes,
+        SUMMARY_HEADERS, ["benchmark"],
+    )  # fmt: skip
+    plot_summary(summary, out / "summary.png", out / "summary.svg", low)
+    return {"grid": grid, "selection": selected, "sure": sure, "lora": lora}
+
+
+def _grid_keys(grid: pd.DataFrame) -> list[str]:
+    keys = ["weight_dtype", "lr", "epochs", "alpha"]
+    for col in [c for c in HYPER_COLUMNS if c not in BASE_HYPER_COLUMNS]:
+        if col in grid and grid[col].notna().any():
+            keys.append(col)
+    return keys

@@ -1,0 +1,401 @@
+"""The study configuration: defaults, and validation at parse time naming the key.
+
+Every mistake a user can make in the config (an unknown method or quantizer, a bit-width a
+backend cannot do, a learning rate given as text, a hyperparameter out of range, a missing data
+folder) raises ``ConfigError`` naming the key, before any job starts. The hyperparameters'
+names, defaults and checks come from `quantunlearn.unlearning.hyperparameters`; the schema from
+`quantunlearn.study.schema`. Nothing here imports torch: the workflow parses in a second.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from quantunlearn.quantizers import parse_quantizer
+from quantunlearn.unlearning.hyperparameters import HyperparameterError, RMUParams
+from quantunlearn.unlearning.hyperparameters import defaults as hyperparameter_defaults
+from quantunlearn.unlearning.methods import get_method
+
+DEFAULTS: dict[str, Any] = {
+    "results_dir": "results",
+    "run_benchmarks": None,
+    "tables_dir": None,
+    "tiny_model": {
+        "tokenizer_vocab": 2048,
+        "hidden_size": 256,
+        "intermediate_size": 768,
+        "num_layers": 2,
+        "num_heads": 4,
+        "max_len": 256,
+        "train": {
+            "lr": 2e-3,
+            "target_epochs": 30,
+            "retrain_epochs": 34,
+            "batch_size": 8,
+            "warmup_steps": 50,
+            "weight_decay": 0.01,
+            "seed": 0,
+        },
+    },
+    "unlearn": {
+        "common": {},
+        "batch_size": 16,
+        "max_len": 64,
+        "max_grad_norm": 1.0,
+        "bf16_compute": "native",
+        "gradient_checkpointing": False,
+    },
+    "bnb_compute_dtype": "fp32",
+    # keep | temp: unlearned models deleted once all their evaluation cells are done
+    "storage": {"unlearned_models": "keep"},
+    # GPTQ/AWQ calibration text (quantunlearn.data.calibration): general | retain | forget
+    "calibration": {"source": "general", "n_samples": 128, "max_len": 256, "seed": 0},
+    # weight-level diagnostics (quantunlearn.evaluation.diagnostics) per unlearned run x quantizer
+    "diagnostics": False,
+    "selection": {
+        "rule": "max_knowmem_r_under_forget_threshold",
+        "forget_metric": "knowmem_f",
+        "threshold": 100.0,
+        "utility_metric": "knowmem_r",
+        "low_bit_quantizer": None,
+    },
+    "evaluation": {
+        "verbmem_max_new_tokens": 128,
+        "knowmem_max_new_tokens": 32,
+        "mink_k": 0.4,
+        "batch_size": 64,
+        "max_length": 2048,
+    },
+}
+BENCHMARK_DEFAULTS: dict[str, Any] = {
+    "forget_corpus": "raw/forget.txt",
+    "retain_corpus": "raw/retain.txt",
+    "models": {"target": None, "retrain": None, "tokenizer": None},
+}
+#: The scale study's table (config/scale.yaml): the 4-bit column it compares with full
+#: precision, and the memorisation a target needs before its size counts (else it is flagged).
+SCALE_DEFAULTS: dict[str, Any] = {
+    "quant": "rtn_w4g128",
+    "min_target_knowmem_f": 50.0,
+    "min_target_verbmem_f": 50.0,
+}
+SYNTHETIC_DEFAULTS: dict[str, Any] = {
+    "n_people": 120,
+    "forget_frac": 0.1,
+    "holdout_frac": 0.1,
+    "n_bio_variants": 2,
+    "n_retain_qa_people": 12,
+    "n_icl": 10,
+    "seed": 0,
+}
+
+# Sections whose values are numbers or lists of numbers: YAML 1.1 (PyYAML) reads `1e-5`
+# (no dot) as the *string* "1e-5", so numeric-looking strings there are converted.
+_NUMERIC_SECTIONS = ("unlearn", "tiny_model", "evaluation", "calibration", "selection")
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ConfigError(ValueError):
+    """A problem in the user's config, with the key that holds it."""
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _coerce_numbers(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _coerce_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce_numbers(v) for v in value]
+    if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+        text = value.strip()
+        return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+    return value
+
+
+def _key(path) -> str:
+    parts = [f"[{p}]" if isinstance(p, int) else f".{p}" for p in path]
+    return "".join(parts).lstrip(".") or "<config>"
+
+
+def _schema_message(error) -> str:
+    """A schema error said plainly: what the value is not."""
+    if error.validator == "pattern" and isinstance(error.instance, str):
+        try:  # a quantizer name: the parser says what is wrong with it
+            parse_quantizer(error.instance)
+        except ValueError as exc:
+            return str(exc)
+    if error.validator != "oneOf" or not error.context:
+        return error.message
+    kinds = sorted(
+        {str(e.validator_value) for e in error.context if e.validator == "type"} - {"array"}
+    )
+    enums = [e.validator_value for e in error.context if e.validator == "enum"]
+    if enums:
+        return f"{error.instance!r} is not one of {enums[0]}"
+    if kinds:
+        article = "an" if kinds[0][0] in "aeiou" else "a"
+        return f"{error.instance!r} is not {article} {' or '.join(kinds)} (nor a list of them)"
+    return jsonschema.exceptions.best_match([error]).message
+
+
+def _schema_errors(config: dict) -> list[str]:
+    from quantunlearn.study.schema import config_schema
+
+    validator = jsonschema.Draft202012Validator(config_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.path)))
+    return [f"config key {_key(e.absolute_path)}: {_schema_message(e)}" for e in errors]
+
+
+def normalize_config(user: dict) -> dict:
+    """Apply defaults, convert numeric strings, validate. Raises ConfigError naming the key."""
+    if not isinstance(user, dict) or not user:
+        raise ConfigError("the config is empty: pass --configfile or keep config/config.yaml")
+    config = deep_merge(DEFAULTS, user)
+    for section in _NUMERIC_SECTIONS:
+        if section in config:
+            config[section] = _coerce_numbers(config[section])
+    for name, bench in (config.get("benchmarks") or {}).items():
+        if isinstance(bench, dict):
+            merged = deep_merge(BENCHMARK_DEFAULTS, bench)
+            if merged.get("source") == "synthetic":
+                merged["synthetic"] = _coerce_numbers(
+                    deep_merge(SYNTHETIC_DEFAULTS, merged.get("synthetic") or {})
+                )
+            if "tiny_model" in merged:
+                merged["tiny_model"] = _coerce_numbers(merged["tiny_model"])
+            config["benchmarks"][name] = merged
+    if "scale" in config:
+        config["scale"] = _coerce_numbers(deep_merge(SCALE_DEFAULTS, config["scale"] or {}))
+    errors = _schema_errors(config)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    errors = _semantic_errors(config)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    return _select_benchmarks(config)
+
+
+def _select_benchmarks(config: dict) -> dict:
+    """``run_benchmarks``: keep only the named benchmarks (e.g. the sizes a CPU can run)."""
+    chosen = config.get("run_benchmarks")
+    if chosen is None:
+        return config
+    unknown = [b for b in chosen if b not in config["benchmarks"]]
+    if unknown:
+        raise ConfigError(
+            f"config key run_benchmarks: no benchmark {unknown} in this config "
+            f"(its benchmarks: {', '.join(config['benchmarks'])})"
+        )
+    config["benchmarks"] = {b: config["benchmarks"][b] for b in chosen}
+    return config
+
+
+def benchmark_tiny_model(config: dict, bench: str) -> dict:
+    """The tiny model a benchmark trains: the top-level ``tiny_model`` with its own overrides."""
+    return deep_merge(config["tiny_model"], config["benchmarks"][bench].get("tiny_model") or {})
+
+
+def trained_benchmarks(config: dict) -> list[str]:
+    """The benchmarks whose models the DAG trains (no models named)."""
+    return [b for b, spec in config["benchmarks"].items() if spec["models"]["target"] is None]
+
+
+def _semantic_errors(config: dict) -> list[str]:
+    """What the schema cannot say: names the parsers reject, paths, ranges, combinations."""
+    errors = _quantizer_errors(config)
+    errors += _benchmark_errors(config)
+    errors += _hyperparameter_errors(config)
+    errors += _rmu_layer_errors(config)
+    errors += _scale_errors(config)
+    errors += _utility_errors(config["evaluation"])
+    errors += _selection_errors(config)
+    return errors
+
+
+def _quantizer_errors(config: dict) -> list[str]:
+    """Names the table accepts, 'none' present, and groups / GGUF blocks that divide every
+    Linear input dimension of the tiny models (the only models whose shape is known here)."""
+    errors = []
+    dims = sorted(
+        {
+            benchmark_tiny_model(config, b)[key]
+            for b in trained_benchmarks(config)
+            for key in ("hidden_size", "intermediate_size")
+        }
+    )
+    for i, name in enumerate(config["quantizers"]):
+        try:
+            quantizer = parse_quantizer(name)
+        except ValueError as exc:
+            errors.append(f"config key quantizers[{i}]: {exc}")
+            continue
+        bad = [d for d in dims if quantizer.block and d % quantizer.block]
+        if bad:
+            errors.append(
+                f"config key quantizers[{i}]: {name}: {quantizer.block_description}, which does "
+                f"not divide the tiny model's Linear input size(s) {bad} "
+                "(tiny_model.hidden_size / intermediate_size)"
+            )
+    if "none" not in config["quantizers"]:
+        errors.append("config key quantizers: must include 'none' (the full-precision column)")
+    return errors
+
+
+def _benchmark_errors(config: dict) -> list[str]:
+    errors = []
+    for name, bench in config["benchmarks"].items():
+        key = f"benchmarks.{name}"
+        tiny = benchmark_tiny_model(config, name)
+        if tiny["hidden_size"] % tiny["num_heads"]:
+            where = f"{key}.tiny_model" if "tiny_model" in bench else "tiny_model"
+            errors.append(
+                f"config key {where}: hidden_size {tiny['hidden_size']} is not divisible by "
+                f"num_heads {tiny['num_heads']}"
+            )
+        if "tiny_model" in bench and bench["models"]["target"] is not None:
+            errors.append(
+                f"config key {key}.tiny_model: this benchmark names its models, so no tiny model "
+                "is trained; remove the key"
+            )
+        source = bench["source"]
+        if source != "synthetic" and not Path(source).is_dir() and not HUB_ID_RE.match(source):
+            errors.append(f"config key {key}.source: no folder {source!r} (nor a hub id)")
+        models = bench["models"]
+        given = [models["target"] is not None, models["retrain"] is not None]
+        if any(given) and not all(given):
+            errors.append(f"config key {key}.models: give both target and retrain, or neither")
+        for which in ("target", "retrain", "tokenizer"):
+            value = models[which]
+            if value is not None and not Path(value).exists() and not HUB_ID_RE.match(value):
+                errors.append(f"config key {key}.models.{which}: no such path {value!r}")
+    return errors
+
+
+def as_list(value: Any) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def method_params(config: dict, name: str) -> dict:
+    """A method's hyperparameters (values or grid lists): the groups' defaults, the method's own
+    defaults (SURE / LoRA: lr 1e-4; RMU: lr 5e-5, alpha 1200), ``unlearn.common``, then the
+    method's own section, each over the one before."""
+    common = config["unlearn"].get("common") or {}
+    overrides = config["unlearn"]["methods"][name] or {}
+    own = dict(get_method(name).defaults)
+    return {**hyperparameter_defaults(), **own, **common, **overrides}
+
+
+def _hyperparameter_errors(config: dict) -> list[str]:
+    """Every value of every grid cell checked by its group (`HyperparameterError`), reported
+    under the key the value came from (unlearn.common or unlearn.methods.<name>)."""
+    errors = []
+    common = config["unlearn"].get("common") or {}
+    for name, section in config["unlearn"]["methods"].items():
+        method = get_method(name)
+        for key in section or {}:
+            if key not in method.hyperparameters:
+                errors.append(
+                    f"config key unlearn.methods.{name}.{key}: {name} has no {key} "
+                    f"(its hyperparameters: {', '.join(method.hyperparameters)})"
+                )
+        params = method_params(config, name)
+        axes = {k: as_list(params[k]) for k in method.hyperparameters}
+        for combo in itertools.product(*axes.values()):
+            try:
+                method.run(dict(zip(axes, combo, strict=True)))
+            except HyperparameterError as err:
+                own = err.key in (section or {}) or err.key not in common
+                where = f"methods.{name}" if own else "common"
+                errors.append(f"config key unlearn.{where}.{err.key}: {err.message}")
+    return sorted(set(errors), key=errors.index)
+
+
+def _rmu_layer_errors(config: dict) -> list[str]:
+    """RMU's steered layer must exist in every tiny model the DAG trains (a named model's depth
+    is checked when its unlearning job starts, before any training)."""
+    errors = []
+    for name in config["unlearn"]["methods"]:
+        if RMUParams not in get_method(name).groups:
+            continue
+        layers = as_list(method_params(config, name)["rmu_layer"])
+        for bench in trained_benchmarks(config):
+            depth = benchmark_tiny_model(config, bench)["num_layers"]
+            bad = [v for v in layers if v >= depth]
+            if bad:
+                errors.append(
+                    f"config key unlearn.methods.{name}.rmu_layer: layer(s) {bad} do not exist in "
+                    f"the tiny model of benchmark {bench} ({depth} layers, 0..{depth - 1})"
+                )
+    return errors
+
+
+def _scale_errors(config: dict) -> list[str]:
+    if "scale" not in config:
+        return []
+    errors = []
+    try:
+        parse_quantizer(config["scale"]["quant"])
+    except ValueError as exc:
+        errors.append(f"config key scale.quant: {exc}")
+    external = [b for b in config["benchmarks"] if b not in trained_benchmarks(config)]
+    if external:
+        errors.append(
+            f"config key scale: benchmarks {external} name their models; the scale study "
+            "compares tiny models the DAG trains (models: null)"
+        )
+    if config["scale"]["quant"] not in config["quantizers"]:
+        errors.append(
+            f"config key scale.quant: {config['scale']['quant']!r} is not among the "
+            "evaluated quantizers"
+        )
+    return errors
+
+
+def _utility_errors(evaluation: dict) -> list[str]:
+    """Every utility benchmark named under evaluation.utility needs a hub id or a local folder."""
+    from quantunlearn.data.utility import utility_sources
+
+    errors = []
+    sources = utility_sources(evaluation)
+    for name in evaluation.get("utility") or []:
+        source = sources[name]
+        if not Path(source).is_dir() and not HUB_ID_RE.match(source):
+            errors.append(
+                f"config key evaluation.utility_data.{name}: no folder {source!r} (nor a hub id)"
+            )
+    return errors
+
+
+def _selection_errors(config: dict) -> list[str]:
+    low = config["selection"].get("low_bit_quantizer")
+    if low is not None and low not in config["quantizers"]:
+        return [
+            f"config key selection.low_bit_quantizer: {low!r} is not one of the quantizers "
+            f"{config['quantizers']}"
+        ]
+    return []
+
+
+def low_bit_quantizer(config: dict) -> str | None:
+    """The quantizer of the tables' '+ 4 bit' rows: the configured one, else the first 4-bit."""
+    if config["selection"].get("low_bit_quantizer"):
+        return config["selection"]["low_bit_quantizer"]
+    for name in config["quantizers"]:
+        if name != "none" and parse_quantizer(name).bits == 4:
+            return name
+    return None

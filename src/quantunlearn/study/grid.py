@@ -1,0 +1,236 @@
+"""The grid of a study: one pandas row per unlearning run (plus the two reference models),
+turned into Snakemake paths here and nowhere else.
+
+``{run}`` is a Paramspace-style path of the method and its hyperparameters, e.g.
+``method~NPO_GDR/weight_dtype~bf16/lr~1e-05/epochs~10/alpha~1/beta~0.1/npo_klr_form~paper/seed~0``;
+the keys come in the method's run-path order (`quantunlearn.unlearning.methods.Method`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from quantunlearn.quantizers import FullPrecision, parse_quantizer
+from quantunlearn.quantizers.bnb import BitsAndBytes
+from quantunlearn.quantizers.rtn import RTN
+from quantunlearn.study.config import (
+    ConfigError,
+    as_list,
+    benchmark_tiny_model,
+    low_bit_quantizer,
+    method_params,
+    normalize_config,
+)
+from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS, column_dtype
+from quantunlearn.unlearning.methods import REFERENCES, get_method
+
+
+def format_value(value: Any) -> str:
+    """Path-safe and stable: 1e-05, 0.1, 1, bf16."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def run_path(method: str, params: dict) -> str:
+    """The run's folder name, Paramspace style: method~NPO_GDR/weight_dtype~bf16/lr~1e-05/..."""
+    parts = [f"method~{method}"]
+    if method not in REFERENCES:
+        parts += [f"{k}~{format_value(params[k])}" for k in get_method(method).hyperparameters]
+    return "/".join(parts)
+
+
+def expand_runs(config: dict) -> pd.DataFrame:
+    """One row per (benchmark, run): the two references, then every cell of every method's grid."""
+    rows = []
+    for bench in config["benchmarks"]:
+        for ref in REFERENCES:
+            rows.append({"benchmark": bench, "method": ref, "run": run_path(ref, {})})
+        for name in config["unlearn"]["methods"]:
+            method = get_method(name)
+            params = method_params(config, name)
+            if "quail_delta" in params:  # a number or a quantizer name: one text column
+                params["quail_delta"] = [format_value(v) for v in as_list(params["quail_delta"])]
+            axes = {k: as_list(params[k]) for k in method.hyperparameters}
+            for combo in itertools.product(*axes.values()):
+                row = dict(zip(axes, combo, strict=True))
+                rows.append({"benchmark": bench, "method": name, "run": run_path(name, row), **row})
+    runs = pd.DataFrame(rows)
+    for col in HYPER_COLUMNS:
+        if col not in runs:
+            runs[col] = pd.NA
+    runs = runs[["benchmark", "run", "method", *HYPER_COLUMNS]]
+    runs = runs.astype({key: column_dtype(key) for key in HYPER_COLUMNS})
+    dupes = runs[runs.duplicated(["benchmark", "run"])]
+    if len(dupes):
+        raise ConfigError(f"config key unlearn: the grid repeats runs {sorted(set(dupes.run))}")
+    return runs
+
+
+def _plain(value: Any) -> Any:
+    """numpy / pandas scalars to JSON-able Python."""
+    if value is pd.NA or (isinstance(value, float) and value != value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+@dataclass
+class Study:
+    """The validated config and its grid; the only place that turns the grid into paths."""
+
+    config: dict
+    runs: pd.DataFrame
+
+    @property
+    def results(self) -> Path:
+        return Path(self.config["results_dir"])
+
+    @property
+    def tables(self) -> Path:
+        """Where this config's tables go: several configs may share one results_dir (and so
+        reuse each other's models and cells) but each writes its own tables."""
+        return Path(self.config["tables_dir"] or self.results / "tables")
+
+    @property
+    def quantizers(self) -> list[str]:
+        return list(self.config["quantizers"])
+
+    @property
+    def benchmarks(self) -> list[str]:
+        return list(self.config["benchmarks"])
+
+    @property
+    def has_mitigations(self) -> bool:
+        """Whether the grid holds SURE, QUAIL, LoRA or RMU methods (so: the mitigation tables)."""
+        methods = [get_method(m) for m in self.runs["method"] if m not in REFERENCES]
+        return any(m.family != "base" for m in methods)
+
+    @property
+    def low_bit_quantizer(self) -> str | None:
+        return low_bit_quantizer(self.config)
+
+    def benchmark(self, bench: str) -> dict:
+        return self.config["benchmarks"][bench]
+
+    def trains_models(self, bench: str) -> bool:
+        return self.benchmark(bench)["models"]["target"] is None
+
+    def data_spec(self, bench: str) -> dict:
+        """The benchmark's entry without its model size: what its data depends on."""
+        return {k: v for k, v in self.benchmark(bench).items() if k != "tiny_model"}
+
+    def tiny_model(self, bench: str) -> dict:
+        """The tiny model the DAG trains for this benchmark (global spec + its overrides)."""
+        return benchmark_tiny_model(self.config, bench)
+
+    def run_params(self, bench: str, run: str) -> dict:
+        match = self.runs[(self.runs.benchmark == bench) & (self.runs.run == run)]
+        if len(match) != 1:
+            raise ConfigError(f"run {run!r} of benchmark {bench!r} is not in the config's grid")
+        row = match.iloc[0]
+        # the base columns always (as before the extra methods existed, so the six base
+        # methods' jobs keep their exact parameters); the others where the method takes them
+        takes = () if row["method"] in REFERENCES else get_method(row["method"]).hyperparameters
+        keep = set(BASE_HYPER_COLUMNS) | set(takes) | {"benchmark", "run", "method"}
+        return {k: _plain(v) for k, v in row.items() if k in keep}
+
+    def cells(self) -> pd.DataFrame:
+        """Every evaluated (benchmark, run, quantizer); the noflip counterfactuals only for
+        unlearned runs (for the target itself noflip is plain RTN)."""
+        quants = pd.DataFrame({"quant": self.quantizers})
+        cells = self.runs[["benchmark", "run", "method"]].merge(quants, how="cross")
+        counterfactual = cells.quant.map(lambda q: parse_quantizer(q).counterfactual)
+        noflip_ref = counterfactual & cells.method.isin(list(REFERENCES))
+        return cells[~noflip_ref].reset_index(drop=True)
+
+    def metric_file(self, bench: str, run: str, quant: str) -> str:
+        return str(self.results / "metrics" / bench / run / f"{quant}.parquet")
+
+    def metric_files(self) -> list[str]:
+        return [self.metric_file(c.benchmark, c.run, c.quant) for c in self.cells().itertuples()]
+
+    @property
+    def has_quant_tables(self) -> bool:
+        """Table 2, bit sweep, noflip and overlap tables: with diagnostics or a quantizer
+        beyond the default study's (GPTQ, AWQ, GGUF, noflip, or three or more RTN widths)."""
+        quantizers = [parse_quantizer(q) for q in self.quantizers]
+        rtn_bits = {q.bits for q in quantizers if isinstance(q, RTN)}
+        default = (FullPrecision, RTN, BitsAndBytes)
+        beyond = any(not isinstance(q, default) for q in quantizers)
+        return bool(self.config.get("diagnostics")) or beyond or len(rtn_bits) >= 3
+
+    def quant_dir(self, bench: str, run: str, quant: str) -> str:
+        """Where a stored (GPTQ/AWQ) checkpoint of a run lives: a DAG output."""
+        return str(self.results / "quantize" / bench / run / quant)
+
+    def diagnostic_cells(self) -> pd.DataFrame:
+        """(benchmark, run, quant) of the weight diagnostics: every unlearned run x quantizer
+        (not 'none', not the noflip counterfactuals, whose codes are the target's by design)."""
+        if not self.config.get("diagnostics"):
+            return pd.DataFrame(columns=["benchmark", "run", "method", "quant"])
+        cells = self.cells()
+        keep = ~cells.method.isin(list(REFERENCES)) & (cells.quant != "none")
+        keep &= ~cells.quant.map(lambda q: parse_quantizer(q).counterfactual)
+        return cells[keep].reset_index(drop=True)
+
+    def scale_diagnostic_files(self) -> list[str]:
+        """The scale table's bucket overlap: every unlearned run at ``scale.quant``."""
+        if "scale" not in self.config:
+            return []
+        runs = self.runs[~self.runs.method.isin(list(REFERENCES))]
+        quant = self.config["scale"]["quant"]
+        return [self.diagnostic_file(r.benchmark, r.run, quant) for r in runs.itertuples()]
+
+    def diagnostic_file(self, bench: str, run: str, quant: str) -> str:
+        return str(self.results / "diagnostics" / bench / run / f"{quant}.parquet")
+
+    def diagnostic_files(self) -> list[str]:
+        cells = self.diagnostic_cells()
+        return [self.diagnostic_file(c.benchmark, c.run, c.quant) for c in cells.itertuples()]
+
+    def cell_config(self, bench: str, run: str, quant: str | None = None) -> dict:
+        """The parts of the config that determine one cell (or one run, without quant).
+
+        Its hash is the cell's ``config_hash``: unchanged when unrelated parts of the config
+        change (adding a method or a quantizer), so re-runs stay incremental.
+        """
+        params = self.run_params(bench, run)
+        cell: dict[str, Any] = {"benchmark": {bench: self.benchmark(bench)}, "run": params}
+        if self.trains_models(bench):
+            cell["tiny_model"] = self.tiny_model(bench)
+        if params["method"] not in REFERENCES:
+            keys = ["batch_size", "max_len", "max_grad_norm"]
+            if params["weight_dtype"] == "bf16":
+                keys.append("bf16_compute")
+            if self.config["unlearn"].get("gradient_checkpointing"):
+                keys.append("gradient_checkpointing")  # only when on: default hashes unchanged
+            cell["unlearn"] = {k: self.config["unlearn"][k] for k in keys}
+        if quant is not None:
+            cell["quant"] = quant
+            quantizer = parse_quantizer(quant)
+            if quantizer.uses_compute_dtype:
+                cell["bnb_compute_dtype"] = self.config["bnb_compute_dtype"]
+            if quantizer.calibrated:
+                cell["calibration"] = self.config["calibration"]
+            cell["evaluation"] = self.config["evaluation"]
+        return cell
+
+
+def load_study(config: dict) -> Study:
+    """Validate a config dict (as Snakemake loaded it) and expand its grid."""
+    normalized = normalize_config(config)
+    return Study(normalized, expand_runs(normalized))
+
+
+def load_study_file(path: str | Path) -> Study:
+    with open(path) as fh:
+        return load_study(yaml.safe_load(fh))
+
+
+__all__ = ["ConfigError", "Study", "expand_runs", "load_study", "load_study_file", "run_path"]

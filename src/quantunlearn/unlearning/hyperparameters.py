@@ -1,0 +1,280 @@
+"""The unlearning hyperparameters, declared once: name, type, paper default, help and checks.
+
+Each group is a frozen dataclass in the style of trl's configs: every field carries the default
+of the paper it comes from and a help text citing it; ``__post_init__`` checks the values and
+raises `HyperparameterError` naming the field. These classes are the single source of the config
+keys under ``unlearn.common`` / ``unlearn.methods.<name>``, of their defaults, of the checks, of
+the order of the keys in run paths and of the column types of every result file (the JSON
+schema is generated from them: `quantunlearn.study.schema`).
+
+A method (`quantunlearn.unlearning.methods`) takes the groups its forget term, retain term,
+scope and extra terms declare; every method takes `Optimization` and `Seed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+_NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+class HyperparameterError(ValueError):
+    """A bad hyperparameter value; ``key`` is the field's name (the config key)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+def hp(default: Any, help: str, label: str | None = None) -> Any:
+    """A hyperparameter field: its paper default, a help text that cites the paper, and its
+    label in table rows (default: the key; "" shows the bare value)."""
+    return field(default=default, metadata={"help": help, "label": label})
+
+
+class Group:
+    """Base of the hyperparameter groups: type conversion from YAML values and field helpers."""
+
+    @classmethod
+    def fields(cls) -> tuple[dataclasses.Field, ...]:
+        return dataclasses.fields(cls)
+
+    @classmethod
+    def field_types(cls) -> dict[str, Any]:
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in cls.fields()}
+
+    @classmethod
+    def coerce(cls, key: str, value: Any) -> Any:
+        """A YAML value as the field's type: PyYAML reads ``1e-5`` (no dot) as a string, so
+        numeric strings become numbers; integers are accepted where a float is meant; a float
+        where an integer is meant is an error, not a silent truncation."""
+        kind = cls.field_types()[key]
+        numeric = isinstance(value, str) and _NUMBER_RE.match(value.strip())
+        if kind is float or kind == (float | str):
+            if numeric:
+                return float(value)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            if kind is float:
+                raise HyperparameterError(key, f"{value!r} is not a number")
+            return value
+        if kind is int:
+            if numeric and re.fullmatch(r"[+-]?\d+", value.strip()):
+                return int(value)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            raise HyperparameterError(key, f"{value!r} is not an integer")
+        choices = typing.get_args(kind)
+        if typing.get_origin(kind) is Literal and value not in choices:
+            raise HyperparameterError(key, f"{value!r} is not one of {list(choices)}")
+        return value
+
+    @classmethod
+    def build(cls, values: dict[str, Any]):
+        """An instance from ``values`` (only this group's keys are read; missing ones default)."""
+        mine = {
+            f.name: cls.coerce(f.name, values[f.name]) for f in cls.fields() if f.name in values
+        }
+        return cls(**mine)
+
+    def _check(self, key: str, ok: bool, message: str) -> None:
+        if not ok:
+            raise HyperparameterError(key, f"{message}, got {getattr(self, key)!r}")
+
+
+@dataclass(frozen=True)
+class Optimization(Group):
+    weight_dtype: Literal["bf16", "fp32"] = hp(
+        "bf16",
+        "Weight storage while unlearning: bf16 as in the code of Zhang et al. 2025 (the MUSE "
+        "baselines load the models in bf16 and AdamW updates the bf16 weights), or fp32, which "
+        "keeps updates smaller than a bf16 step.",
+        label="",
+    )
+    lr: float = hp(1e-5, "AdamW learning rate, constant (Zhang et al. 2025, appendix D.1).")
+    epochs: int = hp(
+        10, "Passes over the forget set (Zhang et al. 2025, appendix D.1: NEWS 10).", label="ep"
+    )
+
+    def __post_init__(self):
+        self._check("lr", self.lr > 0, "the learning rate must be > 0")
+        self._check("epochs", self.epochs >= 1, "at least one epoch")
+
+
+@dataclass(frozen=True)
+class RetainWeight(Group):
+    alpha: float = hp(
+        1.0,
+        "Weight of the retain term, eq. 1 of Zhang et al. 2025 (Table 4: 1 on NEWS); RMU's "
+        "retain coefficient (the WMDP code: 1200).",
+        label="α",
+    )
+
+    def __post_init__(self):
+        self._check("alpha", self.alpha >= 0, "a retain weight >= 0")
+
+
+@dataclass(frozen=True)
+class NPOParams(Group):
+    beta: float = hp(
+        0.1, "NPO's inverse temperature beta (Zhang et al. 2025, appendix B.1).", label="β"
+    )
+
+    def __post_init__(self):
+        self._check("beta", self.beta > 0, "NPO's beta must be > 0")
+
+
+@dataclass(frozen=True)
+class LossForm(Group):
+    npo_klr_form: Literal["paper", "muse"] = hp(
+        "paper",
+        "paper: NPO (eq. 8) on sequence log-likelihood ratios and KLR (eq. 10) as a KL "
+        "divergence; muse: the MUSE code's forms on raw logits (quantunlearn.unlearning.losses).",
+    )
+
+
+@dataclass(frozen=True)
+class Seed(Group):
+    seed: int = hp(0, "Seed of the batch order (and of RMU's control vector).")
+
+
+@dataclass(frozen=True)
+class SUREParams(Group):
+    gamma_pct: float = hp(
+        90.0,
+        "SURE's saliency threshold: the gamma_pct-th percentile of the module scores (Zhang et "
+        "al. 2025, eq. 5; appendix H recommends 90).",
+    )
+    sure_modules: Literal["linear", "all"] = hp(
+        "linear",
+        "SURE's candidate modules: the quantized Linear layers (section 6.1's attention and "
+        "feed-forward sub-layers) or every module that holds weights.",
+    )
+
+    def __post_init__(self):
+        self._check("gamma_pct", 0 <= self.gamma_pct <= 100, "a percentile in [0, 100]")
+
+
+@dataclass(frozen=True)
+class QUAILParams(Group):
+    quail_gamma: float = hp(
+        1.0, "Weight gamma of QUAIL's hinge (Mishra and Mehreen, eq. 15; section VI: 1)."
+    )
+    quail_delta: float | str = hp(
+        1.0,
+        "QUAIL's margin Delta_q (eq. 14; the paper uses 1.0), or a quantizer name: Delta_q = 4 x "
+        "the mean |logit change| that quantizer causes on the target (unlearning/quail.py).",
+    )
+
+    def __post_init__(self):
+        from quantunlearn.unlearning.quail import parse_margin
+
+        self._check("quail_gamma", self.quail_gamma > 0, "must be > 0")
+        try:
+            parse_margin(self.quail_delta)
+        except ValueError as err:
+            raise HyperparameterError("quail_delta", str(err)) from None
+
+
+@dataclass(frozen=True)
+class LoRAParams(Group):
+    lora_rank: int = hp(16, "LoRA rank r (Abitante et al., section V: the grid's smallest, 16).")
+    lora_alpha: float = hp(32.0, "LoRA scaling alpha (the update is alpha / r * B A; 2 r).")
+    lora_targets: Literal["all_linear", "attn", "mlp"] = hp(
+        "all_linear", "The Linear layers that get adapters (all of a Llama's projections)."
+    )
+
+    def __post_init__(self):
+        self._check("lora_rank", self.lora_rank >= 1, "the LoRA rank must be >= 1")
+        self._check("lora_alpha", self.lora_alpha > 0, "must be > 0")
+
+
+@dataclass(frozen=True)
+class RMUParams(Group):
+    rmu_layer: int = hp(
+        7,
+        "RMU's steered decoder layer, 0-based (Li et al. 2024, the WMDP code for Zephyr-7B: 7 "
+        "of 32); a tiny model needs a smaller one (checked against its depth).",
+    )
+    rmu_steering: float = hp(6.5, "RMU's steering coefficient c (the WMDP code: 6.5).")
+
+    def __post_init__(self):
+        self._check("rmu_layer", self.rmu_layer >= 0, "a decoder layer index >= 0")
+        self._check("rmu_steering", self.rmu_steering > 0, "must be > 0")
+
+
+#: Every group, in the order of the columns of the result files (the order of the first
+#: release: the base methods' columns, then SURE, QUAIL, LoRA and RMU).
+GROUPS: tuple[type[Group], ...] = (
+    Optimization,
+    RetainWeight,
+    NPOParams,
+    LossForm,
+    Seed,
+    SUREParams,
+    QUAILParams,
+    LoRAParams,
+    RMUParams,
+)
+
+
+#: The groups of Zhang et al.'s six methods: every metric file holds their columns.
+BASE_GROUPS: tuple[type[Group], ...] = (Optimization, RetainWeight, NPOParams, LossForm, Seed)
+
+
+def path_order(groups) -> list[type[Group]]:
+    """Groups in run-path order: the order of GROUPS, with the seed last."""
+    return sorted(groups, key=lambda g: (g is Seed, GROUPS.index(g)))
+
+
+def all_fields() -> dict[str, dataclasses.Field]:
+    """Every hyperparameter field by name, in column order."""
+    return {f.name: f for group in GROUPS for f in group.fields()}
+
+
+def group_of(key: str) -> type[Group]:
+    for group in GROUPS:
+        if key in {f.name for f in group.fields()}:
+            return group
+    raise KeyError(key)
+
+
+#: The hyperparameter columns of the grid and of every result file, in order.
+HYPER_COLUMNS = [f.name for group in GROUPS for f in group.fields()]
+#: The columns of the six base methods' groups: every metric file holds them (NA where a
+#: method does not take one).
+BASE_HYPER_COLUMNS = [f.name for group in BASE_GROUPS for f in group.fields()]
+
+
+def column_dtype(key: str) -> str:
+    """The pandas dtype of a hyperparameter column in the grid and the result files."""
+    kind = group_of(key).field_types()[key]
+    return {float: "Float64", int: "Int64"}.get(kind, "object")
+
+
+def defaults() -> dict[str, Any]:
+    return {name: f.default for name, f in all_fields().items()}
+
+
+@dataclass(frozen=True)
+class UnlearnSettings:
+    """The settings under ``unlearn`` that are the same for every run of a study."""
+
+    batch_size: int = hp(16, "Forget (and retain) sequences per optimizer step.")
+    max_len: int = hp(64, "Unlearning sequences: documents packed up to this many tokens.")
+    max_grad_norm: float | None = hp(
+        1.0, "Gradient clipping (the HF Trainer's default); null: off."
+    )
+    bf16_compute: Literal["native", "emulated"] = hp(
+        "native",
+        "bf16 weights as bf16 tensors (native, GPUs) or fp32 compute with the weights rounded "
+        "to bf16 after every step (emulated: CPUs without AVX512-BF16 run bf16 ~15x slower).",
+    )
+    gradient_checkpointing: bool = hp(
+        False, "Recompute activations in the backward pass (a 7B model does not fit otherwise)."
+    )

@@ -1,0 +1,195 @@
+"""The unlearning loop: Zhang et al. eq. 1 with AdamW at a constant learning rate (appendix D.1).
+
+A plain loop rather than the HF Trainer, so that every choice is visible. Where it matters it
+does what the papers' code (MUSE baselines on the HF Trainer) does: the model is loaded in the
+configured weight dtype and AdamW updates those weights directly (``bf16`` weights: updates
+smaller than half a bf16 ulp are rounded away), weight decay 0, gradient norm clipped at 1.0
+(the Trainer's default ``max_grad_norm``), one forget batch and one retain batch per step,
+``epochs`` passes over the forget set. What a method computes is its row of
+`quantunlearn.unlearning.methods.METHODS`: its scope says which weights move, its terms the loss.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from quantunlearn.data.documents import pack_documents, read_documents
+from quantunlearn.io import atomic_dir, write_json, write_parquet
+from quantunlearn.models.loading import load_model, load_tokenizer
+from quantunlearn.models.training import check_finite, collate
+from quantunlearn.unlearning.hyperparameters import UnlearnSettings
+from quantunlearn.unlearning.methods import Method, Run, get_method
+from quantunlearn.unlearning.objectives import Step
+
+
+def unlearn(
+    target: str,
+    forget_corpus: str | Path,
+    retain_corpus: str | Path,
+    out_dir: str | Path,
+    log_path: str | Path,
+    *,
+    method: str,
+    hyperparameters: dict,
+    settings: dict | UnlearnSettings | None = None,
+    tokenizer: str | None = None,
+    **provenance,
+) -> dict:
+    """Unlearn the forget corpus from ``target`` with ``method`` at ``hyperparameters`` (a dict
+    of config keys: the method's own are read, the rest ignored); save the model (and tokenizer
+    and ``unlearn_info.json``) to ``out_dir`` and the per-step log to ``log_path``."""
+    spec = get_method(method)
+    run = spec.run(hyperparameters)
+    if not isinstance(settings, UnlearnSettings):
+        settings = UnlearnSettings(**(settings or {}))
+    tok = load_tokenizer(tokenizer or target)
+    forget, retain = _sequences(spec, forget_corpus, retain_corpus, tok, settings.max_len)
+    model, emulate = _load(target, run.weight_dtype, settings.bf16_compute)
+    context = {"run": run, "target": target, "model": model, "forget": forget}
+    context.update(pad_id=tok.pad_token_id, batch_size=settings.batch_size)
+    state = {k: v for term in spec.terms for k, v in term.setup(context).items()}
+    trainable = spec.scope.build(model, spec, run, forget, tok.pad_token_id, settings.batch_size)
+    if settings.gradient_checkpointing:
+        _checkpointing(trainable.model, True)
+    start = time.time()
+    log = _train(spec, run, trainable, forget, retain, tok.pad_token_id, settings, emulate, state)
+    seconds = time.time() - start
+    trainable.model.eval()
+    if settings.gradient_checkpointing:  # saved as a plain model: generation uses the cache
+        _checkpointing(trainable.model, False)
+    info = {
+        "method": method,
+        **run.values(),
+        **state,
+        **trainable.info,
+        "trained_parameters": sorted(trainable.may_change),
+        **{k: getattr(settings, k) for k in ("batch_size", "max_len", "max_grad_norm")},
+        "gradient_checkpointing": settings.gradient_checkpointing,
+        "steps": len(log),
+        "seconds": round(seconds, 2),
+        "target": str(target),
+        "n_forget_sequences": len(forget),
+        "n_retain_sequences": len(retain),
+        **provenance,
+    }
+    with atomic_dir(out_dir) as tmp:
+        trainable.save_extras(tmp)  # SURE's saliency, the LoRA adapter, RMU's control vector
+        model = trainable.final_model()  # LoRA: W0 + (alpha / r) B A, what every quantizer sees
+        if emulate:
+            model.to(torch.bfloat16)  # stored as a bf16 model, as the native path stores it
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(info, Path(tmp) / "unlearn_info.json")
+    write_parquet(pd.DataFrame(log), log_path)
+    return info
+
+
+def _sequences(method: Method, forget_corpus, retain_corpus, tok, max_len: int):
+    """The packed forget sequences, and the retain ones when the method has a retain term."""
+    forget = pack_documents(read_documents(forget_corpus), tok, max_len)
+    retain = pack_documents(read_documents(retain_corpus), tok, max_len) if method.retain else []
+    if not forget:
+        raise ValueError(f"the forget corpus {forget_corpus} holds no text")
+    if method.retain and not retain:
+        raise ValueError(f"{method.name} needs a retain set, but {retain_corpus} holds no text")
+    return forget, retain
+
+
+def _load(target: str, weight_dtype: str, bf16_compute: str):
+    """The target in the weight dtype; with ``bf16_compute: emulated`` bf16 weights are fp32
+    tensors rounded to bf16 after every step (`round_to_bf16`)."""
+    if bf16_compute not in ("native", "emulated"):
+        raise ValueError(f"bf16_compute must be 'native' or 'emulated', got {bf16_compute!r}")
+    emulate = weight_dtype == "bf16" and bf16_compute == "emulated"
+    model = load_model(target, "fp32" if emulate else weight_dtype)
+    if emulate:
+        round_to_bf16(model)
+    return model, emulate
+
+
+@torch.no_grad()
+def round_to_bf16(model) -> None:
+    """Round every parameter to the nearest bf16 value (round half to even), kept in fp32.
+
+    Emulates bf16 weight storage: an AdamW step on a bf16 parameter computes p + u and rounds
+    the result to bf16, which is what rounding the fp32 result does. Gradients and AdamW moments
+    stay fp32 (in native bf16 they are bf16 too; measured within one KnowMem point of each
+    other). Used where bf16 matmuls are slow (CPUs without AVX512-BF16).
+    """
+    for p in model.parameters():
+        p.copy_(p.to(torch.bfloat16).to(p.dtype))
+
+
+def _checkpointing(model, on: bool) -> None:
+    """Gradient checkpointing on or off: recompute each layer's activations in the backward pass
+    (a 7B model with 2048-token sequences does not fit a GPU otherwise); same gradients, about a
+    third more compute. Input grads: needed where the embeddings are frozen (LoRA adapters)."""
+    if on:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        model.enable_input_require_grads()
+    else:
+        disable = getattr(model, "activation_checkpointing_disable", None)
+        (disable or model.gradient_checkpointing_disable)()
+    model.config.use_cache = not on
+
+
+def _batches(forget: list, retain: list, batch_size: int, epochs: int, seed: int):
+    """(epoch, step in epoch, forget sequences, retain sequences or None) of every step: the
+    forget set shuffled every epoch, the retain set drawn without replacement, reshuffled when
+    it runs out."""
+    rng = random.Random(seed)
+    steps_per_epoch = math.ceil(len(forget) / batch_size)
+    retain_order: list[int] = []
+    for epoch in range(epochs):
+        order = list(range(len(forget)))
+        rng.shuffle(order)
+        for b in range(steps_per_epoch):
+            fb = [forget[i] for i in order[b * batch_size : (b + 1) * batch_size]]
+            rb = None
+            if retain:
+                if len(retain_order) < batch_size:
+                    fresh = list(range(len(retain)))
+                    rng.shuffle(fresh)
+                    retain_order += fresh
+                idx, retain_order = retain_order[:batch_size], retain_order[batch_size:]
+                rb = [retain[i] for i in idx]
+            yield epoch, b, fb, rb
+
+
+def _train(method: Method, run: Run, trainable, forget, retain, pad_id, settings, emulate, state):
+    """AdamW (weight decay 0, constant lr) over the method's loss; returns the per-step log."""
+    model, device = trainable.model, next(trainable.model.parameters()).device
+    model.train()
+    torch.manual_seed(run.seed)
+    opt = torch.optim.AdamW(trainable.params, lr=run.lr, weight_decay=0.0)
+    total = run.epochs * math.ceil(len(forget) / settings.batch_size)
+    log = []
+    bar = tqdm(total=total, desc=f"unlearn {method.name}", mininterval=5)
+    for epoch, b, fb, rb in _batches(forget, retain, settings.batch_size, run.epochs, run.seed):
+        rb = collate(rb, pad_id, device) if rb is not None else None
+        step = Step(model, trainable, collate(fb, pad_id, device), rb, state)
+        loss, parts = method.loss(step, run)
+        check_finite(loss, f"epoch {epoch} step {b} of {method.name} (loss parts {parts})")
+        loss.backward()
+        if settings.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(trainable.params, settings.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if emulate:
+            round_to_bf16(model)
+        log.append({"epoch": epoch, "step": len(log), "loss": loss.item(), **parts})
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    return log

@@ -1,0 +1,175 @@
+"""The unlearning methods: one explicit table, each row a composition of terms and a scope.
+
+Zhang et al. eq. 1: min E_forget[L_forget] + alpha * E_retain[L_retain], with L_forget in {GA, NPO}
+(appendix B.1) and L_retain in {none, GDR, KLR} (appendix B.2). The quantization-robust methods
+compose the same objective with an update scope (`quantunlearn.unlearning.scopes`: SURE's
+salient modules, LoRA adapters merged before quantization) or an extra term (QUAIL's hinge).
+RMU (Zhang et al. appendix J; Li et al. 2024) steers the activations of one layer instead of the
+logits, and trains only the MLP down-projections around it.
+
+A method's hyperparameters (its config keys, and the order of its run path) are the groups its
+terms and scope declare (`quantunlearn.unlearning.hyperparameters`), plus `Optimization` and
+`Seed`; ``defaults`` holds the paper's own defaults where they differ from the group defaults.
+This module reads without torch: the workflow builds its grid from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from quantunlearn.unlearning.hyperparameters import Group, Optimization, Seed, path_order
+from quantunlearn.unlearning.objectives import (
+    GA,
+    GDR,
+    KLR,
+    NPO,
+    QUAILHinge,
+    RMUForget,
+    RMURetain,
+    Term,
+)
+from quantunlearn.unlearning.scopes import RMU as RMU_SCOPE
+from quantunlearn.unlearning.scopes import SURE, Full, LoRA, Scope
+
+REFERENCES = ("target", "retrain")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    forget: Term
+    retain: Term | None = None
+    scope: Scope = field(default_factory=Full)
+    extras: tuple[Term, ...] = ()
+    #: the paper's defaults for this method, applied under the user's `common` and method keys
+    defaults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def terms(self) -> tuple[Term, ...]:
+        return (self.forget, *([self.retain] if self.retain else []), *self.extras)
+
+    @property
+    def groups(self) -> list[type[Group]]:
+        """The hyperparameter groups of this method, in run-path order."""
+        found = [Optimization, Seed, *self.scope.params]
+        for term in self.terms:
+            found += [g for g in term.params if g not in found]
+        return path_order(dict.fromkeys(found))
+
+    @property
+    def hyperparameters(self) -> tuple[str, ...]:
+        """The grid axes that change this method's result, in run-path order."""
+        return tuple(f.name for group in self.groups for f in group.fields())
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether a term compares with the frozen target (NPO, KLR, QUAIL, RMU)."""
+        return any(term.needs_reference for term in self.terms)
+
+    @property
+    def family(self) -> str:
+        """base | SURE | LoRA | RMU | QUAIL: how the mitigation tables group methods."""
+        extra = next((t.family for t in self.extras if t.family), None)
+        return self.scope.family or extra or "base"
+
+    @property
+    def base(self) -> str:
+        """The plain method with the same forget and retain terms (itself for a plain one)."""
+        for method in METHODS.values():
+            if (
+                type(method.forget) is type(self.forget)
+                and type(method.retain) is type(self.retain)
+                and method.family == "base"
+            ):
+                return method.name
+        return self.name
+
+    def run(self, values: dict[str, Any]) -> Run:
+        """This method's typed hyperparameters from a dict (missing keys: the defaults)."""
+        return Run(self, {**dict(self.defaults), **values})
+
+    def loss(self, step, run: Run):
+        """The objective of one step: forget + alpha * retain + each extra term times its
+        weight. Returns the loss and its parts for the training log."""
+        forget = self.forget.loss(step, run)
+        parts = {"forget_loss": forget.item()}
+        total = forget
+        if self.retain is not None:
+            retain = self.retain.loss(step, run)
+            parts["retain_loss"] = retain.item()
+            total = total + run.alpha * retain
+        for extra in self.extras:
+            value = extra.loss(step, run)
+            parts[f"{extra.name}_loss"] = value.item()
+            total = total + extra.weight(run) * value
+        return total, parts
+
+
+class Run:
+    """The typed hyperparameters of one run: the instances of its method's groups (checked on
+    construction), read as attributes (``run.lr``, ``run.alpha``)."""
+
+    def __init__(self, method: Method, values: dict[str, Any]):
+        self.method = method
+        self.groups = {group: group.build(values) for group in method.groups}
+
+    def __getattr__(self, key: str):
+        for instance in self.__dict__.get("groups", {}).values():
+            if key in instance.__dataclass_fields__:
+                return getattr(instance, key)
+        raise AttributeError(f"{self.method.name} has no hyperparameter {key!r}")
+
+    def values(self) -> dict[str, Any]:
+        """Every hyperparameter of the run, in run-path order."""
+        return {key: getattr(self, key) for key in self.method.hyperparameters}
+
+
+_SURE_LR = MappingProxyType({"lr": 1e-4})
+_RMU_DEFAULTS = MappingProxyType({"lr": 5e-5, "alpha": 1200.0})
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("GA", GA()),
+        Method("GA_GDR", GA(), GDR()),
+        Method("GA_KLR", GA(), KLR()),
+        Method("NPO", NPO()),
+        Method("NPO_GDR", NPO(), GDR()),
+        Method("NPO_KLR", NPO(), KLR()),
+        # SURE (Zhang et al. section 6): the regularized methods on the salient modules, lr 1e-4
+        # (Zhang et al. Tables 5-6).
+        Method("GA_GDR_SURE", GA(), GDR(), SURE(), defaults=_SURE_LR),
+        Method("GA_KLR_SURE", GA(), KLR(), SURE(), defaults=_SURE_LR),
+        Method("NPO_GDR_SURE", NPO(), GDR(), SURE(), defaults=_SURE_LR),
+        Method("NPO_KLR_SURE", NPO(), KLR(), SURE(), defaults=_SURE_LR),
+        # QUAIL (Mishra and Mehreen section VI): the hinge added to a base objective (theirs:
+        # GA_GDR).
+        Method("GA_GDR_QUAIL", GA(), GDR(), extras=(QUAILHinge(),)),
+        Method("GA_KLR_QUAIL", GA(), KLR(), extras=(QUAILHinge(),)),
+        Method("NPO_GDR_QUAIL", NPO(), GDR(), extras=(QUAILHinge(),)),
+        Method("NPO_KLR_QUAIL", NPO(), KLR(), extras=(QUAILHinge(),)),
+        # LoRA unlearning (Abitante et al.): adapters on the frozen target, merged before
+        # quantization, lr 1e-4 (the lower end of their grid).
+        Method("GA_GDR_LORA", GA(), GDR(), LoRA(), defaults=_SURE_LR),
+        Method("GA_KLR_LORA", GA(), KLR(), LoRA(), defaults=_SURE_LR),
+        Method("NPO_GDR_LORA", NPO(), GDR(), LoRA(), defaults=_SURE_LR),
+        Method("NPO_KLR_LORA", NPO(), KLR(), LoRA(), defaults=_SURE_LR),
+        # RMU (Zhang et al. appendix J): the WMDP code's lr 5e-5 (the top of Zhang et al.'s grid
+        # {5e-6, 1e-5, 5e-5}) and retain weight alpha 1200.
+        Method("RMU", RMUForget(), RMURetain(), RMU_SCOPE(), defaults=_RMU_DEFAULTS),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        close = difflib.get_close_matches(str(name), list(METHODS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"unknown unlearning method {name!r}{hint}; known: {sorted(METHODS)}"
+        ) from None

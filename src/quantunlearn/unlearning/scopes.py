@@ -1,0 +1,420 @@
+"""Update scopes of the unlearning loop: which weights AdamW may move, and how they are saved.
+
+- ``full``: every parameter (the six methods of Zhang et al.).
+- ``sure``: SURE's module-level saliency mask (Zhang et al. section 6, eq. 4-6). A *module* is every
+  ``nn.Module`` that directly holds parameters (``parameters(recurse=False)``): for a Llama each
+  q/k/v/o/gate/up/down projection of each layer, each RMSNorm, the token embedding and
+  ``lm_head``. The *candidates* (``sure_modules``) are either ``linear``, the Linear layers that
+  the quantizers quantize (every nn.Linear but ``lm_head``: the attention and feed-forward
+  sub-layers that Zhang et al. section 6.1 names), or ``all`` weight modules; every non-candidate is
+  frozen. Its saliency is eq. 4, s_i = || grad_{theta_i} L_forget ||_F at the target
+  weights: the Frobenius norm over all of the module's own parameters of the gradient of the
+  method's forget loss (GA or NPO), summed over the whole forget set (batch losses weighted by
+  their number of counted tokens / sequences, so it is the gradient of the loss over the whole
+  set). The mask is eq. 5 with gamma = Percentile(s, gamma_pct) over the candidates' scores
+  (numpy's linear interpolation), m_i = [candidate_i and s_i >= gamma]. Eq. 6 is applied for
+  real: the parameters of non-salient modules get ``requires_grad = False`` and are not given
+  to AdamW, so they stay bit-identical to the target's (the published code computes the mask
+  but never applies it, because its ``optimizer_step`` override is never called by the HF
+  Trainer).
+- ``lora``: peft LoRA adapters (rank r, alpha, target modules, no dropout, no bias) on the frozen
+  target (Abitante et al. section IV); after training they are merged (``merge_and_unload``) so the
+  saved model, and every quantizer after it, sees W0 + (alpha / r) B A.
+- ``rmu``: RMU's scope (Li et al. 2024, the WMDP code's defaults): only the MLP down-projection
+  weights of decoder layers ``rmu_layer - 2 .. rmu_layer`` (those that exist) are trained; the
+  loss reads the output of decoder layer ``rmu_layer`` (0-based: the residual stream after that
+  layer) through a forward hook. The control vector is u ~ Uniform[0, 1)^d drawn once from the
+  run's seed, normalised to unit length and scaled by ``rmu_steering``; it is saved with the
+  run (``rmu_control.pt``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from quantunlearn.io import write_parquet
+from quantunlearn.unlearning.hyperparameters import LoRAParams, RMUParams, SUREParams
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+#: peft target modules of each `lora_targets` choice (Llama projection names).
+LORA_TARGETS = {
+    "all_linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+}
+SURE_MODULES = ("linear", "all")
+SALIENCY_FILE = "saliency.parquet"
+ADAPTER_DIR = "lora_adapter"
+CONTROL_FILE = "rmu_control.pt"
+
+
+@dataclass
+class Trainable:
+    """What the loop trains: the model, the parameters AdamW updates, the frozen reference."""
+
+    model: nn.Module
+    params: list
+    #: (input_ids, attention_mask) -> the frozen target's logits (RMU: its activations of the
+    #: steered layer); None if the method needs none
+    reference: Callable | None
+    #: SURE: the saliency scores and mask, saved with the run
+    saliency: pd.DataFrame | None = None
+    info: dict = field(default_factory=dict)
+    #: RMU: the steered layer's activations and the control vector
+    steering: Steering | None = None
+    #: LoRA: adapters merged into the weights before saving (and the adapter saved beside)
+    adapters: bool = False
+    #: names of the saved model's parameters that training may change (the scope's contract)
+    may_change: set[str] = field(default_factory=set)
+
+    def final_model(self) -> nn.Module:
+        """The model to save: LoRA adapters merged into the weights, else the model itself."""
+        return self.model.merge_and_unload() if self.adapters else self.model
+
+    def save_extras(self, folder: str | Path) -> None:
+        """SURE's saliency, the LoRA adapter (before merging), RMU's control vector."""
+        import torch
+
+        folder = Path(folder)
+        if self.saliency is not None:
+            write_parquet(self.saliency, folder / SALIENCY_FILE)
+        if self.adapters:
+            self.model.save_pretrained(folder / ADAPTER_DIR)
+        if self.steering is not None:
+            torch.save(
+                {"layer": self.steering.layer, "control": self.steering.control.cpu()},
+                folder / CONTROL_FILE,
+            )
+
+
+class Scope:
+    """Which weights a method trains. ``build`` turns the loaded target into a `Trainable`."""
+
+    params: ClassVar[tuple[type, ...]] = ()
+    #: the family of the methods with this scope in the mitigation tables (None: base)
+    family: ClassVar[str | None] = None
+
+    def build(self, model, method, run, forget: list, pad_id: int, batch_size: int) -> Trainable:
+        raise NotImplementedError
+
+
+def _names(model, params) -> set[str]:
+    """The names of ``params`` in ``model``."""
+    ids = {id(p) for p in params}
+    return {name for name, p in model.named_parameters() if id(p) in ids}
+
+
+def _frozen_copy(model):
+    import torch
+
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+
+    @torch.no_grad()
+    def reference(ids, mask):
+        return ref(input_ids=ids, attention_mask=mask).logits
+
+    return reference
+
+
+class Full(Scope):
+    """Every parameter (the six methods of Zhang et al.)."""
+
+    def build(self, model, method, run, forget, pad_id, batch_size):
+        reference = _frozen_copy(model) if method.needs_reference else None
+        params = list(model.parameters())
+        return Trainable(model, params, reference, may_change=_names(model, params))
+
+
+# --------------------------------------------------------------------------- SURE
+
+
+def weight_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every module that directly holds parameters, by name (SURE's unit of saliency)."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if any(True for _ in module.parameters(recurse=False))
+    }
+
+
+def module_saliency(
+    model: nn.Module,
+    forget_seqs: Sequence[Sequence[int]],
+    pad_id: int,
+    method,
+    run,
+    *,
+    batch_size: int,
+) -> pd.DataFrame:
+    """Zhang et al. eq. 4 for every weight module: one row per module with its score s_i.
+
+    The gradient of the method's forget loss over the whole forget set, at the model's current
+    weights: each batch's loss is weighted by its share of the mean over the set (the forget
+    term's ``batch_weight``: counted tokens for GA, sequences for NPO). At these weights NPO's
+    reference is the model itself, as in the first unlearning step. Columns: module, n_params,
+    saliency; the model's gradients are cleared afterwards.
+    """
+    from quantunlearn.models.training import collate
+    from quantunlearn.unlearning.objectives import Step
+
+    device = next(model.parameters()).device
+    model.zero_grad(set_to_none=True)
+    for start in range(0, len(forget_seqs), batch_size):
+        batch = collate(forget_seqs[start : start + batch_size], pad_id, device)
+        step = Step(model, None, batch, None)
+        loss = method.forget.loss(step, run) * method.forget.batch_weight(step, run)
+        loss.backward()
+    rows = []
+    for name, module in weight_modules(model).items():
+        sq = 0.0
+        n = 0
+        for p in module.parameters(recurse=False):
+            n += p.numel()
+            if p.grad is not None:
+                sq += float(p.grad.detach().float().pow(2).sum())
+        rows.append((name, n, sq**0.5))
+    model.zero_grad(set_to_none=True)
+    frame = pd.DataFrame(rows, columns=["module", "n_params", "saliency"])
+    frame["n_params"] = frame["n_params"].astype("int64")
+    return frame
+
+
+def sure_candidates(model: nn.Module, modules: str) -> set[str]:
+    """The names of the modules SURE may select: ``linear`` (the quantized Linears) or ``all``."""
+    from quantunlearn.quantizers import quantizable_linears
+
+    if modules not in SURE_MODULES:
+        raise ValueError(f"unknown sure_modules {modules!r}; known: {SURE_MODULES}")
+    if modules == "all":
+        return set(weight_modules(model))
+    return set(quantizable_linears(model))
+
+
+def saliency_mask(
+    saliency: pd.DataFrame, gamma_pct: float, candidates: set[str] | None = None
+) -> pd.DataFrame:
+    """Zhang et al. eq. 5 over the candidates: salient = candidate and s_i >=
+    Percentile(s, gamma_pct).
+
+    Adds the columns candidate, threshold and salient (all modules are candidates by default).
+    """
+    if not 0 <= gamma_pct <= 100:
+        raise ValueError(f"gamma_pct must be a percentile in [0, 100], got {gamma_pct}")
+    out = saliency.copy()
+    out["candidate"] = out["module"].isin(candidates) if candidates is not None else True
+    if not out["candidate"].any():
+        raise ValueError("SURE has no candidate module to select from")
+    scores = out.loc[out["candidate"], "saliency"].to_numpy()
+    threshold = float(np.percentile(scores, gamma_pct))
+    out["threshold"] = threshold
+    out["salient"] = out["candidate"] & (out["saliency"] >= threshold)
+    return out
+
+
+def apply_module_mask(model: nn.Module, mask: pd.DataFrame) -> list[nn.Parameter]:
+    """Freeze every parameter of the non-salient modules; return the salient ones (eq. 6).
+
+    A parameter shared by several modules (tied embeddings) is trained if any of them is salient.
+    """
+    modules = weight_modules(model)
+    salient = {id(p) for name in mask.loc[mask["salient"], "module"] for p in _own(modules[name])}
+    params = []
+    for p in model.parameters():
+        trained = id(p) in salient
+        p.requires_grad_(trained)
+        if trained:
+            params.append(p)
+    if not params:
+        raise ValueError("the SURE mask selects no module: nothing would be unlearned")
+    return params
+
+
+def _own(module: nn.Module):
+    return module.parameters(recurse=False)
+
+
+class SURE(Scope):
+    """SURE's module-level saliency mask (Zhang et al. section 6, eq. 4-6; module docstring)."""
+
+    params = (SUREParams,)
+    family = "SURE"
+
+    def build(self, model, method, run, forget, pad_id, batch_size):
+        reference = _frozen_copy(model) if method.needs_reference else None
+        candidates = sure_candidates(model, run.sure_modules)
+        scores = module_saliency(model, forget, pad_id, method, run, batch_size=batch_size)
+        mask = saliency_mask(scores, run.gamma_pct, candidates)
+        params = apply_module_mask(model, mask)
+        info = {
+            "salient_modules": int(mask["salient"].sum()),
+            "modules": len(mask),
+            "salient_params": int(sum(p.numel() for p in params)),
+            "saliency_threshold": float(mask["threshold"].iloc[0]),
+        }
+        return Trainable(model, params, reference, mask, info, may_change=_names(model, params))
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+class LoRA(Scope):
+    """peft LoRA adapters on the frozen target, merged before saving (Abitante et al. section
+    IV); the reference is the adapter-free model (peft's ``disable_adapter()`` computes with W0,
+    so no copy of the weights is needed).
+
+    Gradient checkpointing trap: with checkpointing on, the frozen embeddings give outputs that
+    do not require grad, and the checkpointed LoRA layers then get no gradient at all, so input
+    grads are enabled whenever the model checkpoints.
+    """
+
+    params = (LoRAParams,)
+    family = "LoRA"
+
+    def build(self, model, method, run, forget, pad_id, batch_size):
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        if run.lora_targets not in LORA_TARGETS:
+            raise ValueError(
+                f"unknown lora_targets {run.lora_targets!r}; known: {sorted(LORA_TARGETS)}"
+            )
+        config = LoraConfig(
+            r=int(run.lora_rank),
+            lora_alpha=float(run.lora_alpha),
+            target_modules=list(LORA_TARGETS[run.lora_targets]),
+            lora_dropout=0.0,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        peft_model = get_peft_model(model, config)
+        base = peft_model.get_base_model()
+        checkpointing = getattr(base, "is_activation_checkpointing", None)
+        if checkpointing is None:  # transformers < 5.x names it is_gradient_checkpointing
+            checkpointing = getattr(base, "is_gradient_checkpointing", False)
+        if checkpointing:
+            peft_model.enable_input_require_grads()
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        reference = None
+        if method.needs_reference:
+
+            @torch.no_grad()
+            def reference(ids, mask):
+                with peft_model.disable_adapter():
+                    return peft_model(input_ids=ids, attention_mask=mask).logits
+
+        info = {"lora_trainable_params": int(sum(p.numel() for p in params))}
+        adapted = {f"{name}.weight" for name, m in base.named_modules() if hasattr(m, "lora_A")}
+        return Trainable(
+            peft_model, params, reference, info=info, adapters=True, may_change=adapted
+        )
+
+
+# --------------------------------------------------------------------------- RMU
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a causal LM (``model.model.layers`` for Llama-style models)."""
+    from torch import nn
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(
+            f"RMU needs a decoder with a `layers` list; {type(model).__name__} has none"
+        )
+    return layers
+
+
+def layer_activations(model: nn.Module, layer: int, ids: torch.Tensor, mask: torch.Tensor):
+    """The output of decoder layer ``layer`` (the residual stream after it), ``[B, T, d]``."""
+    captured = []
+
+    def hook(_module, _inputs, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+
+    decoder = model.get_decoder()
+    handle = decoder_layers(model)[layer].register_forward_hook(hook)
+    try:
+        decoder(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+@dataclass
+class Steering:
+    """RMU's steered layer and control vector c * u."""
+
+    layer: int
+    control: torch.Tensor  # [d]
+
+    def activations(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor):
+        return layer_activations(model, self.layer, ids, mask)
+
+
+def control_vector(hidden_size: int, steering: float, seed: int) -> torch.Tensor:
+    """c * u with u ~ Uniform[0, 1)^d normalised to unit length (the WMDP code's draw)."""
+    import torch
+
+    if not steering > 0:
+        raise ValueError(f"rmu_steering must be > 0, got {steering}")
+    u = torch.rand(hidden_size, generator=torch.Generator().manual_seed(seed))
+    return steering * u / u.norm()
+
+
+class RMU(Scope):
+    """RMU's scope (Li et al. 2024): the down-projections of layers rmu_layer-2..rmu_layer; the
+    reference is a frozen copy's activations at ``rmu_layer``."""
+
+    params = (RMUParams,)
+    family = "RMU"
+
+    def build(self, model, method, run, forget, pad_id, batch_size):
+        import torch
+
+        layer = int(run.rmu_layer)
+        layers = decoder_layers(model)
+        if not 0 <= layer < len(layers):
+            raise ValueError(
+                f"rmu_layer {layer} does not exist: the model has {len(layers)} decoder layers "
+                f"(0..{len(layers) - 1})"
+            )
+        trained_layers = list(range(max(0, layer - 2), layer + 1))
+        trained = []
+        for i in trained_layers:
+            down = getattr(getattr(layers[i], "mlp", None), "down_proj", None)
+            if down is None:
+                raise ValueError(f"RMU trains mlp.down_proj, which decoder layer {i} does not have")
+            trained.append(down.weight)
+        ids = {id(p) for p in trained}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in ids)
+        frozen = copy.deepcopy(model).eval()
+        frozen.requires_grad_(False)
+        device = next(model.parameters()).device
+        control = control_vector(model.config.hidden_size, run.rmu_steering, run.seed).to(device)
+
+        @torch.no_grad()
+        def reference(ids_, mask):
+            return layer_activations(frozen, layer, ids_, mask)
+
+        info = {
+            "rmu_trained_layers": trained_layers,
+            "rmu_trained_params": int(sum(p.numel() for p in trained)),
+        }
+        steering = Steering(layer, control)
+        may_change = _names(model, trained)
+        return Trainable(
+            model, trained, reference, info=info, steering=steering, may_change=may_change
+        )
