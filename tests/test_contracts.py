@@ -35,8 +35,9 @@ from quantunlearn.unlearning.loop import unlearn
 from quantunlearn.unlearning.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
-# what every method gets on the tiny test model (2 decoder layers: RMU steers layer 1)
-TINY_RUN = {"weight_dtype": "fp32", "lr": 1e-2, "epochs": 1, "rmu_layer": 1}
+# what every method gets on the tiny test model (2 decoder layers: RMU steers layer 1, RMU_LAT
+# attacks layer 0)
+TINY_RUN = {"weight_dtype": "fp32", "lr": 1e-2, "epochs": 1, "rmu_layer": 1, "lat_layer": 0}
 
 
 # --------------------------------------------------------------------------- METHODS

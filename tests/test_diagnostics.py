@@ -123,7 +123,7 @@ def test_diagnose_run_rows(tiny_model_dir, perturbed_dir, tmp_path, quant):
         rows = back[back["pair"] == pair]
         assert (rows["level"] == "tensor").sum() == n_tensors
         assert (rows["level"] == "layer").sum() == 2
-        glob = rows[rows["level"] == "global"].iloc[0]
+        glob = rows[rows["level"] == "pooled"].iloc[0]
         tensors = rows[rows["level"] == "tensor"]
         assert glob["n_weights"] == tensors["n_weights"].sum()
         weighted = (tensors["overlap"] * tensors["n_weights"]).sum() / tensors["n_weights"].sum()
@@ -139,7 +139,7 @@ def test_diagnose_run_rows(tiny_model_dir, perturbed_dir, tmp_path, quant):
             "unlearned_quantized": quantized_state(perturbed_dir, spec),
         }
     direct = bucket_overlap(target, unlearned, quant, **kwargs)
-    glob = back[(back["pair"] == "target_vs_unlearned") & (back["level"] == "global")].iloc[0]
+    glob = back[(back["pair"] == "target_vs_unlearned") & (back["level"] == "pooled")].iloc[0]
     assert glob["overlap"] == pytest.approx(direct["overlap"])
     assert glob["mean_change_to_half_step"] == pytest.approx(direct["mean_change_to_half_step"])
     assert back["config_hash"].nunique() == 1 and (back["quant"] == quant).all()

@@ -1,4 +1,5 @@
-"""Quantizer tables and figures (Table 2, bit sweep, noflip, Table I) from hand-made cells."""
+"""Quantizer tables and figures (Table 2, bit sweep, noflip, the project's overlap, QUAIL's
+Table I) from hand-made cells."""
 
 from __future__ import annotations
 
@@ -129,15 +130,17 @@ def test_make_quant_tables(tmp_path):
 
     overlap = pd.read_parquet(out / "overlap.parquet").set_index("quant")
     n = 2 * 8 * 128
-    assert overlap.loc["rtn_w4", "global_overlap"] == pytest.approx(100 * (n - 1) / n)
-    # tensor-wise = mean of the two tensors' overlaps: 100 and 100 * (1023/1024)
-    assert overlap.loc["rtn_w4", "tensorwise_overlap"] == pytest.approx(100 * (1 - 1 / 2048))
+    assert overlap.loc["rtn_w4", "pooled_overlap"] == pytest.approx(100 * (n - 1) / n)
+    # per tensor = mean of the two tensors' overlaps: 100 and 100 * (1023/1024)
+    assert overlap.loc["rtn_w4", "mean_tensor_overlap"] == pytest.approx(100 * (1 - 1 / 2048))
     assert overlap.loc["rtn_w4", "bits"] == 4
-    assert "QUAIL Table I" in (out / "overlap.md").read_text()
+    text = (out / "overlap.md").read_text()
+    assert "Pooled overlap %" in text and "not QUAIL's Table I" in text
 
 
 def test_make_quant_tables_without_diagnostics(tmp_path):
     metrics = write_metrics(tmp_path / "m")
     make_quant_tables(metrics, [], tmp_path / "t", QUANTS)
     assert "set `diagnostics: true`" in (tmp_path / "t" / "overlap.md").read_text()
+    assert "quail_table: true" in (tmp_path / "t" / "quail_table1.md").read_text()
     assert (tmp_path / "t" / "overlap_hist.png").is_file()

@@ -275,7 +275,7 @@ def test_micro_scale_study_runs(tmp_path):
         diag = pd.read_parquet(
             tmp_path / "results" / "diagnostics" / r.benchmark / r.run / "rtn_w4.parquet"
         )
-        glob = diag[(diag.pair == "target_vs_unlearned") & (diag.level == "global")]
+        glob = diag[(diag.pair == "target_vs_unlearned") & (diag.level == "pooled")]
         assert r.overlap == glob.overlap.item()
         assert 0.5 < r.overlap < 1  # lr 1e-4 in fp32 flips some codes, not most
     assert (tmp_path / "results" / "tables" / "scale.png").is_file()

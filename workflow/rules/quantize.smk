@@ -58,3 +58,30 @@ rule diagnose:
         cell_config=lambda wc: STUDY.cell_config(wc.bench, wc.run, wc.quant),
     script:
         "../scripts/diagnose.py"
+
+
+# QUAIL's Table I (Mishra and Mehreen section V) of one diagnosed run: its own min-max quantizer
+# over all parameters, at 16, 8 and 4 bits (config `diagnostics.quail_table`).
+rule quail_table:
+    input:
+        target=lambda wc: model_input(wc.bench, "method~target"),
+        model=lambda wc: model_input(wc.bench, wc.run),
+    output:
+        f"{RESULTS}/quail_table1/{{bench}}/{{run}}.parquet",
+    log:
+        f"{RESULTS}/logs/quail_table/{{bench}}/{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/quail_table/{{bench}}/{{run}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    params:
+        target=lambda wc: model_path(wc.bench, "method~target"),
+        model=lambda wc: model_path(wc.bench, wc.run),
+        cell=lambda wc: STUDY.run_params(wc.bench, wc.run),
+        cell_config=lambda wc: STUDY.cell_config(wc.bench, wc.run),
+    script:
+        "../scripts/quail_table.py"

@@ -24,6 +24,7 @@ rule quant_tables:
     input:
         metrics=STUDY.metric_files(),
         diagnostics=STUDY.diagnostic_files(),
+        quail_table=STUDY.quail_table_files(),
     output:
         **report_outputs("quant_tables"),
     log:

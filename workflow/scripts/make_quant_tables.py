@@ -10,4 +10,5 @@ with logged(snakemake.log[0]):
         snakemake.input.diagnostics,
         Path(snakemake.output[0]).parent,
         snakemake.params.quantizers,
+        snakemake.input.quail_table,
     )

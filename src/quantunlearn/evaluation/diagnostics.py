@@ -2,10 +2,14 @@
 
 Zhang et al. (section 5, eq. 3) argues that a weight change smaller than half the quantizer's step
 Delta cannot leave its quantization bucket, so Q(f_unlearned) = Q(f_target) and the forgotten
-knowledge returns. Mishra and Mehreen (section V, Table I, figures 1-5) measures it: weight-change
+knowledge returns. Mishra and Mehreen (section V, figures 1-5) measure it: weight-change
 statistics |w' - w| (V-B) and the *bucket overlap*, the share of weights with Q(w') == Q(w)
-(V-C), globally, per tensor and per layer. This module computes both for one unlearned run and
-one quantizer, against the target:
+(V-C). This module computes both for one unlearned run and one of the quantizers the study
+evaluates, against the target, over the quantizable Linears, at three levels: each tensor, each
+decoder layer, and ``pooled`` (every quantized weight of the model pooled). These are the
+project's measures; QUAIL's Table I itself, whose "global" and "tensor-wise" overlaps use QUAIL's
+own min-max quantizer over all parameters, is `quantunlearn.evaluation.quail_table`. For one
+unlearned run and one quantizer, against the target:
 
 * pair ``target_vs_unlearned``: w = target, w' = unlearned. change = |w' - w|; overlap = share
   with the same bucket. For RTN (and its noflip counterfactual) the bucket is the integer code
@@ -24,7 +28,7 @@ exactly the quantizer's own step; for the others it is the nominal step of that 
 which makes the change-to-step ratio comparable across quantizers.
 
 `bucket_overlap` is the small public entry point (used by the scale study); `diagnose_run` writes
-the per-tensor, per-layer and global Parquet rows of one (run, quantizer).
+the per-tensor, per-layer and pooled Parquet rows of one (run, quantizer).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from quantunlearn.quantizers.base import layer_of
 from quantunlearn.quantizers.rtn import rtn_quantize
 
 PAIRS = ("target_vs_unlearned", "unlearned_vs_quantized")
-LEVELS = ("tensor", "layer", "global")
+LEVELS = ("tensor", "layer", "pooled")
 
 STAT_COLUMNS = [
     "n_weights",
@@ -193,7 +197,7 @@ def bucket_overlap(
     target_quantized: dict[str, torch.Tensor] | None = None,
     unlearned_quantized: dict[str, torch.Tensor] | None = None,
 ) -> dict:
-    """Global bucket overlap and change-to-half-step ratio between two models under `quant`.
+    """Pooled bucket overlap and change-to-half-step ratio between two models under `quant`.
 
     States map parameter names to the fp32 weights of the quantizable Linears (`linear_state`).
     RTN (rtn_*, noflip_rtn_*) and GGUF are quantized here; for GPTQ, AWQ and bitsandbytes pass
@@ -271,7 +275,7 @@ def _level_rows(pair: str, parts: dict[str, dict]) -> list[dict]:
     for layer, layer_parts in sorted(by_layer.items()):
         rows.append({"pair": pair, "level": "layer", "name": f"layer {layer}", "layer": layer,
                      **_summarize(layer_parts)})  # fmt: skip
-    rows.append({"pair": pair, "level": "global", "name": "all", "layer": None,
+    rows.append({"pair": pair, "level": "pooled", "name": "all", "layer": None,
                  **_summarize(list(parts.values()))})  # fmt: skip
     return rows
 

@@ -14,6 +14,7 @@ from quantunlearn.quantizers.full import FullPrecision
 from quantunlearn.quantizers.gguf import GGUF
 from quantunlearn.quantizers.gptq_awq import AWQ, GPTQ
 from quantunlearn.quantizers.noflip import NoFlip
+from quantunlearn.quantizers.quail import QUAILUniform
 from quantunlearn.quantizers.rtn import RTN
 
 QUANTIZERS: tuple[type[Quantizer], ...] = (
@@ -24,6 +25,7 @@ QUANTIZERS: tuple[type[Quantizer], ...] = (
     AWQ,
     GGUF,
     NoFlip,
+    QUAILUniform,
 )
 
 

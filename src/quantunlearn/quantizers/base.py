@@ -102,6 +102,12 @@ class Quantizer:
         return self.bits, self.group_size
 
     @property
+    def diagnosable(self) -> bool:
+        """Whether the weight diagnostics (`evaluation.diagnostics`, steps of a symmetric absmax
+        grid of at most 8 bits) can analyse it."""
+        return self.is_quantized and not self.counterfactual
+
+    @property
     def diagnosed_as(self) -> Quantizer:
         """The quantizer the weight diagnostics analyse for this one (noflip: its RTN base)."""
         return self

@@ -1,5 +1,5 @@
 """Tables and figures of the quantizer study: Table 2 of Zhang et al., Table I of Mishra and
-Mehreen (QUAIL), noflip.
+Mehreen (QUAIL), noflip, and the project's own bucket overlap.
 
 * ``table2``: the layout of Table 2 of Zhang et al. (ICLR 2025): every method at full precision
   and after each 4-bit quantizer of the config (RTN vs AWQ vs GPTQ, plus GGUF/bnb 4-bit).
@@ -7,11 +7,15 @@ Mehreen (QUAIL), noflip.
   predicts the collapse between 8 and 4 bits), table and figure.
 * ``noflip``: for each run and RTN quantizer with a noflip counterfactual: KnowMem_f/VerbMem_f of
   the full-precision model, Q(unlearned), noflip and Q(target) side by side.
-* ``overlap``: the layout of Table I of Mishra and Mehreen (QUAIL, Mishra and Mehreen): per run and
-  quantizer, bit width, step size Delta (median over the weights), global and tensor-wise
-  (mean over tensors) bucket overlap, plus the change-to-half-step ratios; figures of the
-  layer-wise overlap per bit width (their figure 1) and a histogram of per-tensor overlap
-  (figures 3-5).
+* ``overlap``: the project's bucket overlap (`quantunlearn.evaluation.diagnostics`) under each
+  evaluated quantizer: per run and quantizer, bit width, step size Delta (median over the
+  weights), the pooled overlap (all quantized weights of the model) and the mean per-tensor
+  overlap, plus the change-to-half-step ratios; figures of the layer-wise overlap per bit width
+  (the layout of Mishra and Mehreen's figure 1) and a histogram of per-tensor overlap (figures
+  3-5).
+* ``quail_table1``: Table I of Mishra and Mehreen as the paper defines it
+  (`quantunlearn.evaluation.quail_table`): QUAIL's own min-max quantizer over all parameters at
+  16, 8 and 4 bits, global and tensor-wise range, with the weight-change statistics of V-B.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ FILES = (
     *(f"noflip.{ext}" for ext in ("md", "csv", "parquet")),
     *(f"overlap.{ext}" for ext in ("md", "csv", "parquet")),
     *(f"overlap_{fig}.{ext}" for fig in ("layers", "hist") for ext in ("png", "svg")),
+    *(f"quail_table1.{ext}" for ext in ("md", "csv", "parquet")),
 )
 
 OVERLAP_COLUMNS = {
@@ -49,8 +54,8 @@ OVERLAP_COLUMNS = {
     "quant": "Quantizer",
     "bits": "Bits",
     "step": "Step Δ (median)",
-    "global_overlap": "Global overlap %",
-    "tensorwise_overlap": "Tensor-wise overlap %",
+    "pooled_overlap": "Pooled overlap %",
+    "mean_tensor_overlap": "Mean per-tensor overlap %",
     "overlap_within_half_step": "|ΔQ| < Δ/2 %",
     "mean_change_to_half_step": "mean |Δw|/(Δ/2)",
     "max_change_to_half_step": "max |Δw|/(Δ/2)",
@@ -206,26 +211,32 @@ NOFLIP_NOTE = (
 
 
 def read_diagnostics(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """The diagnostics files concatenated (files written before the whole-model level was
+    renamed "pooled" call it "global")."""
     frames = []
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"diagnostics file {path} does not exist")
         frames.append(pd.read_parquet(path))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not frames:
+        return pd.DataFrame()
+    diag = pd.concat(frames, ignore_index=True)
+    diag["level"] = diag["level"].replace({"global": "pooled"})
+    return diag
 
 
 def overlap_table(diag: pd.DataFrame, quant_order: Sequence[str]) -> pd.DataFrame:
-    """Table I of Mishra and Mehreen per run and quantizer (pair target_vs_unlearned)."""
+    """The project's bucket overlap per run and quantizer (pair target_vs_unlearned)."""
     if diag.empty:
         return pd.DataFrame(columns=["benchmark", "run", "method", *OVERLAP_COLUMNS])
     pair = diag[diag["pair"] == "target_vs_unlearned"]
-    glob = pair[pair["level"] == "global"].copy()
+    glob = pair[pair["level"] == "pooled"].copy()
     tensors = pair[pair["level"] == "tensor"]
     tensorwise = tensors.groupby(["benchmark", "run", "quant"])["overlap"].mean()
     glob = glob.set_index(["benchmark", "run", "quant"])
-    glob["tensorwise_overlap"] = tensorwise * 100
+    glob["mean_tensor_overlap"] = tensorwise * 100
     glob = glob.reset_index()
-    glob["global_overlap"] = glob["overlap"] * 100
+    glob["pooled_overlap"] = glob["overlap"] * 100
     glob["overlap_within_half_step"] = glob["overlap_within_half_step"] * 100
     glob["share_beyond_half_step"] = glob["share_beyond_half_step"] * 100
     glob["step"] = glob["half_step_median"] * 2
@@ -319,12 +330,48 @@ BIT_SWEEP_NOTE = (
     "(GA_GDR, GA_KLR, NPO_GDR, NPO_KLR), per weight dtype."
 )
 OVERLAP_NOTE = (
-    "Overlap = share of quantized-Linear weights with Q(w') == Q(w) (RTN: same integer code; "
-    "other quantizers: same effective weight). Tensor-wise = mean over tensors. "
+    "The project's measure, not QUAIL's Table I (quail_table1.md). Overlap = share of "
+    "quantized-Linear weights with Q(w') == Q(w) under each evaluated quantizer (RTN: same "
+    "integer code; other quantizers: same effective weight). Pooled = over all quantized "
+    "weights of the model; per-tensor = the mean of the tensors' overlaps. "
     "|ΔQ| < Δ/2 = share whose quantized values differ by less than half a nominal step "
     "(robust to the per-block scale drift of GGUF/bnb/GPTQ/AWQ). Δ = eq. 2 step of the "
     "target's weights at the quantizer's bit width and group (median over weights)."
 )
+
+
+QUAIL_TABLE_COLUMNS = {
+    "label": "Run",
+    "bits": "Bit Width",
+    "bucket_size": "Bucket Size Δ",
+    "global_overlap": "Global Overlap %",
+    "tensorwise_overlap": "Tensorwise Overlap %",
+    "share_bitwise_unchanged": "Bitwise unchanged %",
+    "mean_abs_change": "mean |Δw|",
+    "max_abs_change": "max |Δw|",
+}
+QUAIL_TABLE_NOTE = (
+    "Table I of Mishra and Mehreen (section V) as the paper defines it: QUAIL's asymmetric "
+    "min-max uniform quantizer, Δ = (w_max − w_min) / 2^N, code floor((w − w_min)/Δ + 1/2) (eq. "
+    "7), over all parameters of the model (embeddings, norms and lm_head included), the range "
+    "taken over all of them (global) or per tensor (tensorwise); both models are put in the "
+    "target's buckets. Bucket Size = the global Δ of the target. Bitwise unchanged, mean and max "
+    "|Δw| (section V-B) compare the stored weights."
+)
+
+
+def quail_table(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """The QUAIL Table I files of the diagnosed runs, one row per (run, bit width), in %."""
+    if not paths:
+        return pd.DataFrame(columns=["benchmark", "run", "method", *QUAIL_TABLE_COLUMNS])
+    table = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    for col in ("global_overlap", "tensorwise_overlap", "share_bitwise_unchanged"):
+        table[col] = table[col] * 100
+    keys = label_keys(table) if "weight_dtype" in table else []
+    table["label"] = [row_label(r.to_dict() | {"quant": "none"}, keys) for _, r in table.iterrows()]
+    table = table.sort_values(["benchmark", "method", "run", "bits"], ascending=[1, 1, 1, 0],
+                              kind="mergesort")  # fmt: skip
+    return table.reindex(columns=["benchmark", "run", "method", *QUAIL_TABLE_COLUMNS])
 
 
 def make_quant_tables(
@@ -332,8 +379,9 @@ def make_quant_tables(
     diagnostic_files: Sequence[str | Path],
     out_dir: str | Path,
     quantizers: Sequence[str],
+    quail_table_files: Sequence[str | Path] = (),
 ) -> None:
-    """Write table2, bit_sweep, noflip, overlap (.md/.csv/.parquet) and the figures
+    """Write table2, bit_sweep, noflip, overlap, quail_table1 (.md/.csv/.parquet) and the figures
     bit_sweep, overlap_layers, overlap_hist (.png/.svg) into out_dir."""
     out = Path(out_dir)
     table = build_table1(read_cells(metric_files), list(quantizers))
@@ -359,10 +407,20 @@ def make_quant_tables(
     write_report_table(
         overlap_table(diag, list(quantizers)),
         out / "overlap",
-        "Bucket overlap between each unlearned model and the target (QUAIL Table I layout)",
+        "Bucket overlap between each unlearned model and the target under the evaluated "
+        "quantizers",
         OVERLAP_NOTE,
         OVERLAP_COLUMNS,
         "No diagnostics in this config (set `diagnostics: true`).",
+        floatfmt=".4g",
+    )
+    write_report_table(
+        quail_table(quail_table_files),
+        out / "quail_table1",
+        "QUAIL's Table I: weight change and bucket overlap under QUAIL's quantizer",
+        QUAIL_TABLE_NOTE,
+        QUAIL_TABLE_COLUMNS,
+        "No QUAIL Table I in this config (set `diagnostics: {quail_table: true}`).",
         floatfmt=".4g",
     )
     plot_layer_overlap(diag, out / "overlap_layers.png", out / "overlap_layers.svg")

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from quantunlearn.reports.cells import REGULARIZED, build_table1, read_cells
+from quantunlearn.reports.quantizers import read_diagnostics
 from quantunlearn.reports.render import pyplot, save_figure, to_markdown, write_frames, write_text
 
 #: Forget metrics whose recovery the scale table reports.
@@ -249,12 +250,12 @@ def plot_scale(table: pd.DataFrame, png: Path, svg: Path) -> None:
 
 
 def global_overlap(diagnostic_files: Sequence[str | Path]) -> pd.DataFrame | None:
-    """benchmark, run, overlap: the global target-vs-unlearned bucket overlap of each
+    """benchmark, run, overlap: the pooled target-vs-unlearned bucket overlap of each
     diagnostics file (`quantunlearn.evaluation.diagnostics`); None without files."""
     if not diagnostic_files:
         return None
-    frame = pd.concat([pd.read_parquet(p) for p in diagnostic_files], ignore_index=True)
-    glob = frame[(frame["pair"] == "target_vs_unlearned") & (frame["level"] == "global")]
+    frame = read_diagnostics(diagnostic_files)
+    glob = frame[(frame["pair"] == "target_vs_unlearned") & (frame["level"] == "pooled")]
     return glob[["benchmark", "run", "overlap"]].reset_index(drop=True)
 
 
@@ -285,7 +286,7 @@ def make_scale_table(
         f"memorized: the target reaches KnowMem_f ≥ {scale['min_target_knowmem_f']:g} and "
         f"VerbMem_f ≥ {scale['min_target_verbmem_f']:g}; sizes where it does not say nothing "
         "about forgetting. Codes = target's: share of the quantized Linears' weights whose "
-        f"{scale['quant']} code is the target's (`quantunlearn.evaluation.diagnostics`, global)."
+        f"{scale['quant']} code is the target's (`quantunlearn.evaluation.diagnostics`, pooled)."
     )
     write_frames(table, out_dir / "scale")
     write_text(out_dir / "scale.md", scale_markdown(table, notes))

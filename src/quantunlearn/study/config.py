@@ -184,6 +184,7 @@ def normalize_config(user: dict) -> dict:
     errors = _schema_errors(config)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    config["diagnostics"] = _diagnostics_spec(config["diagnostics"])
     errors = _semantic_errors(config)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
@@ -224,6 +225,40 @@ def _semantic_errors(config: dict) -> list[str]:
     errors += _scale_errors(config)
     errors += _utility_errors(config["evaluation"])
     errors += _selection_errors(config)
+    errors += _diagnostics_errors(config)
+    return errors
+
+
+DIAGNOSTICS_DEFAULTS: dict[str, Any] = {"quantizers": None, "methods": None, "quail_table": False}
+
+
+def _diagnostics_spec(value: bool | dict) -> dict | None:
+    """``diagnostics`` as a mapping (true: every run and quantizer), None when off."""
+    if value is False or value is None:
+        return None
+    return {**DIAGNOSTICS_DEFAULTS, **(value if isinstance(value, dict) else {})}
+
+
+def _diagnostics_errors(config: dict) -> list[str]:
+    """The diagnosed quantizers and methods must be in the study, and analysable."""
+    spec = config["diagnostics"]
+    if spec is None:
+        return []
+    errors = []
+    for i, name in enumerate(spec["quantizers"] or []):
+        key = f"config key diagnostics.quantizers[{i}]"
+        if name not in config["quantizers"]:
+            errors.append(f"{key}: {name!r} is not one of the quantizers {config['quantizers']}")
+        elif not parse_quantizer(name).diagnosable:
+            errors.append(
+                f"{key}: the weight diagnostics cannot analyse {name!r} (none, the noflip "
+                "counterfactual and QUAIL's grid, which diagnostics.quail_table covers)"
+            )
+    for i, name in enumerate(spec["methods"] or []):
+        if name not in config["unlearn"]["methods"]:
+            errors.append(
+                f"config key diagnostics.methods[{i}]: {name!r} is not one of unlearn.methods"
+            )
     return errors
 
 
@@ -290,38 +325,53 @@ def as_list(value: Any) -> list:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def method_params(config: dict, name: str) -> dict:
+def method_sections(config: dict, name: str) -> list[dict]:
+    """A method's section(s) under ``unlearn.methods``: one mapping (or null), or a list of
+    mappings, each a grid of its own (the run set is their union: Mishra and Mehreen's Table II
+    cells, Abitante et al.'s lora_alpha in {0.5r, r, 2r} for each rank r)."""
+    section = config["unlearn"]["methods"][name]
+    return [s or {} for s in section] if isinstance(section, list) else [section or {}]
+
+
+def method_params(config: dict, name: str, section: dict | None = None) -> dict:
     """A method's hyperparameters (values or grid lists): the groups' defaults, the method's own
     defaults (SURE / LoRA: lr 1e-4; RMU: lr 5e-5, alpha 1200), ``unlearn.common``, then the
-    method's own section, each over the one before."""
+    method's own section (its first, or ``section``), each over the one before."""
     common = config["unlearn"].get("common") or {}
-    overrides = config["unlearn"]["methods"][name] or {}
+    overrides = method_sections(config, name)[0] if section is None else section
     own = dict(get_method(name).defaults)
     return {**hyperparameter_defaults(), **own, **common, **overrides}
 
 
+def method_grids(config: dict, name: str) -> list[dict]:
+    """`method_params` of each of the method's sections."""
+    return [method_params(config, name, s) for s in method_sections(config, name)]
+
+
 def _hyperparameter_errors(config: dict) -> list[str]:
     """Every value of every grid cell checked by its group (`HyperparameterError`), reported
-    under the key the value came from (unlearn.common or unlearn.methods.<name>)."""
+    under the key the value came from (unlearn.common or unlearn.methods.<name>[i])."""
     errors = []
     common = config["unlearn"].get("common") or {}
-    for name, section in config["unlearn"]["methods"].items():
+    for name, raw in config["unlearn"]["methods"].items():
         method = get_method(name)
-        for key in section or {}:
-            if key not in method.hyperparameters:
-                errors.append(
-                    f"config key unlearn.methods.{name}.{key}: {name} has no {key} "
-                    f"(its hyperparameters: {', '.join(method.hyperparameters)})"
-                )
-        params = method_params(config, name)
-        axes = {k: as_list(params[k]) for k in method.hyperparameters}
-        for combo in itertools.product(*axes.values()):
-            try:
-                method.run(dict(zip(axes, combo, strict=True)))
-            except HyperparameterError as err:
-                own = err.key in (section or {}) or err.key not in common
-                where = f"methods.{name}" if own else "common"
-                errors.append(f"config key unlearn.{where}.{err.key}: {err.message}")
+        for i, section in enumerate(method_sections(config, name)):
+            where_own = f"methods.{name}" + (f"[{i}]" if isinstance(raw, list) else "")
+            for key in section:
+                if key not in method.hyperparameters:
+                    errors.append(
+                        f"config key unlearn.{where_own}.{key}: {name} has no {key} "
+                        f"(its hyperparameters: {', '.join(method.hyperparameters)})"
+                    )
+            params = method_params(config, name, section)
+            axes = {k: as_list(params[k]) for k in method.hyperparameters}
+            for combo in itertools.product(*axes.values()):
+                try:
+                    method.run(dict(zip(axes, combo, strict=True)))
+                except HyperparameterError as err:
+                    own = err.key in section or err.key not in common
+                    where = where_own if own else "common"
+                    errors.append(f"config key unlearn.{where}.{err.key}: {err.message}")
     return sorted(set(errors), key=errors.index)
 
 
@@ -332,7 +382,7 @@ def _rmu_layer_errors(config: dict) -> list[str]:
     for name in config["unlearn"]["methods"]:
         if RMUParams not in get_method(name).groups:
             continue
-        layers = as_list(method_params(config, name)["rmu_layer"])
+        layers = [v for p in method_grids(config, name) for v in as_list(p["rmu_layer"])]
         for bench in trained_benchmarks(config):
             depth = benchmark_tiny_model(config, bench)["num_layers"]
             bad = [v for v in layers if v >= depth]

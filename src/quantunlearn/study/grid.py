@@ -24,7 +24,7 @@ from quantunlearn.study.config import (
     as_list,
     benchmark_tiny_model,
     low_bit_quantizer,
-    method_params,
+    method_grids,
     normalize_config,
 )
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS, column_dtype
@@ -54,13 +54,14 @@ def expand_runs(config: dict) -> pd.DataFrame:
             rows.append({"benchmark": bench, "method": ref, "run": run_path(ref, {})})
         for name in config["unlearn"]["methods"]:
             method = get_method(name)
-            params = method_params(config, name)
-            if "quail_delta" in params:  # a number or a quantizer name: one text column
-                params["quail_delta"] = [format_value(v) for v in as_list(params["quail_delta"])]
-            axes = {k: as_list(params[k]) for k in method.hyperparameters}
-            for combo in itertools.product(*axes.values()):
-                row = dict(zip(axes, combo, strict=True))
-                rows.append({"benchmark": bench, "method": name, "run": run_path(name, row), **row})
+            for params in method_grids(config, name):
+                if "quail_delta" in params:  # a number or a quantizer name: one text column
+                    params["quail_delta"] = [format_value(v) for v in as_list(params["quail_delta"])]
+                axes = {k: as_list(params[k]) for k in method.hyperparameters}
+                for combo in itertools.product(*axes.values()):
+                    row = dict(zip(axes, combo, strict=True))
+                    path = run_path(name, row)
+                    rows.append({"benchmark": bench, "method": name, "run": path, **row})
     runs = pd.DataFrame(rows)
     for col in HYPER_COLUMNS:
         if col not in runs:
@@ -169,15 +170,39 @@ class Study:
         """Where a stored (GPTQ/AWQ) checkpoint of a run lives: a DAG output."""
         return str(self.results / "quantize" / bench / run / quant)
 
+    def diagnosed_runs(self) -> pd.DataFrame:
+        """The unlearned runs the diagnostics cover (``diagnostics.methods``; none when off)."""
+        spec = self.config.get("diagnostics")
+        runs = self.runs[~self.runs.method.isin(list(REFERENCES))]
+        if not spec:
+            return runs.iloc[:0]
+        if spec["methods"] is not None:
+            runs = runs[runs.method.isin(spec["methods"])]
+        return runs.reset_index(drop=True)
+
     def diagnostic_cells(self) -> pd.DataFrame:
-        """(benchmark, run, quant) of the weight diagnostics: every unlearned run x quantizer
-        (not 'none', not the noflip counterfactuals, whose codes are the target's by design)."""
-        if not self.config.get("diagnostics"):
+        """(benchmark, run, quant) of the weight diagnostics: every diagnosed run x quantizer
+        (``diagnostics.quantizers``; by default every quantizer but 'none', the noflip
+        counterfactuals, whose codes are the target's by design, and QUAIL's grid)."""
+        spec = self.config.get("diagnostics")
+        if not spec:
             return pd.DataFrame(columns=["benchmark", "run", "method", "quant"])
         cells = self.cells()
-        keep = ~cells.method.isin(list(REFERENCES)) & (cells.quant != "none")
-        keep &= ~cells.quant.map(lambda q: parse_quantizer(q).counterfactual)
+        keep = cells.run.isin(set(self.diagnosed_runs().run))
+        keep &= cells.quant.map(lambda q: parse_quantizer(q).diagnosable)
+        if spec["quantizers"] is not None:
+            keep &= cells.quant.isin(spec["quantizers"])
         return cells[keep].reset_index(drop=True)
+
+    def quail_table_file(self, bench: str, run: str) -> str:
+        return str(self.results / "quail_table1" / bench / f"{run}.parquet")
+
+    def quail_table_files(self) -> list[str]:
+        """QUAIL's Table I of every diagnosed run (``diagnostics.quail_table``)."""
+        spec = self.config.get("diagnostics")
+        if not spec or not spec["quail_table"]:
+            return []
+        return [self.quail_table_file(r.benchmark, r.run) for r in self.diagnosed_runs().itertuples()]
 
     def scale_diagnostic_files(self) -> list[str]:
         """The scale table's bucket overlap: every unlearned run at ``scale.quant``."""

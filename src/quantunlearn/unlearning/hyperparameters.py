@@ -208,8 +208,48 @@ class RMUParams(Group):
         self._check("rmu_steering", self.rmu_steering > 0, "must be > 0")
 
 
+@dataclass(frozen=True)
+class LATParams(Group):
+    """RMU_LAT's latent adversary (Zhang et al. appendix J name the method only): the defaults
+    of the public RMU + LAT code of Sheshadri et al. 2024 ("Targeted Latent Adversarial Training
+    Improves Robustness to Persistent Harmful Behaviors in LLMs"; Zephyr-7B on WMDP)."""
+
+    lat_layer: int = hp(
+        7,
+        "Decoder layer (0-based) at whose output the latent adversary perturbs the residual "
+        "stream (Sheshadri et al. 2024, their RMU + LAT code: layer 7, one below RMU's layer 8); "
+        "must be below rmu_layer.",
+    )
+    lat_epsilon: float = hp(
+        2.0,
+        "Radius of the per-token L2 ball of the perturbation (Sheshadri et al. 2024: 2 on "
+        "Zephyr-7B); absolute, so scale it to the model's residual-stream norms.",
+        label="ε",
+    )
+    lat_steps: int = hp(16, "Adversary (PGD) steps per batch (Sheshadri et al. 2024: 16).")
+    lat_lr: float = hp(5e-2, "The adversary's AdamW learning rate (Sheshadri et al. 2024: 5e-2).")
+    lat_model_steps: int = hp(
+        4,
+        "RMU optimizer steps per attack, on the same batch and perturbation (Sheshadri et al. "
+        "2024: 4); a run's optimizer steps are this times its batches.",
+    )
+    lat_away: float = hp(
+        1.0,
+        "Weight of the adversary's away term, -log(1 - p) on the retain tokens (Sheshadri et al. "
+        "2024: 1); 0: the toward term (forget cross-entropy) only.",
+    )
+
+    def __post_init__(self):
+        self._check("lat_layer", self.lat_layer >= 0, "a decoder layer index >= 0")
+        self._check("lat_epsilon", self.lat_epsilon > 0, "a ball radius > 0")
+        self._check("lat_steps", self.lat_steps >= 1, "at least one adversary step")
+        self._check("lat_lr", self.lat_lr > 0, "the adversary's learning rate must be > 0")
+        self._check("lat_model_steps", self.lat_model_steps >= 1, "at least one RMU step")
+        self._check("lat_away", self.lat_away >= 0, "a weight >= 0")
+
+
 #: Every group, in the order of the columns of the result files (the order of the first
-#: release: the base methods' columns, then SURE, QUAIL, LoRA and RMU).
+#: release: the base methods' columns, then SURE, QUAIL, LoRA, RMU and RMU_LAT's adversary).
 GROUPS: tuple[type[Group], ...] = (
     Optimization,
     RetainWeight,
@@ -220,6 +260,7 @@ GROUPS: tuple[type[Group], ...] = (
     QUAILParams,
     LoRAParams,
     RMUParams,
+    LATParams,
 )
 
 

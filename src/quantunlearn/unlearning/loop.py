@@ -167,29 +167,63 @@ def _batches(forget: list, retain: list, batch_size: int, epochs: int, seed: int
             yield epoch, b, fb, rb
 
 
+def _alternating_batches(forget: list, retain: list, batch_size: int, epochs: int, seed: int):
+    """Mishra and Mehreen's Algorithm 1: per epoch, a pass over the forget set (retain None),
+    then a pass over the retain set (forget None), each shuffled every epoch."""
+    rng = random.Random(seed)
+    for epoch in range(epochs):
+        b = 0
+        for side in ("forget", "retain"):
+            seqs = forget if side == "forget" else retain
+            order = list(range(len(seqs)))
+            rng.shuffle(order)
+            for start in range(0, len(seqs), batch_size):
+                chunk = [seqs[i] for i in order[start : start + batch_size]]
+                yield epoch, b, *((chunk, None) if side == "forget" else (None, chunk))
+                b += 1
+
+
+def optimizer_steps(method: Method, run: Run, n_forget: int, n_retain: int, batch_size: int):
+    """The run's optimizer steps: epochs x batches per epoch (Algorithm 1: forget and retain
+    batches) x steps per batch (RMU_LAT: lat_model_steps)."""
+    batches = math.ceil(n_forget / batch_size)
+    if method.alternating:
+        batches += math.ceil(n_retain / batch_size)
+    repeats = int(run.lat_model_steps) if "lat_model_steps" in method.hyperparameters else 1
+    return run.epochs * batches * repeats
+
+
 def _train(method: Method, run: Run, trainable, forget, retain, pad_id, settings, emulate, state):
     """AdamW (weight decay 0, constant lr) over the method's loss; returns the per-step log."""
     model, device = trainable.model, next(trainable.model.parameters()).device
     model.train()
     torch.manual_seed(run.seed)
     opt = torch.optim.AdamW(trainable.params, lr=run.lr, weight_decay=0.0)
-    total = run.epochs * math.ceil(len(forget) / settings.batch_size)
+    total = optimizer_steps(method, run, len(forget), len(retain), settings.batch_size)
+    print(f"{method.name}: {total} optimizer steps ({len(forget)} forget sequences, batch "
+          f"{settings.batch_size}, {run.epochs} epochs)")  # fmt: skip
     log = []
     bar = tqdm(total=total, desc=f"unlearn {method.name}", mininterval=5)
-    for epoch, b, fb, rb in _batches(forget, retain, settings.batch_size, run.epochs, run.seed):
+    schedule = _alternating_batches if method.alternating else _batches
+    for epoch, b, fb, rb in schedule(forget, retain, settings.batch_size, run.epochs, run.seed):
+        fb = collate(fb, pad_id, device) if fb is not None else None
         rb = collate(rb, pad_id, device) if rb is not None else None
-        step = Step(model, trainable, collate(fb, pad_id, device), rb, state)
-        loss, parts = method.loss(step, run)
-        check_finite(loss, f"epoch {epoch} step {b} of {method.name} (loss parts {parts})")
-        loss.backward()
-        if settings.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(trainable.params, settings.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if emulate:
-            round_to_bf16(model)
-        log.append({"epoch": epoch, "step": len(log), "loss": loss.item(), **parts})
-        bar.update()
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        attack = trainable.adversary.attack(model, fb, rb) if trainable.adversary else None
+        for _ in range(trainable.steps_per_batch):
+            step = Step(model, trainable, fb, rb, state, attack)
+            loss, parts = method.loss(step, run)
+            check_finite(loss, f"epoch {epoch} step {b} of {method.name} (loss parts {parts})")
+            loss.backward()
+            if settings.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(trainable.params, settings.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if emulate:
+                round_to_bf16(model)
+            if attack is not None:
+                parts["adversary_loss"] = attack.result.final_loss
+            log.append({"epoch": epoch, "step": len(log), "loss": loss.item(), **parts})
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
     return log

@@ -171,3 +171,18 @@ def _masked_mse(x: torch.Tensor, y: torch.Tensor, token_mask: torch.Tensor) -> t
     per_token = (x.float() - y.float()).pow(2).mean(dim=-1)
     mask = token_mask.to(per_token.dtype)
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def away_loss(logits: torch.Tensor, labels: torch.Tensor, threshold: float = -5.0) -> torch.Tensor:
+    """The latent adversary's away term (Sheshadri et al. 2024, their RMU + LAT code, which takes
+    it from HarmBench): mean over the counted tokens of -log(1 - p(token)), where tokens the model
+    already gives log p < ``threshold`` contribute 0 (they still count in the mean).
+    log(1 - p) = logsumexp over the other tokens - logsumexp over all."""
+    logits, labels = _shift(logits, labels)
+    counted = labels != IGNORE
+    safe = labels.masked_fill(~counted, 0).unsqueeze(-1)
+    lse_all = torch.logsumexp(logits, dim=-1)
+    label_logit = logits.gather(-1, safe).squeeze(-1)
+    log_1mp = torch.logsumexp(logits.scatter(-1, safe, float("-inf")), dim=-1) - lse_all
+    keep = counted & ((label_logit - lse_all) >= threshold)
+    return -(log_1mp * keep).sum() / counted.sum().clamp(min=1)

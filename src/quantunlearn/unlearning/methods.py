@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from quantunlearn.unlearning.hyperparameters import Group, Optimization, Seed, path_order
+from quantunlearn.unlearning.hyperparameters import (
+    Group,
+    HyperparameterError,
+    Optimization,
+    Seed,
+    path_order,
+)
 from quantunlearn.unlearning.objectives import (
     GA,
     GDR,
@@ -32,7 +38,7 @@ from quantunlearn.unlearning.objectives import (
     Term,
 )
 from quantunlearn.unlearning.scopes import RMU as RMU_SCOPE
-from quantunlearn.unlearning.scopes import SURE, Full, LoRA, Scope
+from quantunlearn.unlearning.scopes import RMULAT, SURE, Full, LoRA, Scope, SUREWithoutSaliency
 
 REFERENCES = ("target", "retrain")
 
@@ -46,6 +52,12 @@ class Method:
     extras: tuple[Term, ...] = ()
     #: the paper's defaults for this method, applied under the user's `common` and method keys
     defaults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    #: eq1: forget + alpha * retain + extras, one joint step per (forget, retain) batch pair
+    #: (Zhang et al. eq. 1; QUAIL's code). eq15: Mishra and Mehreen's eq. 15 as printed, alpha *
+    #: forget + (1 - alpha) * retain + extras with alpha in [0, 1], in Algorithm 1's schedule: per
+    #: epoch a pass over the forget batches (forget and extra terms), then one over the retain
+    #: batches (retain term)
+    objective: str = "eq1"
 
     @property
     def terms(self) -> tuple[Term, ...]:
@@ -87,13 +99,30 @@ class Method:
                 return method.name
         return self.name
 
+    @property
+    def alternating(self) -> bool:
+        """Separate forget and retain passes (eq15, Mishra and Mehreen's Algorithm 1)."""
+        return self.objective == "eq15"
+
     def run(self, values: dict[str, Any]) -> Run:
-        """This method's typed hyperparameters from a dict (missing keys: the defaults)."""
-        return Run(self, {**dict(self.defaults), **values})
+        """This method's typed hyperparameters from a dict (missing keys: the defaults), checked
+        across groups (`HyperparameterError` naming the key)."""
+        run = Run(self, {**dict(self.defaults), **values})
+        self.scope.check(run)
+        if self.objective == "eq15" and not 0 <= run.alpha <= 1:
+            raise HyperparameterError(
+                "alpha",
+                f"{self.name} weighs forget by alpha and retain by 1 - alpha (Mishra and "
+                f"Mehreen eq. 15): alpha must be in [0, 1], got {run.alpha!r}",
+            )
+        return run
 
     def loss(self, step, run: Run):
         """The objective of one step: forget + alpha * retain + each extra term times its
-        weight. Returns the loss and its parts for the training log."""
+        weight (eq15: alpha * forget + (1 - alpha) * retain + extras, each side only when its
+        batch is in the step). Returns the loss and its parts for the training log."""
+        if self.objective == "eq15":
+            return self._eq15_loss(step, run)
         forget = self.forget.loss(step, run)
         parts = {"forget_loss": forget.item()}
         total = forget
@@ -101,11 +130,21 @@ class Method:
             retain = self.retain.loss(step, run)
             parts["retain_loss"] = retain.item()
             total = total + run.alpha * retain
+        return self._extras(step, run, total, parts)
+
+    def _extras(self, step, run: Run, total, parts: dict):
         for extra in self.extras:
             value = extra.loss(step, run)
             parts[f"{extra.name}_loss"] = value.item()
             total = total + extra.weight(run) * value
         return total, parts
+
+    def _eq15_loss(self, step, run: Run):
+        if step.forget is not None:
+            forget = self.forget.loss(step, run)
+            return self._extras(step, run, run.alpha * forget, {"forget_loss": forget.item()})
+        retain = self.retain.loss(step, run)
+        return (1 - run.alpha) * retain, {"retain_loss": retain.item()}
 
 
 class Run:
@@ -129,6 +168,10 @@ class Run:
 
 _SURE_LR = MappingProxyType({"lr": 1e-4})
 _RMU_DEFAULTS = MappingProxyType({"lr": 5e-5, "alpha": 1200.0})
+# RMU + LAT as Sheshadri et al.'s code runs it: RMU at layer 8, the adversary at 7 (LATParams)
+_RMU_LAT_DEFAULTS = MappingProxyType({**_RMU_DEFAULTS, "rmu_layer": 8})
+# eq. 15 needs alpha in [0, 1]; Mishra and Mehreen VI-B: alpha in [0.5, 0.9] works well
+_EQ15_DEFAULTS = MappingProxyType({"alpha": 0.5})
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -160,6 +203,19 @@ METHODS: dict[str, Method] = {
         # RMU (Zhang et al. appendix J): the WMDP code's lr 5e-5 (the top of Zhang et al.'s grid
         # {5e-6, 1e-5, 5e-5}) and retain weight alpha 1200.
         Method("RMU", RMUForget(), RMURetain(), RMU_SCOPE(), defaults=_RMU_DEFAULTS),
+        # SURE/S (Zhang et al. appendix I, Table 10): SURE without the saliency map, every
+        # parameter at SURE's lr 1e-4 (and, in the configs, SURE's retain weights)
+        Method("GA_GDR_SURE_S", GA(), GDR(), SUREWithoutSaliency(), defaults=_SURE_LR),
+        Method("GA_KLR_SURE_S", GA(), KLR(), SUREWithoutSaliency(), defaults=_SURE_LR),
+        Method("NPO_GDR_SURE_S", NPO(), GDR(), SUREWithoutSaliency(), defaults=_SURE_LR),
+        Method("NPO_KLR_SURE_S", NPO(), KLR(), SUREWithoutSaliency(), defaults=_SURE_LR),
+        # RMU_LAT (Zhang et al. appendix J, Table 11): RMU against a latent adversary
+        # (Sheshadri et al. 2024; quantunlearn.unlearning.lat)
+        Method("RMU_LAT", RMUForget(), RMURetain(), RMULAT(), defaults=_RMU_LAT_DEFAULTS),
+        # QUAIL's objective as printed (Mishra and Mehreen eq. 15, Algorithm 1); GA_GDR_QUAIL
+        # is the form their code runs (docs/methods.md)
+        Method("GA_GDR_QUAIL_EQ15", GA(), GDR(), extras=(QUAILHinge(),), defaults=_EQ15_DEFAULTS,
+               objective="eq15"),  # fmt: skip
     )
 }
 

@@ -33,10 +33,21 @@ class Step:
     for, each computed once (logits of the trained model and of the frozen reference; the
     activations of a steered layer for RMU)."""
 
-    def __init__(self, model, scope, forget: dict, retain: dict | None, state: dict | None = None):
+    def __init__(
+        self,
+        model,
+        scope,
+        forget: dict | None,
+        retain: dict | None,
+        state: dict | None = None,
+        attack=None,
+    ):
         self.model, self.scope, self.forget, self.retain = model, scope, forget, retain
         #: what the terms' `setup` computed before training (e.g. QUAIL's margin)
         self.state = state or {}
+        #: RMU_LAT: the latent perturbation of this batch (`lat.Attack`), applied to the forget
+        #: activation pass only
+        self.attack = attack
 
     def _logits(self, batch: dict):
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -66,9 +77,11 @@ class Step:
     @cached_property
     def forget_activations(self):
         steer = self.scope.steering
-        return steer.activations(
-            self.model, self.forget["input_ids"], self.forget["attention_mask"]
-        )
+        ids, mask = self.forget["input_ids"], self.forget["attention_mask"]
+        if self.attack is None:
+            return steer.activations(self.model, ids, mask)
+        with self.attack.applied(self.model):
+            return steer.activations(self.model, ids, mask)
 
     @cached_property
     def retain_activations(self):

@@ -40,11 +40,19 @@ import numpy as np
 import pandas as pd
 
 from quantunlearn.io import write_parquet
-from quantunlearn.unlearning.hyperparameters import LoRAParams, RMUParams, SUREParams
+from quantunlearn.unlearning.hyperparameters import (
+    HyperparameterError,
+    LATParams,
+    LoRAParams,
+    RMUParams,
+    SUREParams,
+)
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from quantunlearn.unlearning.lat import LatentAdversary
 
 #: peft target modules of each `lora_targets` choice (Llama projection names).
 LORA_TARGETS = {
@@ -76,6 +84,10 @@ class Trainable:
     adapters: bool = False
     #: names of the saved model's parameters that training may change (the scope's contract)
     may_change: set[str] = field(default_factory=set)
+    #: RMU_LAT: the latent adversary, run on every batch before its optimizer step(s)
+    adversary: LatentAdversary | None = None
+    #: optimizer steps per batch (RMU_LAT: lat_model_steps on the same batch and attack)
+    steps_per_batch: int = 1
 
     def final_model(self) -> nn.Module:
         """The model to save: LoRA adapters merged into the weights, else the model itself."""
@@ -107,6 +119,9 @@ class Scope:
     def build(self, model, method, run, forget: list, pad_id: int, batch_size: int) -> Trainable:
         raise NotImplementedError
 
+    def check(self, run) -> None:
+        """Checks across hyperparameter groups (raise `HyperparameterError` naming the key)."""
+
 
 def _names(model, params) -> set[str]:
     """The names of ``params`` in ``model``."""
@@ -134,6 +149,14 @@ class Full(Scope):
         reference = _frozen_copy(model) if method.needs_reference else None
         params = list(model.parameters())
         return Trainable(model, params, reference, may_change=_names(model, params))
+
+
+class SUREWithoutSaliency(Full):
+    """SURE/S (Zhang et al. appendix I, Table 10): SURE without the saliency map, i.e. every
+    parameter at SURE's learning rate and retain weights; a scope of its own only so that the
+    tables tell it from the base methods."""
+
+    family = "SURE/S"
 
 
 # --------------------------------------------------------------------------- SURE
@@ -418,3 +441,31 @@ class RMU(Scope):
         return Trainable(
             model, trained, reference, info=info, steering=steering, may_change=may_change
         )
+
+
+class RMULAT(RMU):
+    """RMU_LAT (Zhang et al. appendix J): RMU's scope, and a latent adversary
+    (`quantunlearn.unlearning.lat`) that perturbs the residual stream after decoder layer
+    ``lat_layer`` on every batch; the loop applies the perturbation to the forget activation pass
+    and takes ``lat_model_steps`` optimizer steps per attack."""
+
+    params = (RMUParams, LATParams)
+
+    def check(self, run) -> None:
+        if not run.lat_layer < run.rmu_layer:
+            raise HyperparameterError(
+                "lat_layer",
+                f"the perturbation must act below RMU's steered layer (rmu_layer "
+                f"{run.rmu_layer}; Sheshadri et al. attack the layer just below), got "
+                f"{run.lat_layer}",
+            )
+
+    def build(self, model, method, run, forget, pad_id, batch_size):
+        from quantunlearn.unlearning.lat import LatentAdversary
+
+        trainable = super().build(model, method, run, forget, pad_id, batch_size)
+        trainable.adversary = LatentAdversary(
+            int(run.lat_layer), run.lat_epsilon, int(run.lat_steps), run.lat_lr, run.lat_away
+        )
+        trainable.steps_per_batch = int(run.lat_model_steps)
+        return trainable
