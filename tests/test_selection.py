@@ -71,8 +71,10 @@ def test_sure_table_and_summary_by_hand():
     table = frame(PAIR_ROWS)
     sel = select_runs(table, threshold=100)
     pairs = paired_table(table, sel, "SURE", "rtn_w4g128", ("", "+ SURE"))
-    assert pairs["knowmem_f"].tolist() == [50, 58, 30, 31]
-    assert pairs["precision"].tolist() == ["full", "4 bit", "full", "4 bit"]
+    # the target first (the paper's tables start with it), then the base and its SURE variant
+    assert pairs["knowmem_f"].tolist() == [74, 50, 58, 30, 31]
+    assert pairs["precision"].tolist() == ["full", "full", "4 bit", "full", "4 bit"]
+    assert pairs["variant"].tolist()[0] == "Target"
     summary = summary_table(table, sel, "rtn_w4g128").set_index("method")
     assert summary.loc["GA_GDR", "d_knowmem_f"] == 8  # 58 - 50: knowledge given back
     assert summary.loc["GA_GDR_SURE", "d_knowmem_f"] == 1

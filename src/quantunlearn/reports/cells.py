@@ -25,6 +25,18 @@ def metric_headers() -> dict[str, str]:
     return headers(metric_columns())
 
 
+def value_columns(table: pd.DataFrame) -> list[str]:
+    """The MUSE columns, then the utility columns (Zhang et al. Table 3's Gen, Tru, Fac, Flu)
+    that ``table`` holds (`reports.table1.join_utility_columns`)."""
+    return [*metric_columns(), *(m for m in metric_names(group="utility") if m in table.columns)]
+
+
+def cell_of(table: pd.DataFrame, bench: str, run: str, quant: str) -> pd.Series | None:
+    """The row of one (benchmark, run, quantizer) cell, None when it is not in the table."""
+    rows = table[(table["benchmark"] == bench) & (table["run"] == run) & (table["quant"] == quant)]
+    return rows.iloc[0] if len(rows) else None
+
+
 #: Row order of Table 1: the references, then the six methods of Zhang et al. (others after them).
 METHOD_ORDER = [*REFERENCES, *(m.name for m in METHODS.values() if m.family == "base")]
 #: The methods with a retain regularizer (Zhang et al.'s "utility constraints").

@@ -6,10 +6,13 @@ the one the config's selection rule picks (`quantunlearn.reports.selection`), an
 is written too.
 
 - ``grid``: every cell of every run, with a ``selected`` column.
-- ``table_sure`` (Zhang et al. Table 3 layout): per regularized method, the method, + 4 bit,
-  + SURE, + SURE + 4 bit.
+- ``table_sure`` (Zhang et al. Table 3 layout; Table 8 on NEWS is the same without the 4-bit
+  base row): the target, then per regularized method the method, + 4 bit, + SURE, + SURE + 4
+  bit, with the utility columns (Gen, Tru, Fac, Flu) when the study measures them.
+- ``table_sure_gamma``, ``table_sure_s``, ``table_rmu``: Zhang et al. Tables 9, 10 and 11
+  (`quantunlearn.reports.appendix`).
 - ``table_lora`` (Abitante et al. Table II layout): per regularized method, full fine-tuning vs
-  LoRA, each in full precision and at 4 bits.
+  LoRA, each in full precision and at 4 bits (after the target).
 - ``table_quail`` (Mishra and Mehreen Table II layout): the base method and its QUAIL variant over
   their whole grid (alpha, gamma, Delta_q), each in full precision and at 4 bits.
 - ``summary``: per selected run, what 4-bit quantization gives back (KnowMem_f and VerbMem_f at
@@ -28,12 +31,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from quantunlearn.evaluation.metrics import headers
+from quantunlearn.reports import appendix
 from quantunlearn.reports.cells import (
     REGULARIZED,
     build_table1,
+    cell_of,
     metric_columns,
     metric_headers,
     read_cells,
+    value_columns,
 )
 from quantunlearn.reports.render import (
     NA_MARK,
@@ -45,6 +52,7 @@ from quantunlearn.reports.render import (
     write_text,
 )
 from quantunlearn.reports.selection import mark_selected, select_runs
+from quantunlearn.reports.table1 import join_utility_columns
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS
 from quantunlearn.unlearning.methods import METHODS
 
@@ -57,18 +65,9 @@ FILES = (
     ),
     "summary.png",
     "summary.svg",
+    *appendix.FILES,
 )
-PAIR_COLUMNS = [
-    "benchmark",
-    "weight_dtype",
-    "base",
-    "variant",
-    "precision",
-    "method",
-    "run",
-    "quant",
-    *metric_columns(),
-]
+PAIR_KEYS = ["benchmark", "weight_dtype", "base", "variant", "precision", "method", "run", "quant"]
 SUMMARY_COLUMNS = [
     "benchmark",
     "method",
@@ -92,9 +91,7 @@ def family(method: str) -> str:
     return METHODS[method].family if method in METHODS else "reference"
 
 
-def _cell(table: pd.DataFrame, bench: str, run: str, quant: str) -> pd.Series | None:
-    rows = table[(table["benchmark"] == bench) & (table["run"] == run) & (table["quant"] == quant)]
-    return rows.iloc[0] if len(rows) else None
+_cell = cell_of
 
 
 def paired_table(
@@ -106,15 +103,24 @@ def paired_table(
 ) -> pd.DataFrame:
     """Base method vs its variant of a family (SURE, LoRA), each at full precision and `low`.
 
-    One group of four rows per (benchmark, weight_dtype, regularized base) whose variant was
-    run; the base's rows are NaN when the base itself is not in the grid. `labels` name the base
-    and variant rows (Zhang et al.: "" / "+ SURE"; Abitante et al.: "Full-FT" / "LoRA").
+    The full-precision target first in each (benchmark, weight_dtype) (the papers' tables start
+    with it), then one group of four rows per regularized base whose variant was run; the base's
+    rows are NaN when the base itself is not in the grid. `labels` name the base and variant rows
+    (Zhang et al.: "" / "+ SURE"; Abitante et al.: "Full-FT" / "LoRA"). Columns: the keys, the
+    MUSE metrics and the utility metrics the table holds (Zhang et al. Tables 3 and 8).
     """
-    rows = []
+    cols = value_columns(table)
+    rows, groups = [], set()
     for _, sel in selected.iterrows():
         method = sel["method"]
         if family(method) != variant_family or METHODS[method].base not in REGULARIZED:
             continue
+        if (sel["benchmark"], sel["weight_dtype"]) not in groups:
+            groups.add((sel["benchmark"], sel["weight_dtype"]))
+            cell = _cell(table, sel["benchmark"], appendix.TARGET_RUN, "none")
+            values = [cell[m] if cell is not None else np.nan for m in cols]
+            rows.append((sel["benchmark"], sel["weight_dtype"], "", "Target", "full", "target")
+                        + (appendix.TARGET_RUN, "none", *values))  # fmt: skip
         base = METHODS[method].base
         base_sel = selected[
             (selected["benchmark"] == sel["benchmark"])
@@ -127,13 +133,13 @@ def paired_table(
         ):
             for precision, quant in (("full", "none"), ("4 bit", low)):
                 cell = _cell(table, sel["benchmark"], run, quant) if run else None
-                values = [cell[m] if cell is not None else np.nan for m in metric_columns()]
+                values = [cell[m] if cell is not None else np.nan for m in cols]
                 rows.append(
                     (sel["benchmark"], sel["weight_dtype"], base, variant, precision, name)
                     + (run, quant, *values)
                 )
-    out = pd.DataFrame(rows, columns=PAIR_COLUMNS)
-    for col in metric_columns():
+    out = pd.DataFrame(rows, columns=[*PAIR_KEYS, *cols])
+    for col in cols:
         out[col] = out[col].astype("float64")
     return out
 
@@ -233,8 +239,8 @@ def _write_pairs(frame: pd.DataFrame, stem: Path, title: str, notes: str) -> Non
             for r in frame.itertuples()
         ]
     )
-    headers = {"label": "Method", **metric_headers()}
-    _write_grouped(frame, stem, title, notes, headers, ["benchmark", "weight_dtype"], shown)
+    cols = {"label": "Method", **headers(value_columns(frame))}
+    _write_grouped(frame, stem, title, notes, cols, ["benchmark", "weight_dtype"], shown)
 
 
 # --------------------------------------------------------------------------- figure
@@ -326,19 +332,22 @@ def make_mitigation_tables(
     Each table as .parquet, .csv and .md (atomically), plus summary.png and summary.svg.
     """
     out = Path(out_dir)
-    table = build_table1(read_cells(metric_files), quant_order)
+    long = read_cells(metric_files)
+    table = join_utility_columns(build_table1(long, quant_order), long)
     rule = {k: selection[k] for k in ("threshold", "forget_metric", "utility_metric")}
     selected = select_runs(table, selection["rule"], **rule)
     notes = rule_text(selection, low)
     grid = mark_selected(table, selected)
     shown = grid.assign(label=[row_label(r, _grid_keys(grid)) for _, r in grid.iterrows()])
-    headers = {"label": "Run", **metric_headers(), "selected": "Selected"}
-    _write_grouped(grid, out / "grid", "Every grid cell", notes, headers, ["benchmark"], shown)
+    grid_headers = {"label": "Run", **metric_headers(), "selected": "Selected"}
+    _write_grouped(grid, out / "grid", "Every grid cell", notes, grid_headers, ["benchmark"], shown)
     _write_grouped(
         selected, out / "selection", "Selected runs", notes, list(selected.columns), ["benchmark"]
     )
     sure = paired_table(table, selected, "SURE", low, ("", "+ SURE"))
-    _write_pairs(sure, out / "table_sure", "SURE (layout of Zhang et al. Table 3)", notes)
+    title = "SURE (layout of Zhang et al. Table 3; Table 8 on NEWS lists no 4-bit base row)"
+    _write_pairs(sure, out / "table_sure", title, notes)
+    appendix.make_appendix_tables(table, selected, out, low, notes)
     lora = paired_table(table, selected, "LoRA", low, ("Full-FT", "LoRA"))
     title = "LoRA vs full fine-tuning (layout of Abitante et al. Table II)"
     _write_pairs(lora, out / "table_lora", title, notes)
