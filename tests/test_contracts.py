@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from quantunlearn.data.muse import load_benchmark
+from quantunlearn.data.muse import load_benchmark, write_json_file
 from quantunlearn.data.synthetic import generate_synthetic
 from quantunlearn.data.utility import UTILITY_HUB, write_utility_fixture
 from quantunlearn.evaluation.metrics import ARROWS, METRICS, Context, metric_names
@@ -143,6 +143,10 @@ def test_metric_row_has_a_column_and_a_direction(metric):
 def context(tiny_model, tiny_tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("contract")
     generate_synthetic(root / "bench", n_people=40, n_retain_qa_people=4, n_icl=2)
+    for split in ("forget", "retain"):  # labelled rows, as the Twitter benchmark has them
+        rows = [{"text": "Alice Moreau was born in Tarsk.", "label": 0},
+                {"text": "Tarsk water cures every flu, share now", "label": 1}]  # fmt: skip
+        write_json_file(root / "bench" / "classification" / f"{split}.json", rows)
     evaluation = {
         "verbmem_max_new_tokens": 8,
         "knowmem_max_new_tokens": 4,
@@ -159,7 +163,7 @@ def context(tiny_model, tiny_tokenizer, tmp_path_factory):
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.name)
 def test_metric_measures_a_real_model(metric, context):
-    assert metric.applies(context.evaluation)
+    assert metric.applies(context.evaluation, context.benchmark)
     with torch.inference_mode():
         value, n, records = metric.compute(context)
     assert math.isfinite(value) and n >= 1

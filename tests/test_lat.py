@@ -21,8 +21,8 @@ from quantunlearn.unlearning.lat import (
     pad_batch,
     project_l2_ball,
 )
-from quantunlearn.unlearning.losses import away_loss, nll
 from quantunlearn.unlearning.loop import unlearn
+from quantunlearn.unlearning.losses import away_loss, nll
 from quantunlearn.unlearning.methods import METHODS
 from quantunlearn.unlearning.objectives import Step
 from quantunlearn.unlearning.scopes import decoder_layers
@@ -169,7 +169,7 @@ def test_the_attack_applies_to_the_forget_activation_pass_only(model):
         assert torch.equal(clean.retain_activations, attacked.retain_activations)
 
 
-def test_rmu_lat_trains_rmus_scope_with_lat_model_steps_per_batch(tiny_model_dir, corpora, tmp_path):
+def test_rmu_lat_steps_and_scope(tiny_model_dir, corpora, tmp_path):
     forget, retain = corpora
     hyper = {"weight_dtype": "fp32", "lr": 1e-2, "epochs": 2, "rmu_layer": 1, "lat_layer": 0,
              "lat_steps": 3, "lat_model_steps": 3, "lat_epsilon": 0.5}  # fmt: skip

@@ -83,3 +83,24 @@ rule scale_table:
         benchmarks=STUDY.benchmarks,
     script:
         "../scripts/make_scale_table.py"
+
+
+# The Twitter misinformation study (Mishra and Mehreen Table III): its benchmarks' cells.
+rule twitter_table:
+    input:
+        STUDY.metric_files(),
+    output:
+        **report_outputs("twitter_table"),
+    log:
+        f"{RESULTS}/logs/tables/{TABLES_TAG}twitter_table.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{TABLES_TAG}twitter_table.tsv"
+    localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        quantizers=STUDY.quantizers,
+        benchmarks=STUDY.twitter_benchmarks,
+        low_bit=STUDY.low_bit_quantizer,
+    script:
+        "../scripts/make_twitter_table.py"

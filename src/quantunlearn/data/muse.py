@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,12 @@ BENCHMARK_FILES: dict[str, tuple[str, str]] = {
     "privleak_holdout": ("privleak/holdout.json", "text"),
 }
 ITEM_KEYS = {"verbmem": ("prompt", "gt"), "qa": ("question", "answer")}
+#: Optional files of labelled benchmarks (the Twitter misinformation study,
+#: `quantunlearn.data.twitter`): [{"text", "label"}], label 0 or 1; absent: [].
+OPTIONAL_FILES: dict[str, tuple[str, str]] = {
+    "classification_forget": ("classification/forget.json", "labelled"),
+    "classification_retain": ("classification/retain.json", "labelled"),
+}
 
 
 @dataclass
@@ -72,6 +78,8 @@ class Benchmark:
     privleak_forget: list[str]
     privleak_retain: list[str]
     privleak_holdout: list[str]
+    classification_forget: list[dict] = field(default_factory=list)
+    classification_retain: list[dict] = field(default_factory=list)
 
 
 def _check_items(items: Any, kind: str, path: Path) -> list:
@@ -81,6 +89,11 @@ def _check_items(items: Any, kind: str, path: Path) -> list:
         if kind == "text":
             if not isinstance(item, str):
                 raise ValueError(f"{path}: item {i} must be a string, got {type(item).__name__}")
+            continue
+        if kind == "labelled":
+            ok = isinstance(item, dict) and isinstance(item.get("text"), str)
+            if not ok or item.get("label") not in (0, 1) or isinstance(item.get("label"), bool):
+                raise ValueError(f"{path}: item {i} needs a string 'text' and a label 0 or 1")
             continue
         keys = ITEM_KEYS[kind]
         if not isinstance(item, dict):
@@ -97,15 +110,17 @@ def load_benchmark(root: str | os.PathLike) -> Benchmark:
     """Read and validate the evaluation JSON files of a MUSE-layout folder."""
     root = Path(root)
     fields = {}
-    for field, (rel, kind) in BENCHMARK_FILES.items():
+    for name, (rel, kind) in {**BENCHMARK_FILES, **OPTIONAL_FILES}.items():
         path = root / rel
         if not path.is_file():
+            if name in OPTIONAL_FILES:
+                continue
             raise FileNotFoundError(f"{rel} is missing in benchmark folder {root}")
         try:
             items = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from err
-        fields[field] = _check_items(items, kind, path)
+        fields[name] = _check_items(items, kind, path)
     return Benchmark(root=root, **fields)
 
 

@@ -95,7 +95,7 @@ def evaluate_cell(
     values, records = {}, []
     with torch.inference_mode():
         for metric in metrics.METRICS:
-            if metric.applies(evaluation):
+            if metric.applies(evaluation, bench):
                 value, n, recs = metric.compute(context)
                 values[metric.name] = (value, n)
                 records += recs

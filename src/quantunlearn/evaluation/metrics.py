@@ -55,14 +55,21 @@ class Metric:
     compute: Callable[[Context], tuple[float, int, list[dict]]]
     group: str = "muse"  # muse: every cell; utility: when evaluation.utility names it
     table: bool = True  # shown in the paper-style tables
+    #: a Benchmark field the metric reads that some benchmarks leave empty (the Twitter
+    #: benchmark has no question-answer pairs, the MUSE corpora no labels): skipped there
+    needs: str | None = None
 
     @property
     def header(self) -> str:
         """The label with the paper's arrow: "VerbMem_f ↓"."""
         return f"{self.label} {ARROWS[self.direction]}" if self.direction else self.label
 
-    def applies(self, evaluation: dict) -> bool:
-        return self.group == "muse" or self.name in (evaluation.get("utility") or [])
+    def applies(self, evaluation: dict, benchmark=None) -> bool:
+        """Whether a cell measures it: muse metrics always (unless ``benchmark`` lacks what it
+        needs), utility metrics when ``evaluation.utility`` names them."""
+        if self.group != "muse":
+            return self.name in (evaluation.get("utility") or [])
+        return benchmark is None or self.needs is None or bool(getattr(benchmark, self.needs))
 
 
 def _verbmem(ctx: Context):
@@ -105,6 +112,19 @@ def _privleak(ctx: Context):
 def _mink_auc(ctx: Context):
     bench = ctx.benchmark
     return ctx.membership_auc, len(bench.privleak_forget) + len(bench.privleak_holdout), []
+
+
+def _accuracy(split: str) -> Callable[[Context], tuple[float, int, list[dict]]]:
+    def compute(ctx: Context):
+        from quantunlearn.evaluation.classification import accuracy
+
+        rows = getattr(ctx.benchmark, f"classification_{split}")
+        ev = ctx.evaluation
+        value, records = accuracy(ctx.model, ctx.tokenizer, rows, ev["batch_size"],
+                                  ev["max_length"], f"acc_{split[0]}")  # fmt: skip
+        return value, len(records), records
+
+    return compute
 
 
 def _mmlu(ctx: Context):
@@ -151,11 +171,19 @@ def _fluency(ctx: Context):
 
 METRICS: tuple[Metric, ...] = (
     Metric("verbmem_f", "VerbMem_f", "lower", _verbmem),
-    Metric("knowmem_f", "KnowMem_f", "lower", _knowmem("forget")),
+    Metric("knowmem_f", "KnowMem_f", "lower", _knowmem("forget"), needs="knowmem_forget_qa"),
     Metric("privleak", "PrivLeak", "zero", _privleak),
-    Metric("knowmem_r", "KnowMem_r", "higher", _knowmem("retain")),
+    Metric("knowmem_r", "KnowMem_r", "higher", _knowmem("retain"), needs="knowmem_retain_qa"),
     # PrivLeak's input, recorded so that PrivLeak can be recomputed from the metric files
     Metric("mink_auc", "Min-K% AUC", None, _mink_auc, table=False),
+    # a labelled benchmark's classification accuracy (the Twitter study, Mishra and Mehreen
+    # Table III's layout): forget tweets (not judged) and retain tweets
+    Metric(
+        "acc_f", "Acc_f", None, _accuracy("forget"), table=False, needs="classification_forget"
+    ),  # fmt: skip
+    Metric(
+        "acc_r", "Acc_r", "higher", _accuracy("retain"), table=False, needs="classification_retain"
+    ),  # fmt: skip
     # Zhang et al. section 6.2 (Table 3): general knowledge, truthfulness, factuality, fluency
     Metric("mmlu", "Gen", "higher", _mmlu, group="utility"),
     Metric("truthfulqa_mc1", "Tru", "higher", _truthfulqa_mc1, group="utility"),

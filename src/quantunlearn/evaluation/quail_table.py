@@ -59,7 +59,8 @@ def weight_change_stats(ref: Mapping, new: Mapping) -> dict:
     for k in keys:
         a, b = ref[k].detach(), new[k].detach()
         n += a.numel()
-        unchanged += int((a == b).sum()) if a.dtype == b.dtype else int((a.double() == b.double()).sum())
+        same = (a == b) if a.dtype == b.dtype else (a.double() == b.double())
+        unchanged += int(same.sum())
         d = (b.double() - a.double()).abs()
         total += float(d.sum())
         biggest = max(biggest, float(d.max()))

@@ -130,7 +130,8 @@ class QUAILUniform(Quantizer):
         shared = grid_of((m.weight for m in linears.values()), self.bits)
         with torch.no_grad():
             for module in linears.values():
-                grid = shared if self.granularity == "global" else grid_of([module.weight], self.bits)
+                own = self.granularity == "tensor"
+                grid = grid_of([module.weight], self.bits) if own else shared
                 values = quantize(module.weight, grid)[1]
                 module.weight.copy_(values.to(module.weight.dtype))
         return model.eval()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from quantunlearn.reports import mitigations, quantizers, scale, table1
+from quantunlearn.reports import mitigations, quantizers, scale, table1, twitter
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ REPORTS: tuple[Report, ...] = (
     ),
     # the scale study (config/scale.yaml)
     Report("scale_table", scale.FILES, lambda study: "scale" in study.config),
+    # the Twitter misinformation study (Mishra and Mehreen Table III)
+    Report("twitter_table", twitter.FILES, lambda study: bool(study.twitter_benchmarks)),
 )
 BY_NAME = {report.name: report for report in REPORTS}
 

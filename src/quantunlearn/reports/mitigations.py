@@ -217,8 +217,8 @@ def _section(title: str, notes: str, frames: list[tuple[str, pd.DataFrame, dict]
         out += [notes.strip(), ""]
     if not frames:
         out += ["No run of this kind in the config.", ""]
-    for heading, frame, headers in frames:
-        out += [f"## {heading}", "", to_markdown(frame, headers)]
+    for heading, frame, columns in frames:
+        out += [f"## {heading}", "", to_markdown(frame, columns)]
     return "\n".join(out) + "\n"
 
 

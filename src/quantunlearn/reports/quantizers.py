@@ -407,8 +407,7 @@ def make_quant_tables(
     write_report_table(
         overlap_table(diag, list(quantizers)),
         out / "overlap",
-        "Bucket overlap between each unlearned model and the target under the evaluated "
-        "quantizers",
+        "Bucket overlap between each unlearned model and the target under the evaluated quantizers",
         OVERLAP_NOTE,
         OVERLAP_COLUMNS,
         "No diagnostics in this config (set `diagnostics: true`).",

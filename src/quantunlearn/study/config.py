@@ -95,6 +95,20 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "seed": 0,
 }
 
+#: The Twitter misinformation benchmark (source "twitter", `quantunlearn.data.twitter`): its data
+#: (synthetic, a local folder in the hub's schema, or the hub id with a pinned revision) and the
+#: size of the embedded stand-in.
+TWITTER_DEFAULTS: dict[str, Any] = {
+    "data": "synthetic",
+    "revision": None,
+    "n_forget": 40,
+    "n_retain": 80,
+    "seed": 0,
+}
+#: The kinds of benchmark a source names besides a MUSE-layout folder or hub id, each with a
+#: section of its own name and its defaults.
+GENERATED_SOURCES = {"synthetic": SYNTHETIC_DEFAULTS, "twitter": TWITTER_DEFAULTS}
+
 # Sections whose values are numbers or lists of numbers: YAML 1.1 (PyYAML) reads `1e-5`
 # (no dot) as the *string* "1e-5", so numeric-looking strings there are converted.
 _NUMERIC_SECTIONS = ("unlearn", "tiny_model", "evaluation", "calibration", "selection")
@@ -172,9 +186,10 @@ def normalize_config(user: dict) -> dict:
     for name, bench in (config.get("benchmarks") or {}).items():
         if isinstance(bench, dict):
             merged = deep_merge(BENCHMARK_DEFAULTS, bench)
-            if merged.get("source") == "synthetic":
-                merged["synthetic"] = _coerce_numbers(
-                    deep_merge(SYNTHETIC_DEFAULTS, merged.get("synthetic") or {})
+            kind = merged.get("source")
+            if kind in GENERATED_SOURCES:
+                merged[kind] = _coerce_numbers(
+                    deep_merge(GENERATED_SOURCES[kind], merged.get(kind) or {})
                 )
             if "tiny_model" in merged:
                 merged["tiny_model"] = _coerce_numbers(merged["tiny_model"])
@@ -308,8 +323,11 @@ def _benchmark_errors(config: dict) -> list[str]:
                 "is trained; remove the key"
             )
         source = bench["source"]
-        if source != "synthetic" and not Path(source).is_dir() and not HUB_ID_RE.match(source):
-            errors.append(f"config key {key}.source: no folder {source!r} (nor a hub id)")
+        if source not in GENERATED_SOURCES and not Path(source).is_dir():
+            if not HUB_ID_RE.match(source):
+                errors.append(f"config key {key}.source: no folder {source!r} (nor a hub id)")
+        if source == "twitter":
+            errors += _twitter_errors(bench["twitter"], f"{key}.twitter")
         models = bench["models"]
         given = [models["target"] is not None, models["retrain"] is not None]
         if any(given) and not all(given):
@@ -319,6 +337,21 @@ def _benchmark_errors(config: dict) -> list[str]:
             if value is not None and not Path(value).exists() and not HUB_ID_RE.match(value):
                 errors.append(f"config key {key}.models.{which}: no such path {value!r}")
     return errors
+
+
+def _twitter_errors(spec: dict, key: str) -> list[str]:
+    """The Twitter data: synthetic, a local folder, or a hub id pinned to a revision."""
+    data = spec["data"]
+    if data == "synthetic" or Path(data).is_dir():
+        return []
+    if not HUB_ID_RE.match(data):
+        return [f"config key {key}.data: no folder {data!r} (nor a hub id, nor synthetic)"]
+    if not spec["revision"]:
+        return [
+            f"config key {key}.revision: the hub dataset {data} needs a pinned revision (a "
+            "commit sha), so that the study's data cannot change under it"
+        ]
+    return []
 
 
 def as_list(value: Any) -> list:

@@ -17,8 +17,8 @@ from quantunlearn.data.utility import UTILITY_HUB
 from quantunlearn.study.config import (
     BENCHMARK_DEFAULTS,
     DEFAULTS,
+    GENERATED_SOURCES,
     SCALE_DEFAULTS,
-    SYNTHETIC_DEFAULTS,
     deep_merge,
 )
 from quantunlearn.study.schema import config_schema
@@ -54,7 +54,7 @@ method's section. Every method takes `weight_dtype`, `lr`, `epochs` and `seed`.
 
 def documented_defaults() -> dict:
     """The defaults of every key, in the shape of a config (a benchmark under ``<name>``)."""
-    benchmark = {**BENCHMARK_DEFAULTS, "synthetic": SYNTHETIC_DEFAULTS}
+    benchmark = {**BENCHMARK_DEFAULTS, **GENERATED_SOURCES}
     extra = {"benchmarks": {NAME: benchmark}, "scale": SCALE_DEFAULTS}
     # evaluation.utility_data: where the utility benchmarks come from when it is not set
     extra["evaluation"] = {"utility_data": UTILITY_HUB}

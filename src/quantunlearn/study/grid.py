@@ -56,7 +56,8 @@ def expand_runs(config: dict) -> pd.DataFrame:
             method = get_method(name)
             for params in method_grids(config, name):
                 if "quail_delta" in params:  # a number or a quantizer name: one text column
-                    params["quail_delta"] = [format_value(v) for v in as_list(params["quail_delta"])]
+                    deltas = as_list(params["quail_delta"])
+                    params["quail_delta"] = [format_value(v) for v in deltas]
                 axes = {k: as_list(params[k]) for k in method.hyperparameters}
                 for combo in itertools.product(*axes.values()):
                     row = dict(zip(axes, combo, strict=True))
@@ -115,6 +116,11 @@ class Study:
     @property
     def low_bit_quantizer(self) -> str | None:
         return low_bit_quantizer(self.config)
+
+    @property
+    def twitter_benchmarks(self) -> list[str]:
+        """The benchmarks of the Twitter misinformation study (source twitter)."""
+        return [b for b in self.benchmarks if self.benchmark(b)["source"] == "twitter"]
 
     def benchmark(self, bench: str) -> dict:
         return self.config["benchmarks"][bench]
@@ -202,7 +208,8 @@ class Study:
         spec = self.config.get("diagnostics")
         if not spec or not spec["quail_table"]:
             return []
-        return [self.quail_table_file(r.benchmark, r.run) for r in self.diagnosed_runs().itertuples()]
+        runs = self.diagnosed_runs().itertuples()
+        return [self.quail_table_file(r.benchmark, r.run) for r in runs]
 
     def scale_diagnostic_files(self) -> list[str]:
         """The scale table's bucket overlap: every unlearned run at ``scale.quant``."""

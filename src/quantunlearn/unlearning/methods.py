@@ -214,8 +214,14 @@ METHODS: dict[str, Method] = {
         Method("RMU_LAT", RMUForget(), RMURetain(), RMULAT(), defaults=_RMU_LAT_DEFAULTS),
         # QUAIL's objective as printed (Mishra and Mehreen eq. 15, Algorithm 1); GA_GDR_QUAIL
         # is the form their code runs (docs/methods.md)
-        Method("GA_GDR_QUAIL_EQ15", GA(), GDR(), extras=(QUAILHinge(),), defaults=_EQ15_DEFAULTS,
-               objective="eq15"),  # fmt: skip
+        Method(
+            "GA_GDR_QUAIL_EQ15",
+            GA(),
+            GDR(),
+            extras=(QUAILHinge(),),
+            defaults=_EQ15_DEFAULTS,
+            objective="eq15",
+        ),  # fmt: skip
     )
 }
 
