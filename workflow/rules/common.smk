@@ -46,6 +46,11 @@ def tokenizer_of(bench):
     return STUDY.benchmark(bench)["models"]["tokenizer"]
 
 
+def tiny_tokenizer(bench):
+    """The tokenizer the DAG trains for a tiny model (train_tokenizer)."""
+    return f"{RESULTS}/models/{bench}/tokenizer"
+
+
 def unlearned_model(path):
     """storage.unlearned_models: temp = deleted once every evaluation that reads it is done."""
     return temp(path) if STUDY.config["storage"]["unlearned_models"] == "temp" else path

@@ -1,5 +1,6 @@
-# The embedded study trains its own tokenizer, target (forget + retain) and retrain (retain only).
-# Real benchmarks name hub ids or local paths in the config instead, and these rules never run.
+# The embedded study trains its own tokenizer, target (forget + retain) and retrain (retain only);
+# a benchmark with models.base fine-tunes them from that model (with its tokenizer). Real
+# benchmarks name hub ids or local paths in the config instead, and these rules never run.
 
 
 rule train_tokenizer:
@@ -22,7 +23,7 @@ rule train_tokenizer:
 rule train_reference:
     input:
         data=lambda wc: benchmark_dir(wc.bench),
-        tokenizer=f"{RESULTS}/models/{{bench}}/tokenizer",
+        tokenizer=lambda wc: [] if STUDY.base_model(wc.bench) else tiny_tokenizer(wc.bench),
     output:
         model=directory(f"{RESULTS}/models/{{bench}}/{{which}}"),
         log=f"{RESULTS}/models/{{bench}}/{{which}}_train_log.parquet",
@@ -38,6 +39,9 @@ rule train_reference:
         runtime=60,
         gpu=1,
     params:
-        tiny_model=lambda wc: STUDY.tiny_model(wc.bench),
+        tiny_model=lambda wc: None if STUDY.base_model(wc.bench) else STUDY.tiny_model(wc.bench),
+        base=lambda wc: STUDY.base_model(wc.bench),
+        tokenizer=lambda wc: tokenizer_of(wc.bench),
+        finetune=lambda wc: STUDY.benchmark(wc.bench).get("finetune"),
     script:
         "../scripts/train_reference.py"

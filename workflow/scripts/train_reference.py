@@ -1,13 +1,27 @@
 from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0], snakemake.threads):
-    from quantunlearn.models.tiny import train_reference
+    params = snakemake.params
+    if params.base:  # fine-tuned from the benchmark's base model (models.base)
+        from quantunlearn.models.finetune import finetune_reference
 
-    train_reference(
-        snakemake.wildcards.which,
-        snakemake.input.data,
-        snakemake.input.tokenizer,
-        snakemake.output.model,
-        snakemake.output.log,
-        snakemake.params.tiny_model,
-    )
+        finetune_reference(
+            snakemake.wildcards.which,
+            snakemake.input.data,
+            params.base,
+            params.tokenizer,
+            snakemake.output.model,
+            snakemake.output.log,
+            params.finetune,
+        )
+    else:
+        from quantunlearn.models.tiny import train_reference
+
+        train_reference(
+            snakemake.wildcards.which,
+            snakemake.input.data,
+            snakemake.input.tokenizer,
+            snakemake.output.model,
+            snakemake.output.log,
+            params.tiny_model,
+        )

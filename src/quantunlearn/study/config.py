@@ -85,6 +85,19 @@ SCALE_DEFAULTS: dict[str, Any] = {
     "min_target_knowmem_f": 50.0,
     "min_target_verbmem_f": 50.0,
 }
+#: A benchmark that names a base model (``models.base``) and no target: its target and retrain
+#: are fine-tuned from it (`quantunlearn.models.finetune`; defaults: the Twitter study's notebook).
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "epochs": 5,
+    "lr": 1e-5,
+    "batch_size": 3,
+    "max_len": 2048,
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+    "weight_dtype": "bf16",
+    "gradient_checkpointing": True,
+    "seed": 0,
+}
 SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "n_people": 120,
     "forget_frac": 0.1,
@@ -193,6 +206,13 @@ def normalize_config(user: dict) -> dict:
                 )
             if "tiny_model" in merged:
                 merged["tiny_model"] = _coerce_numbers(merged["tiny_model"])
+            if merged["models"].get("base") is not None:
+                merged["finetune"] = _coerce_numbers(
+                    deep_merge(FINETUNE_DEFAULTS, merged.get("finetune") or {})
+                )
+                merged["models"]["tokenizer"] = (
+                    merged["models"]["tokenizer"] or merged["models"]["base"]
+                )
             config["benchmarks"][name] = merged
     if "scale" in config:
         config["scale"] = _coerce_numbers(deep_merge(SCALE_DEFAULTS, config["scale"] or {}))
@@ -227,8 +247,17 @@ def benchmark_tiny_model(config: dict, bench: str) -> dict:
 
 
 def trained_benchmarks(config: dict) -> list[str]:
-    """The benchmarks whose models the DAG trains (no models named)."""
+    """The benchmarks whose models the DAG trains (no target named): tiny ones or fine-tuned."""
     return [b for b, spec in config["benchmarks"].items() if spec["models"]["target"] is None]
+
+
+def tiny_benchmarks(config: dict) -> list[str]:
+    """The benchmarks whose tiny Llama the DAG trains from scratch (no target, no base)."""
+    return [
+        b
+        for b in trained_benchmarks(config)
+        if config["benchmarks"][b]["models"].get("base") is None
+    ]
 
 
 def _semantic_errors(config: dict) -> list[str]:
@@ -284,7 +313,7 @@ def _quantizer_errors(config: dict) -> list[str]:
     dims = sorted(
         {
             benchmark_tiny_model(config, b)[key]
-            for b in trained_benchmarks(config)
+            for b in tiny_benchmarks(config)
             for key in ("hidden_size", "intermediate_size")
         }
     )
@@ -317,11 +346,12 @@ def _benchmark_errors(config: dict) -> list[str]:
                 f"config key {where}: hidden_size {tiny['hidden_size']} is not divisible by "
                 f"num_heads {tiny['num_heads']}"
             )
-        if "tiny_model" in bench and bench["models"]["target"] is not None:
+        if "tiny_model" in bench and name not in tiny_benchmarks(config):
             errors.append(
                 f"config key {key}.tiny_model: this benchmark names its models, so no tiny model "
                 "is trained; remove the key"
             )
+        errors += _base_errors(bench, key)
         source = bench["source"]
         if source not in GENERATED_SOURCES and not Path(source).is_dir():
             if not HUB_ID_RE.match(source):
@@ -337,6 +367,23 @@ def _benchmark_errors(config: dict) -> list[str]:
             if value is not None and not Path(value).exists() and not HUB_ID_RE.match(value):
                 errors.append(f"config key {key}.models.{which}: no such path {value!r}")
     return errors
+
+
+def _base_errors(bench: dict, key: str) -> list[str]:
+    """A base model is fine-tuned into target and retrain: it excludes naming them."""
+    base = bench["models"].get("base")
+    if base is None:
+        if "finetune" in bench:
+            return [f"config key {key}.finetune: only a benchmark with models.base is fine-tuned"]
+        return []
+    if bench["models"]["target"] is not None or bench["models"]["retrain"] is not None:
+        return [
+            f"config key {key}.models.base: the target and retrain are fine-tuned from the base "
+            "model; give either base or target and retrain"
+        ]
+    if not Path(base).exists() and not HUB_ID_RE.match(base):
+        return [f"config key {key}.models.base: no such path {base!r}"]
+    return []
 
 
 def _twitter_errors(spec: dict, key: str) -> list[str]:
@@ -416,7 +463,7 @@ def _rmu_layer_errors(config: dict) -> list[str]:
         if RMUParams not in get_method(name).groups:
             continue
         layers = [v for p in method_grids(config, name) for v in as_list(p["rmu_layer"])]
-        for bench in trained_benchmarks(config):
+        for bench in tiny_benchmarks(config):
             depth = benchmark_tiny_model(config, bench)["num_layers"]
             bad = [v for v in layers if v >= depth]
             if bad:
@@ -435,7 +482,7 @@ def _scale_errors(config: dict) -> list[str]:
         parse_quantizer(config["scale"]["quant"])
     except ValueError as exc:
         errors.append(f"config key scale.quant: {exc}")
-    external = [b for b in config["benchmarks"] if b not in trained_benchmarks(config)]
+    external = [b for b in config["benchmarks"] if b not in tiny_benchmarks(config)]
     if external:
         errors.append(
             f"config key scale: benchmarks {external} name their models; the scale study "

@@ -128,6 +128,10 @@ class Study:
     def trains_models(self, bench: str) -> bool:
         return self.benchmark(bench)["models"]["target"] is None
 
+    def base_model(self, bench: str) -> str | None:
+        """The base model the DAG fine-tunes into target and retrain (None: a tiny model)."""
+        return self.benchmark(bench)["models"].get("base")
+
     def data_spec(self, bench: str) -> dict:
         """The benchmark's entry without its model size: what its data depends on."""
         return {k: v for k, v in self.benchmark(bench).items() if k != "tiny_model"}
@@ -234,7 +238,7 @@ class Study:
         """
         params = self.run_params(bench, run)
         cell: dict[str, Any] = {"benchmark": {bench: self.benchmark(bench)}, "run": params}
-        if self.trains_models(bench):
+        if self.trains_models(bench) and self.base_model(bench) is None:
             cell["tiny_model"] = self.tiny_model(bench)
         if params["method"] not in REFERENCES:
             keys = ["batch_size", "max_len", "max_grad_norm"]

@@ -57,12 +57,13 @@ def params_of_config(config: dict) -> int:
 
 def model_params(study, bench: str) -> int | None:
     """Parameters of a benchmark's target model: tiny (from the config), local or a known id."""
-    if study.trains_models(bench):
+    if study.trains_models(bench) and study.base_model(bench) is None:
         tiny = study.config["tiny_model"]
         vocab = -(-tiny["tokenizer_vocab"] // 128) * 128  # models.build_llama rounds up to 128
         return llama_params(vocab, tiny["hidden_size"], tiny["intermediate_size"],
                             tiny["num_layers"])  # fmt: skip
-    target = study.benchmark(bench)["models"]["target"]
+    models = study.benchmark(bench)["models"]
+    target = models["target"] or models["base"]
     config = Path(target) / "config.json"
     if config.is_file():
         return params_of_config(json.loads(config.read_text()))

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from quantunlearn.data.documents import pack_documents, read_documents
 from quantunlearn.io import atomic_dir, write_json, write_parquet
 from quantunlearn.models.loading import load_model, load_tokenizer
-from quantunlearn.models.training import check_finite, collate
+from quantunlearn.models.training import check_finite, collate, set_checkpointing
 from quantunlearn.unlearning.hyperparameters import UnlearnSettings
 from quantunlearn.unlearning.methods import Method, Run, get_method
 from quantunlearn.unlearning.objectives import Step
@@ -57,13 +57,13 @@ def unlearn(
     state = {k: v for term in spec.terms for k, v in term.setup(context).items()}
     trainable = spec.scope.build(model, spec, run, forget, tok.pad_token_id, settings.batch_size)
     if settings.gradient_checkpointing:
-        _checkpointing(trainable.model, True)
+        set_checkpointing(trainable.model, True)
     start = time.time()
     log = _train(spec, run, trainable, forget, retain, tok.pad_token_id, settings, emulate, state)
     seconds = time.time() - start
     trainable.model.eval()
     if settings.gradient_checkpointing:  # saved as a plain model: generation uses the cache
-        _checkpointing(trainable.model, False)
+        set_checkpointing(trainable.model, False)
     info = {
         "method": method,
         **run.values(),
@@ -125,23 +125,6 @@ def round_to_bf16(model) -> None:
     """
     for p in model.parameters():
         p.copy_(p.to(torch.bfloat16).to(p.dtype))
-
-
-def _checkpointing(model, on: bool) -> None:
-    """Gradient checkpointing on or off: recompute each layer's activations in the backward pass
-    (a 7B model with 2048-token sequences does not fit a GPU otherwise); same gradients, about a
-    third more compute. Input grads: needed where the embeddings are frozen (LoRA adapters)."""
-    if on:
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        model.enable_input_require_grads()
-    else:
-        disable = getattr(model, "activation_checkpointing_disable", None)
-        (disable or model.gradient_checkpointing_disable)()
-    model.config.use_cache = not on
 
 
 def _batches(forget: list, retain: list, batch_size: int, epochs: int, seed: int):

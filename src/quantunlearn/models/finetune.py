@@ -1,0 +1,65 @@
+"""The target and retrain models of a benchmark that names a base model (``models.base``) but no
+target: fine-tuned from the base in the DAG, as the Twitter study's authors made theirs.
+
+Mishra and Mehreen (QUAIL, section VII-A; their public notebook, repository
+himans-iitk/CS534L_Project) fine-tune Llama-2-7B on the forget and retain1 tweets (5 epochs,
+batch 3, lr 1e-5, 2048-token sequences) and unlearn from that target; their fine-tuned model is not
+public. The retrain model (retain only) is PrivLeak's reference. The benchmark's ``finetune``
+section holds the settings (defaults: the notebook's); training is the project's causal-LM loop
+(`quantunlearn.models.training.train_lm`: AdamW (0.9, 0.98), cosine schedule after
+``warmup_steps``, gradient clipping at 1) on the benchmark's raw documents, packed per epoch into
+``max_len``-token sequences.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantunlearn.data.documents import read_documents, tokenize_documents
+from quantunlearn.io import atomic_dir, write_json, write_parquet
+from quantunlearn.models.loading import load_model, load_tokenizer
+from quantunlearn.models.tiny import REFERENCE_SPLITS
+from quantunlearn.models.training import set_checkpointing, train_lm
+
+
+def finetune_reference(
+    which: str,
+    bench_dir: str | Path,
+    base: str,
+    tokenizer: str,
+    out_dir: str | Path,
+    log_path: str | Path,
+    spec: dict,
+) -> dict:
+    """Fine-tune ``base`` on the benchmark's forget + retain text (target) or retain text only
+    (retrain) with the ``finetune`` settings; save the model, its tokenizer and train_info.json."""
+    if which not in REFERENCE_SPLITS:
+        raise ValueError(
+            f"reference model must be one of {sorted(REFERENCE_SPLITS)}, got {which!r}"
+        )
+    tok = load_tokenizer(tokenizer)
+    docs = [
+        d
+        for s in REFERENCE_SPLITS[which]
+        for d in read_documents(Path(bench_dir) / "raw" / f"{s}.txt")
+    ]
+    model = load_model(base, spec["weight_dtype"])
+    if spec["gradient_checkpointing"]:
+        set_checkpointing(model, True)
+    log = train_lm(
+        model, tokenize_documents(docs, tok), tok.pad_token_id, max_len=spec["max_len"],
+        epochs=spec["epochs"], lr=spec["lr"], batch_size=spec["batch_size"],
+        warmup_steps=spec["warmup_steps"], weight_decay=spec["weight_decay"], seed=spec["seed"],
+        desc=f"fine-tune {which}",
+    )  # fmt: skip
+    if spec["gradient_checkpointing"]:
+        set_checkpointing(model, False)
+    info = {"which": which, "splits": REFERENCE_SPLITS[which], "base": str(base),
+            "n_documents": len(docs), "steps": len(log), "finetune": spec,
+            "final_loss": float(log.loss.tail(20).mean())}  # fmt: skip
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(info, Path(tmp) / "train_info.json")
+    write_parquet(log, log_path)
+    return info
