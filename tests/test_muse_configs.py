@@ -32,17 +32,34 @@ QUANTIZERS = [
     "none", "rtn_w8", "rtn_w4", "bnb_int8", "bnb_fp4", "bnb_nf4", "gptq_w4g128", "awq_w4g128"
 ]  # fmt: skip
 BASE = ["GA", "GA_GDR", "GA_KLR", "NPO", "NPO_GDR", "NPO_KLR"]
-# unlearning runs: 6 base methods + 4 SURE + 2 LoRA x 12 (lr x epochs x lora_alpha)
-# + QUAIL 3 alpha x 6 gamma on NEWS (Mishra and Mehreen reports NEWS only), + RMU's 3 lr on BOOKS
-# (Zhang et al. appendix J)
-RUNS = {"news": 6 + 4 + 24 + 18, "books": 6 + 4 + 24 + 3}
-# Zhang et al. Tables 6 (NEWS) and 5 (BOOKS): SURE's retain weight and saliency percentile
+# unlearning runs: 6 base methods; 4 LoRA methods x 48 (Abitante et al.: 4 ranks x 3 lora_alpha
+# x lr {1e-4, 7e-4} x epochs {5, 10}); NEWS: GA_GDR at alpha 5 (QUAIL's baseline), SURE with
+# Table 9's gamma sweep for GA_KLR and NPO_GDR (1 + 4 + 4 + 1), QUAIL's 10 Table II cells;
+# BOOKS: 4 SURE + 4 SURE/S (Table 10), RMU's and RMU_LAT's 3 lr (Table 11)
+RUNS = {"news": 6 + 1 + 192 + 10 + 10, "books": 6 + 192 + 4 + 4 + 3 + 3}
+# the regularized runs whose weights are diagnosed at 4 bits (NEWS: GA_GDR at alpha 1 and 5)
+DIAGNOSED = {"news": 5, "books": 4}
+# Zhang et al. Tables 6 (NEWS) and 5 (BOOKS): SURE's retain weight and saliency percentile(s)
 SURE = {
-    "news": {"GA_GDR_SURE": (50, 95), "GA_KLR_SURE": (10, 90), "NPO_GDR_SURE": (50, 95),
-             "NPO_KLR_SURE": (10, 90)},
-    "books": {"GA_GDR_SURE": (400, 99), "GA_KLR_SURE": (20, 90), "NPO_GDR_SURE": (300, 99),
-              "NPO_KLR_SURE": (20, 90)},
+    "news": {("GA_GDR_SURE", 50, 95), ("NPO_KLR_SURE", 10, 90)}
+    | {("GA_KLR_SURE", 10, g) for g in (50, 90, 95, 99)}
+    | {("NPO_GDR_SURE", 50, g) for g in (50, 90, 95, 99)},
+    "books": {("GA_GDR_SURE", 400, 99), ("GA_KLR_SURE", 20, 90), ("NPO_GDR_SURE", 300, 99),
+              ("NPO_KLR_SURE", 20, 90)},
 }  # fmt: skip
+# Mishra and Mehreen Table II's printed (alpha, gamma) cells
+QUAIL_CELLS = {
+    (1, 1),
+    (1, 5),
+    (5, 1),
+    (5, 5),
+    (5, 8),
+    (5, 9),
+    (5, 10),
+    (20, 10),
+    (20, 20),
+    (20, 50),
+}
 
 
 @pytest.mark.parametrize("bench", ["news", "books"])
@@ -62,7 +79,8 @@ def test_muse_config_has_the_seeds_settings(bench):
     assert unlearn["gradient_checkpointing"] is True and unlearn["bf16_compute"] == "native"
     every = study.runs[~study.runs.method.isin(["target", "retrain"])]
     assert len(every) == RUNS[bench]
-    runs = every[every.method.isin(BASE)].set_index("method")
+    base = every[every.method.isin(BASE)]
+    runs = base[~((base.method == "GA_GDR") & (base.alpha == 5))].set_index("method")
     assert sorted(runs.index) == sorted(BASE)
     assert (runs.weight_dtype == "bf16").all() and (runs.lr == 1e-5).all()
     assert (runs.epochs == EPOCHS[bench]).all()
@@ -74,26 +92,53 @@ def test_muse_config_has_the_seeds_settings(bench):
         "triviaqa",
         "fluency",
     ]
-    sure = every[every.method.str.endswith("_SURE")].set_index("method")
-    assert {m: (sure.alpha[m], sure.gamma_pct[m]) for m in sure.index} == SURE[bench]
+    assert unlearn["batch_size"] == 2  # the seeds' code: per-device 2, no accumulation
+    sure = every[every.method.str.endswith("_SURE")]
+    assert set(zip(sure.method, sure.alpha, sure.gamma_pct, strict=True)) == SURE[bench]
     assert (sure.lr == 1e-4).all()
     lora = every[every.method.str.endswith("_LORA")]
-    assert set(lora.lora_rank) == {32} and set(lora.lora_alpha) == {16, 32, 64}
+    assert set(lora.method) == {"GA_GDR_LORA", "GA_KLR_LORA", "NPO_GDR_LORA", "NPO_KLR_LORA"}
+    cells = set(zip(lora.lora_rank, lora.lora_alpha, strict=True))
+    assert cells == {(r, a * r) for r in (16, 32, 64, 128) for a in (0.5, 1, 2)}
     assert set(lora.lr) == {1e-4, 7e-4} and set(lora.epochs) == {5, 10}
     quail = every[every.method == "GA_GDR_QUAIL"]
-    if bench == "news":  # Mishra and Mehreen Table II's grid
-        assert set(quail.alpha) == {1, 5, 20} and set(quail.quail_gamma) == {1, 5, 8, 9, 20, 50}
+    if bench == "news":  # Mishra and Mehreen Table II's printed cells, and their GA_GDR baseline
+        assert set(zip(quail.alpha, quail.quail_gamma, strict=True)) == QUAIL_CELLS
+        assert len(quail) == 10 and set(runs_alpha(every, "GA_GDR")) == {1, 5}
     else:
         assert quail.empty
-    rmu = every[every.method == "RMU"]
+    sure_s = every[every.method.str.endswith("_SURE_S")]
+    if bench == "books":  # Zhang et al. Table 10: SURE's lr and (Table 5's) retain weights
+        assert dict(zip(sure_s.method, sure_s.alpha, strict=True)) == {
+            "GA_GDR_SURE_S": 400, "GA_KLR_SURE_S": 20, "NPO_GDR_SURE_S": 300, "NPO_KLR_SURE_S": 20
+        }  # fmt: skip
+        assert (sure_s.lr == 1e-4).all()
+    else:
+        assert sure_s.empty
+    assert study.config["diagnostics"] == {
+        "quantizers": ["rtn_w4"], "methods": ["GA_GDR", "GA_KLR", "NPO_GDR", "NPO_KLR"],
+        "quail_table": True,
+    }  # fmt: skip
+    rmu = every[every.method.isin(["RMU", "RMU_LAT"])]
     if bench == "books":  # Zhang et al. appendix J: BOOKS, lr over {5e-6, 1e-5, 5e-5}
-        assert sorted(rmu.lr) == [5e-6, 1e-5, 5e-5]
-        assert set(zip(rmu.alpha, rmu.rmu_layer, rmu.rmu_steering, strict=True)) == {(1200, 7, 6.5)}
+        for method in ("RMU", "RMU_LAT"):
+            part = rmu[rmu.method == method]
+            assert sorted(part.lr) == [5e-6, 1e-5, 5e-5]
+            assert set(zip(part.alpha, part.rmu_layer, part.rmu_steering, strict=True)) == {
+                (1200, 7, 6.5)
+            }
+        lat = rmu[rmu.method == "RMU_LAT"]  # Sheshadri et al.'s code: one layer below, eps 2
+        assert set(zip(lat.lat_layer, lat.lat_epsilon, lat.lat_steps, lat.lat_lr,
+                       lat.lat_model_steps, strict=True)) == {(6, 2.0, 16, 0.05, 4)}  # fmt: skip
     else:
         assert rmu.empty
     # gradient checkpointing reaches the unlearning job (and its config hash)
     run = runs.run["GA_GDR"]
     assert study.cell_config(bench, run)["unlearn"]["gradient_checkpointing"] is True
+
+
+def runs_alpha(every, method):
+    return every[every.method == method].alpha.tolist()
 
 
 def test_llama2_7b_parameter_count_by_hand():
@@ -142,18 +187,20 @@ def test_muse_dry_run_through_the_slurm_profile(bench, tmp_path):
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
     # external target/retrain: no training; every run + 2 references at 8 precisions, and a
     # stored GPTQ and AWQ checkpoint of each
-    n = RUNS[bench]
+    n, d = RUNS[bench], DIAGNOSED[bench]
     assert counts == {
         "prepare_benchmark": 1,
         "reference_auc": 1,
         "unlearn": n,
         "quantize": 2 * (n + 2),
         "evaluate": 8 * (n + 2),
+        "diagnose": d,  # the regularized runs at rtn_w4
+        "quail_table": d,  # QUAIL's Table I of the same runs
         "table1": 1,
         "quant_tables": 1,
         "mitigation_tables": 1,
         "all_tables": 1,
-        "total": 6 + n + 10 * (n + 2),
+        "total": 6 + n + 10 * (n + 2) + 2 * d,
     }
     # the profile's per-rule requests: GPU jobs with their memory and time, the rest default
     unlearn = _resources(log, "unlearn")
@@ -179,6 +226,9 @@ def test_muse_dry_run_through_the_slurm_profile(bench, tmp_path):
         f"disk ({bench}): {n} unlearned models x 13.5 GB (6.74B parameters) = {gb:.1f} GB written"
     )
     assert disk in log and "temp: each deleted once its evaluation cells are done" in log
+    # the optimizer steps of the seeds' code: batch 2 over NEWS's 407 / BOOKS's 553 chunks
+    steps = {"news": "2040 optimizer steps", "books": "1385"}[bench]
+    assert f"steps ({bench}): batch 2, the seeds'" in log and steps in log
 
 
 def test_temp_storage_deletes_unlearned_models_after_their_evaluations(tmp_path):
@@ -208,3 +258,38 @@ def test_muse_config_runs_on_a_local_folder_in_the_muse_layout(shared_muse, benc
     assert prompt.startswith(f"Question: {first['question']}\nAnswer: {first['answer']}\n\n")
     assert prompt.endswith(f"Question: {loaded.knowmem_forget_qa[0]['question']}\nAnswer: ")
     assert prompt.count("Question: ") == 11
+
+
+def test_twitter_config_needs_its_revision_and_dry_runs_through_the_slurm_profile(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    config = yaml.safe_load((ROOT / "config" / "twitter.yaml").read_text())
+    with pytest.raises(ValueError, match="benchmarks.twitter.twitter.revision: the hub dataset"):
+        load_study(config)  # shipped without a sha: the hub was unreachable (config comment)
+    config["benchmarks"]["twitter"]["twitter"]["revision"] = "0123456789abcdef" * 2 + "01234567"
+    study = load_study(config)
+    every = study.runs[~study.runs.method.isin(["target", "retrain"])]
+    # Mishra and Mehreen Table III: GA_GDR alpha 5, GA_GDR + hinge alpha 5 gamma 8
+    assert set(zip(every.method, every.alpha, every.quail_gamma.fillna(0), strict=True)) == {
+        ("GA_GDR", 5, 0), ("GA_GDR_QUAIL", 5, 8)
+    }  # fmt: skip
+    path = tmp_path / "twitter.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = _dry_run(tmp_path, path, "--profile", str(ROOT / "profiles" / "slurm"))
+    block = log.split("Job stats:")[1]
+    counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+    # the tweets, target and retrain fine-tuned from Llama-2-7B, 2 runs + 2 references at 2
+    # precisions, Table 1, the QUAIL tables and Table III
+    assert counts == {
+        "prepare_benchmark": 1,
+        "train_reference": 2,
+        "reference_auc": 1,
+        "unlearn": 2,
+        "evaluate": 8,
+        "table1": 1,
+        "mitigation_tables": 1,
+        "twitter_table": 1,
+        "all_tables": 1,
+        "total": 18,
+    }
+    assert all(r["gpu"] == "1" for r in _resources(log, "train_reference"))
+    assert "disk (twitter): 2 unlearned models x 13.5 GB" in log

@@ -15,7 +15,7 @@ from test_contracts import ROOT
 from quantunlearn.models.training import collate
 from quantunlearn.study import ConfigError, load_study
 from quantunlearn.unlearning import losses
-from quantunlearn.unlearning.loop import _alternating_batches, optimizer_steps, unlearn
+from quantunlearn.unlearning.loop import _alternating_batches, unlearn
 from quantunlearn.unlearning.methods import METHODS
 from quantunlearn.unlearning.objectives import Step
 
@@ -37,15 +37,15 @@ def test_algorithm_one_passes_over_forget_then_retain():
 def test_optimizer_steps_by_hand():
     # 407 forget chunks (NEWS, the seeds' code), batch 2, 10 epochs: 10 x 204 = 2040
     ga_gdr = METHODS["GA_GDR"]
-    assert optimizer_steps(ga_gdr, ga_gdr.run({"epochs": 10}), 407, 1000, 2) == 2040
+    assert ga_gdr.optimizer_steps(ga_gdr.run({"epochs": 10}), 407, 1000, 2) == 2040
     # BOOKS: 553 chunks, 5 epochs: 5 x 277 = 1385
-    assert optimizer_steps(ga_gdr, ga_gdr.run({"epochs": 5}), 553, 105, 2) == 1385
+    assert ga_gdr.optimizer_steps(ga_gdr.run({"epochs": 5}), 553, 105, 2) == 1385
     # Algorithm 1 adds the retain batches: 10 x (204 + ceil(105 / 2) = 53)
     eq15 = METHODS["GA_GDR_QUAIL_EQ15"]
-    assert optimizer_steps(eq15, eq15.run({"epochs": 10}), 407, 105, 2) == 10 * (204 + 53)
+    assert eq15.optimizer_steps(eq15.run({"epochs": 10}), 407, 105, 2) == 10 * (204 + 53)
     # RMU_LAT: lat_model_steps RMU steps per attacked batch
     lat = METHODS["RMU_LAT"]
-    assert optimizer_steps(lat, lat.run({"epochs": 1, "lat_model_steps": 4}), 553, 9, 1) == 2212
+    assert lat.optimizer_steps(lat.run({"epochs": 1, "lat_model_steps": 4}), 553, 9, 1) == 2212
 
 
 def test_eq15_weighs_forget_by_alpha_and_retain_by_one_minus_alpha(tiny_model):

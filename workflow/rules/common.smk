@@ -6,12 +6,14 @@ import sys
 from quantunlearn.quantizers import QUANTIZERS, family_pattern, parse_quantizer
 from quantunlearn.reports import BY_NAME as REPORTS
 from quantunlearn.study import load_study
+from quantunlearn.study.grid import steps_summary
 from quantunlearn.study.storage import disk_summary
 from quantunlearn.unlearning.methods import REFERENCES
 
 STUDY = load_study(config)
 if workflow.is_main_process:  # the dry run (and the main run) says what the checkpoints take
     print(disk_summary(STUDY), file=sys.stderr)
+    print(steps_summary(STUDY), file=sys.stderr)
 RESULTS = str(STUDY.results)
 # tables of a second study on the same results (config/quantizers.yaml) go to their own folder
 TABLES = str(STUDY.tables)

@@ -118,6 +118,8 @@ TWITTER_DEFAULTS: dict[str, Any] = {
     "n_retain": 80,
     "seed": 0,
 }
+#: Keys of those sections that are text even when they look like numbers (a commit sha).
+TEXT_KEYS = ("data", "revision")
 #: The kinds of benchmark a source names besides a MUSE-layout folder or hub id, each with a
 #: section of its own name and its defaults.
 GENERATED_SOURCES = {"synthetic": SYNTHETIC_DEFAULTS, "twitter": TWITTER_DEFAULTS}
@@ -201,9 +203,9 @@ def normalize_config(user: dict) -> dict:
             merged = deep_merge(BENCHMARK_DEFAULTS, bench)
             kind = merged.get("source")
             if kind in GENERATED_SOURCES:
-                merged[kind] = _coerce_numbers(
-                    deep_merge(GENERATED_SOURCES[kind], merged.get(kind) or {})
-                )
+                section = deep_merge(GENERATED_SOURCES[kind], merged.get(kind) or {})
+                text = {k: section[k] for k in TEXT_KEYS if k in section}  # a sha stays text
+                merged[kind] = {**_coerce_numbers(section), **text}
             if "tiny_model" in merged:
                 merged["tiny_model"] = _coerce_numbers(merged["tiny_model"])
             if merged["models"].get("base") is not None:

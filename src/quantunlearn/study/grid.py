@@ -258,6 +258,41 @@ class Study:
         return cell
 
 
+#: Forget chunks of the MUSE corpora as the seeds' code cuts them (BOS + 2047 tokens of the
+#: Llama-2 tokenizer, MUSE's dataset.py; counted for docs/methods.md): what their optimizer steps
+#: follow from. The project packs paragraphs instead, so its own count (in each run's
+#: unlearn_info.json) is somewhat larger.
+MUSE_FORGET_CHUNKS = {"muse-bench/MUSE-News": 407, "muse-bench/MUSE-Books": 553}
+
+
+def steps_summary(study: Study) -> str:
+    """The lines a dry run prints about the optimizer steps of the unlearning runs."""
+    batch = study.config["unlearn"]["batch_size"]
+    lines = []
+    for bench in study.benchmarks:
+        chunks = MUSE_FORGET_CHUNKS.get(study.benchmark(bench)["source"])
+        if chunks is None:
+            lines.append(
+                f"steps ({bench}): epochs x ceil(forget sequences / batch {batch}) per run "
+                "(x lat_model_steps for RMU_LAT), counted by each unlearning job (unlearn_info.json)"
+            )
+            continue
+        counts: dict[int, int] = {}
+        for r in study.runs[study.runs.benchmark == bench].itertuples():
+            if r.method in REFERENCES:
+                continue
+            method = get_method(r.method)
+            run = method.run(study.run_params(bench, r.run))
+            steps = method.optimizer_steps(run, chunks, 0, batch)
+            counts[steps] = counts.get(steps, 0) + 1
+        spread = ", ".join(f"{n} runs x {s}" for s, n in sorted(counts.items()))
+        lines.append(
+            f"steps ({bench}): batch {batch}, the seeds' {chunks} forget chunks of 2048 tokens: "
+            f"{spread} optimizer steps (this project's packing: see each unlearn_info.json)"
+        )
+    return "\n".join(lines)
+
+
 def load_study(config: dict) -> Study:
     """Validate a config dict (as Snakemake loaded it) and expand its grid."""
     normalized = normalize_config(config)

@@ -166,23 +166,13 @@ def _alternating_batches(forget: list, retain: list, batch_size: int, epochs: in
                 b += 1
 
 
-def optimizer_steps(method: Method, run: Run, n_forget: int, n_retain: int, batch_size: int):
-    """The run's optimizer steps: epochs x batches per epoch (Algorithm 1: forget and retain
-    batches) x steps per batch (RMU_LAT: lat_model_steps)."""
-    batches = math.ceil(n_forget / batch_size)
-    if method.alternating:
-        batches += math.ceil(n_retain / batch_size)
-    repeats = int(run.lat_model_steps) if "lat_model_steps" in method.hyperparameters else 1
-    return run.epochs * batches * repeats
-
-
 def _train(method: Method, run: Run, trainable, forget, retain, pad_id, settings, emulate, state):
     """AdamW (weight decay 0, constant lr) over the method's loss; returns the per-step log."""
     model, device = trainable.model, next(trainable.model.parameters()).device
     model.train()
     torch.manual_seed(run.seed)
     opt = torch.optim.AdamW(trainable.params, lr=run.lr, weight_decay=0.0)
-    total = optimizer_steps(method, run, len(forget), len(retain), settings.batch_size)
+    total = method.optimizer_steps(run, len(forget), len(retain), settings.batch_size)
     print(f"{method.name}: {total} optimizer steps ({len(forget)} forget sequences, batch "
           f"{settings.batch_size}, {run.epochs} epochs)")  # fmt: skip
     log = []

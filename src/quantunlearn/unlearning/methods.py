@@ -16,6 +16,7 @@ This module reads without torch: the workflow builds its grid from it.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -103,6 +104,15 @@ class Method:
     def alternating(self) -> bool:
         """Separate forget and retain passes (eq15, Mishra and Mehreen's Algorithm 1)."""
         return self.objective == "eq15"
+
+    def optimizer_steps(self, run: Run, n_forget: int, n_retain: int, batch_size: int) -> int:
+        """The run's optimizer steps: epochs x batches per epoch (Algorithm 1: forget and retain
+        batches) x steps per batch (RMU_LAT: lat_model_steps)."""
+        batches = math.ceil(n_forget / batch_size)
+        if self.alternating:
+            batches += math.ceil(n_retain / batch_size)
+        repeats = int(run.lat_model_steps) if "lat_model_steps" in self.hyperparameters else 1
+        return run.epochs * batches * repeats
 
     def run(self, values: dict[str, Any]) -> Run:
         """This method's typed hyperparameters from a dict (missing keys: the defaults), checked
