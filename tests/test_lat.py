@@ -11,7 +11,7 @@ import yaml
 from test_contracts import ROOT
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from quantunlearn.models.loading import load_model
+from quantunlearn.models.loading import decoder_layers, load_model
 from quantunlearn.study import ConfigError, load_study
 from quantunlearn.unlearning.lat import (
     LatentAdversary,
@@ -25,7 +25,6 @@ from quantunlearn.unlearning.loop import unlearn
 from quantunlearn.unlearning.losses import away_loss, nll
 from quantunlearn.unlearning.methods import METHODS
 from quantunlearn.unlearning.objectives import Step
-from quantunlearn.unlearning.scopes import decoder_layers
 
 
 @pytest.fixture(scope="module")

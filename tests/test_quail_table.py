@@ -150,3 +150,30 @@ def test_quail_table_job_and_report(tiny_model_dir, tiny_model, tmp_path):
     table = quail_table([out])
     assert table["global_overlap"].iloc[0] == pytest.approx(100 * frame["global_overlap"].iloc[0])
     assert isinstance(table, pd.DataFrame) and table["label"].iloc[0].startswith("GA_GDR")
+
+
+def test_diagnostics_restricted_by_quantizers_and_methods():
+    import yaml
+    from test_contracts import ROOT
+
+    from quantunlearn.study import ConfigError, load_study
+
+    config = yaml.safe_load((ROOT / "tests" / "configs" / "micro.yaml").read_text())
+    config["quantizers"] = ["none", "rtn_w4", "bnb_nf4", "quail_w4"]
+    config["diagnostics"] = {"quantizers": ["rtn_w4"], "methods": ["GA_GDR"], "quail_table": True}
+    study = load_study(config)
+    cells = study.diagnostic_cells()
+    assert cells[["method", "quant"]].values.tolist() == [["GA_GDR", "rtn_w4"]]
+    ga = study.runs.query("method == 'GA_GDR'").run.item()
+    assert study.quail_table_files() == [f"results/quail_table1/micro/{ga}.parquet"]
+    config["diagnostics"] = True  # every run and every quantizer the diagnostics can analyse
+    everything = load_study(config).diagnostic_cells()
+    assert sorted(set(everything.quant)) == ["bnb_nf4", "rtn_w4"]  # not none, not QUAIL's grid
+    assert len(everything) == 2 * 2 and not load_study(config).quail_table_files()
+    config["diagnostics"] = {"quantizers": ["quail_w4", "rtn_w8"], "methods": ["GA"]}
+    with pytest.raises(ConfigError) as err:
+        load_study(config)
+    text = str(err.value)
+    assert "diagnostics.quantizers[0]: the weight diagnostics cannot analyse 'quail_w4'" in text
+    assert "diagnostics.quantizers[1]: 'rtn_w8' is not one of the quantizers" in text
+    assert "diagnostics.methods[0]: 'GA' is not one of unlearn.methods" in text

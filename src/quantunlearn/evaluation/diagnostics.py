@@ -315,9 +315,15 @@ def diagnose_run(
             unlearned_path, spec, quant_dir=unlearned_quant_dir, compute_dtype=compute_dtype
         )
     frame = diagnostics_frame(spec, target, unlearned, target_q, unlearned_q)
+    frame.insert(0, "quant", quant)
+    return write_cell_frame(frame, out, cell, cell_config, start)
+
+
+def write_cell_frame(frame: pd.DataFrame, out, cell: dict, cell_config: dict, start: float):
+    """A per-run result frame with the cell's parameters first and its config hash, config,
+    package versions and seconds since ``start`` last, written to ``out``."""
     from quantunlearn.evaluation.cell import package_versions
 
-    frame.insert(0, "quant", quant)
     for key, value in reversed(list(cell.items())):
         frame.insert(0, key, value)
     frame["config_hash"] = config_hash(cell_config)

@@ -21,7 +21,6 @@ which compare the quantizable Linears under the quantizers the study evaluates.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from quantunlearn.io import config_hash, write_parquet
+from quantunlearn.evaluation.diagnostics import write_cell_frame
 from quantunlearn.quantizers.quail import GRANULARITIES, grid_of, quantize
 
 RANGES_FROM = ("reference", "each")
@@ -136,18 +135,9 @@ def quail_table_run(
     range_from: str = "reference",
 ) -> pd.DataFrame:
     """Write Table I of one unlearned run against the target (one row per bit width)."""
-    from quantunlearn.evaluation.cell import package_versions
-
     start = time.time()
     rows = table_one(stored_state(target_path), stored_state(unlearned_path),
                      rounding=rounding, range_from=range_from)  # fmt: skip
     frame = pd.DataFrame(rows)
-    for key, value in reversed(list(cell.items())):
-        frame.insert(0, key, value)
     frame["rounding"], frame["range_from"] = rounding, range_from
-    frame["config_hash"] = config_hash(cell_config)
-    frame["cell_config"] = json.dumps(cell_config, sort_keys=True, default=str)
-    frame["versions"] = package_versions()
-    frame["seconds"] = time.time() - start
-    write_parquet(frame, out)
-    return frame
+    return write_cell_frame(frame, out, cell, cell_config, start)

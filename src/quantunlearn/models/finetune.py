@@ -16,9 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantunlearn.data.documents import read_documents, tokenize_documents
-from quantunlearn.io import atomic_dir, write_json, write_parquet
 from quantunlearn.models.loading import load_model, load_tokenizer
-from quantunlearn.models.tiny import REFERENCE_SPLITS
+from quantunlearn.models.tiny import REFERENCE_SPLITS, save_reference
 from quantunlearn.models.training import set_checkpointing, train_lm
 
 
@@ -57,9 +56,4 @@ def finetune_reference(
     info = {"which": which, "splits": REFERENCE_SPLITS[which], "base": str(base),
             "n_documents": len(docs), "steps": len(log), "finetune": spec,
             "final_loss": float(log.loss.tail(20).mean())}  # fmt: skip
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_json(info, Path(tmp) / "train_info.json")
-    write_parquet(log, log_path)
-    return info
+    return save_reference(model, tok, info, out_dir, log, log_path)

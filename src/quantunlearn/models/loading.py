@@ -55,3 +55,15 @@ def check_model_path(model_path: str | PathLike) -> str:
     elif looks_local:
         raise FileNotFoundError(f"model path {text} does not exist")
     return str(path) if path.exists() else text
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder blocks of a causal LM (``model.model.layers`` for Llama-style models), which
+    RMU steers and RMU_LAT's adversary perturbs."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ValueError(
+            f"RMU needs a decoder with a `layers` list; {type(model).__name__} has none"
+        )
+    return layers

@@ -163,6 +163,12 @@ def train_reference(
         "seconds": float(log.seconds.max()),
         "tiny_model": tiny_model,
     }
+    return save_reference(model, tok, info, out_dir, log, log_path)
+
+
+def save_reference(model, tok, info: dict, out_dir, log, log_path) -> dict:
+    """A trained reference model: weights, tokenizer and train_info.json in ``out_dir``
+    (atomically), the training log in ``log_path``; returns ``info``."""
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

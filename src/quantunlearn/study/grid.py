@@ -273,8 +273,8 @@ def steps_summary(study: Study) -> str:
         chunks = MUSE_FORGET_CHUNKS.get(study.benchmark(bench)["source"])
         if chunks is None:
             lines.append(
-                f"steps ({bench}): epochs x ceil(forget sequences / batch {batch}) per run "
-                "(x lat_model_steps for RMU_LAT), counted by each unlearning job (unlearn_info.json)"
+                f"steps ({bench}): epochs x ceil(forget sequences / batch {batch}) per run (x "
+                "lat_model_steps for RMU_LAT), counted by each unlearning job (unlearn_info.json)"
             )
             continue
         counts: dict[int, int] = {}

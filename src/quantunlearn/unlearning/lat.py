@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from quantunlearn.models.loading import decoder_layers
 from quantunlearn.models.training import IGNORE
 
 
@@ -49,8 +50,6 @@ class LatentPerturbation:
     """
 
     def __init__(self, model: nn.Module, layer: int, delta: torch.Tensor, attack_mask):
-        from quantunlearn.unlearning.scopes import decoder_layers
-
         layers = decoder_layers(model)
         if not 0 <= layer < len(layers):
             raise ValueError(f"lat_layer {layer} does not exist (the model has {len(layers)})")

@@ -346,21 +346,10 @@ class LoRA(Scope):
 # --------------------------------------------------------------------------- RMU
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks of a causal LM (``model.model.layers`` for Llama-style models)."""
-    from torch import nn
-
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ValueError(
-            f"RMU needs a decoder with a `layers` list; {type(model).__name__} has none"
-        )
-    return layers
-
-
 def layer_activations(model: nn.Module, layer: int, ids: torch.Tensor, mask: torch.Tensor):
     """The output of decoder layer ``layer`` (the residual stream after it), ``[B, T, d]``."""
+    from quantunlearn.models.loading import decoder_layers
+
     captured = []
 
     def hook(_module, _inputs, output):
@@ -405,6 +394,8 @@ class RMU(Scope):
 
     def build(self, model, method, run, forget, pad_id, batch_size):
         import torch
+
+        from quantunlearn.models.loading import decoder_layers
 
         layer = int(run.rmu_layer)
         layers = decoder_layers(model)
