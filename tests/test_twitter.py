@@ -100,6 +100,10 @@ def test_synthetic_stand_in():
     texts = [r["text"] for s in SPLITS for r in rows[s]]
     assert len(set(texts)) == len(texts)
     assert synthetic_twitter(8, 12, 3) == rows  # seeded
+    big = synthetic_twitter(n_forget=80, n_retain=140)  # twice the config's forget set: no stall
+    assert len({r["text"] for s in SPLITS for r in big[s]}) == 360
+    with pytest.raises(ValueError, match="no unused invented name of 2 syllables"):
+        synthetic_twitter(n_forget=200, n_retain=200)  # 600 people > 400 first names
 
 
 def test_classification_picks_the_likelier_label_word(tiny_model, tiny_tokenizer):

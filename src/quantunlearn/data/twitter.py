@@ -143,20 +143,22 @@ _MISINFO = (
 def synthetic_twitter(n_forget: int = 40, n_retain: int = 80, seed: int = 0) -> dict:
     """An embedded stand-in for the hub dataset: split -> [{"text", "label"}], retain1 and
     retain2 with ``n_retain`` rows each (the hub's 3,386 = 2 x 1,693). Every statement names its
-    own invented town, company and person (unique across all splits), so what a model learns of
-    one forget statement is specific to it; each split alternates the labels (half factual,
-    half misinformation) and is shuffled with ``seed``."""
+    own invented town, company and person (unique across all splits; the syllable pools hold
+    400 first names and 8,000 three-syllable names, enough for a few thousand rows), so what a
+    model learns of one forget statement is specific to it; each split alternates the labels
+    (half factual, half misinformation) and is shuffled with ``seed``."""
     if n_forget < 2 or n_retain < 2:
         raise ValueError("each split needs at least 2 rows (one per label)")
     rng = random.Random(seed)
     used: set[str] = set()
 
     def fresh(parts: int) -> str:
-        while True:
+        for _ in range(100_000):
             name = "".join(rng.choice(_SYL) for _ in range(parts)).capitalize()
             if name not in used:
                 used.add(name)
                 return name
+        raise ValueError(f"no unused invented name of {parts} syllables is left: fewer rows")
 
     out = {}
     for split, n in (("forget", n_forget), ("retain1", n_retain), ("retain2", n_retain)):
@@ -164,7 +166,7 @@ def synthetic_twitter(n_forget: int = 40, n_retain: int = 80, seed: int = 0) -> 
         for i in range(n):
             template = rng.choice(_MISINFO if i % 2 else _FACT)
             text = template.format(
-                town=fresh(2), company=fresh(2) + " " + rng.choice(("Labs", "Foods", "Motors")),
+                town=fresh(3), company=fresh(3) + " " + rng.choice(("Labs", "Foods", "Motors")),
                 person=fresh(2) + " " + fresh(3), n=rng.randint(2, 90),
             )  # fmt: skip
             rows.append({"text": text, "label": i % 2})

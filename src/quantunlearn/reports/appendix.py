@@ -124,7 +124,7 @@ NOTES = {
     "table_sure_s": "Full precision, as the paper's Table 10. SURE/S trains every parameter at "
     "SURE's learning rate and retain weights.",
     "table_rmu": "RMU_LAT = RMU trained against a latent adversary (Sheshadri et al. 2024), "
-    "docs/methods.md.",
+    "docs/seeds.md.",
 }
 
 

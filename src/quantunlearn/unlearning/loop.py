@@ -7,6 +7,8 @@ smaller than half a bf16 ulp are rounded away), weight decay 0, gradient norm cl
 (the Trainer's default ``max_grad_norm``), one forget batch and one retain batch per step,
 ``epochs`` passes over the forget set. What a method computes is its row of
 `quantunlearn.unlearning.methods.METHODS`: its scope says which weights move, its terms the loss.
+Two rows change the schedule: QUAIL's eq. 15 (Algorithm 1: a forget pass, then a retain pass,
+per epoch) and RMU_LAT (its adversary runs on every batch, then ``lat_model_steps`` steps).
 """
 
 from __future__ import annotations
