@@ -14,7 +14,9 @@ from quantunlearn.models.finetune import finetune_reference
 from quantunlearn.models.loading import load_model
 from quantunlearn.study import ConfigError, load_study
 
-SPEC = {"epochs": 2, "lr": 1e-3, "batch_size": 2, "max_len": 64, "warmup_steps": 0,
+# max_len 256: every tweet fits one sequence (a tweet one token over max_len leaves a 1-token
+# piece, and a batch of such pieces has no next token to predict)
+SPEC = {"epochs": 2, "lr": 1e-3, "batch_size": 2, "max_len": 256, "warmup_steps": 0,
         "weight_decay": 0.0, "weight_dtype": "fp32", "gradient_checkpointing": True,
         "seed": 0}  # fmt: skip
 
