@@ -2,7 +2,8 @@
 hyperparameter GROUPS is tested here, so that a new row is tested without a test of its own.
 
 - a method trains and changes the parameters of its scope only (and changes some);
-- a quantizer's effective weights are what its model computes with;
+- a quantizer's effective weights are what its model computes with, and generation on its model
+  gives the reference path's outputs;
 - a metric has a column, a label and a direction, and measures something on a real model;
 - a report declares files that no other report writes, with a caption for the HTML report;
 - a hyperparameter has a paper default, a help text and a column type; the committed JSON schema
@@ -24,6 +25,7 @@ import torch
 from quantunlearn.data.muse import load_benchmark
 from quantunlearn.data.synthetic import generate_synthetic
 from quantunlearn.data.utility import UTILITY_HUB, write_utility_fixture
+from quantunlearn.evaluation.generation import _greedy_generate_hf, greedy_generate
 from quantunlearn.evaluation.metrics import ARROWS, METRICS, Context, metric_names
 from quantunlearn.models.loading import load_model
 from quantunlearn.quantizers import QUANTIZERS, allowed_names, parse_quantizer, quantizer_pattern
@@ -118,6 +120,25 @@ def test_effective_weights_are_what_the_model_computes_with(
     else:
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert set(quantizer.effective_weights(model)) == set(quantizable_linears(model))
+
+
+@pytest.mark.parametrize("family", QUANTIZERS, ids=lambda f: f.__name__)
+def test_generation_on_the_quantized_model_is_the_reference(
+    family, tiny_model_dir, tiny_tokenizer, stored
+):
+    """A quantizer declares whether its model may be batched freely (`batch_invariant`); the cell
+    passes that to generation, whose outputs must then be the reference path's."""
+    quantizer = parse_quantizer(family.EXAMPLE)
+    model = quantizer.load(
+        str(tiny_model_dir),
+        quant_dir=stored.get(quantizer.name),
+        target_path=str(tiny_model_dir) if quantizer.needs_target else None,
+    )
+    shots = "Question: Where was Alice Moreau born?\nAnswer: Tarsk\n\nQuestion: "
+    prompts = [shots + q for q in ("Who is Bruno?", "What pet?", "Where does Chen Valdez teach?")]
+    flag = quantizer.batch_invariant
+    out = greedy_generate(model, tiny_tokenizer, prompts, 6, 2, ["\n"], batch_invariant=flag)
+    assert out == _greedy_generate_hf(model, tiny_tokenizer, prompts, 6, 2, ["\n"])
 
 
 # --------------------------------------------------------------------------- METRICS

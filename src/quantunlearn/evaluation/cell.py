@@ -91,7 +91,7 @@ def evaluate_cell(
         model_path, compute_dtype=bnb_compute_dtype, quant_dir=quant_dir, target_path=target_model
     )
     quantize_seconds = time.time() - start
-    context = Context(model, tok, bench, evaluation, auc_retrain)
+    context = Context(model, tok, bench, evaluation, auc_retrain, quantizer.batch_invariant)
     values, records = {}, []
     with torch.inference_mode():
         for metric in metrics.METRICS:

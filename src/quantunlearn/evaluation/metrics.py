@@ -24,11 +24,22 @@ ARROWS = {"lower": "↓", "higher": "↑", "zero": "→0"}
 
 class Context:
     """What every metric of one cell reads: the (quantized) model, its tokenizer, the
-    benchmark's evaluation files, the ``evaluation`` config and PrivLeak's reference AUC."""
+    benchmark's evaluation files, the ``evaluation`` config and PrivLeak's reference AUC;
+    ``batch_invariant``: the cell's `Quantizer.batch_invariant`, which tells generation whether
+    it may regroup rows."""
 
-    def __init__(self, model, tokenizer, benchmark, evaluation: dict, auc_retrain: float):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        benchmark,
+        evaluation: dict,
+        auc_retrain: float,
+        batch_invariant: bool = True,
+    ):
         self.model, self.tokenizer, self.benchmark = model, tokenizer, benchmark
         self.evaluation, self.auc_retrain = evaluation, auc_retrain
+        self.batch_invariant = batch_invariant
 
     @cached_property
     def membership_auc(self) -> float:
@@ -71,7 +82,12 @@ def _verbmem(ctx: Context):
     ev = ctx.evaluation
     items = ctx.benchmark.verbmem_forget
     value, records = verbmem(
-        ctx.model, ctx.tokenizer, items, ev["verbmem_max_new_tokens"], ev["batch_size"]
+        ctx.model,
+        ctx.tokenizer,
+        items,
+        ev["verbmem_max_new_tokens"],
+        ev["batch_size"],
+        batch_invariant=ctx.batch_invariant,
     )
     return value, len(records), records
 
@@ -89,6 +105,7 @@ def _knowmem(split: str) -> Callable[[Context], tuple[float, int, list[dict]]]:
             ev["knowmem_max_new_tokens"],
             ev["batch_size"],
             metric=f"knowmem_{split[0]}",
+            batch_invariant=ctx.batch_invariant,
         )
         return value, len(records), records
 
@@ -134,7 +151,12 @@ def _triviaqa(ctx: Context):
 
     rows, shots = benchmark_rows("triviaqa", ctx.evaluation)
     value, records = utility.triviaqa(
-        ctx.model, ctx.tokenizer, rows, shots, ctx.evaluation["batch_size"]
+        ctx.model,
+        ctx.tokenizer,
+        rows,
+        shots,
+        ctx.evaluation["batch_size"],
+        batch_invariant=ctx.batch_invariant,
     )
     return value, len(rows), records
 
@@ -145,7 +167,14 @@ def _fluency(ctx: Context):
     rows, _ = benchmark_rows("fluency", ctx.evaluation)
     ev = ctx.evaluation
     max_new = ev.get("fluency_max_new_tokens", 128)
-    value, records = utility.fluency(ctx.model, ctx.tokenizer, rows, ev["batch_size"], max_new)
+    value, records = utility.fluency(
+        ctx.model,
+        ctx.tokenizer,
+        rows,
+        ev["batch_size"],
+        max_new,
+        batch_invariant=ctx.batch_invariant,
+    )
     return value, len(rows), records
 
 

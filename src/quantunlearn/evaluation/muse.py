@@ -59,7 +59,13 @@ def truncate_tokens(tokenizer, text: str, max_tokens: int) -> str:
 
 
 def verbmem(
-    model, tokenizer, items: list[dict], max_new_tokens: int = 128, batch_size: int = 32
+    model,
+    tokenizer,
+    items: list[dict],
+    max_new_tokens: int = 128,
+    batch_size: int = 32,
+    *,
+    batch_invariant: bool = True,
 ) -> tuple[float, list[dict]]:
     """VerbMem (eq. 11): mean ROUGE-L F1 x 100 of the greedy continuation of each passage prefix.
 
@@ -72,7 +78,13 @@ def verbmem(
     references = [truncate_tokens(tokenizer, item["gt"], max_new_tokens) for item in items]
     prompts = [item["prompt"] for item in items]
     outputs = greedy_generate(
-        model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, desc="verbmem"
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        batch_size=batch_size,
+        desc="verbmem",
+        batch_invariant=batch_invariant,
     )
     return _rouge_records("verbmem_f", prompts, references, outputs)
 
@@ -95,6 +107,8 @@ def knowmem(
     max_new_tokens: int = 32,
     batch_size: int = 32,
     metric: str = "knowmem_f",
+    *,
+    batch_invariant: bool = True,
 ) -> tuple[float, list[dict]]:
     """KnowMem (eq. 12): mean ROUGE-L F1 x 100 of greedy few-shot answers against the true answers.
 
@@ -110,6 +124,7 @@ def knowmem(
         batch_size=batch_size,
         stop_strings=list(KNOWMEM_STOP),
         desc=metric,
+        batch_invariant=batch_invariant,
     )
     return _rouge_records(
         metric,
