@@ -14,6 +14,7 @@ scope and extra terms declare; every method takes `Optimization` and `Seed`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ class Optimization(Group):
 
     def __post_init__(self):
         self._check("lr", self.lr > 0, "the learning rate must be > 0")
+        self._check("lr", math.isfinite(self.lr), "the learning rate must be finite")
         self._check("epochs", self.epochs >= 1, "at least one epoch")
 
 
