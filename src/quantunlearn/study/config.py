@@ -212,18 +212,19 @@ def _unknown_keys(error) -> list[str]:
     known = list(error.schema.get("properties", {}))
     errors = []
     for key in (k for k in error.instance if k not in known):
-        where = _key([*path, key])
         if path[:2] == ["unlearn", "methods"] and len(path) == 3 and path[2] in METHODS:
-            method = get_method(path[2])
-            own = method.hyperparameters
-            hint = _hint(key, own)
-            errors.append(
-                f"config key {where}: {method.name} has no {key}{hint} "
-                f"(its hyperparameters: {', '.join(own)})"
-            )
+            errors.append(_not_a_hyperparameter(path[2], key))
         else:
-            errors.append(f"config key {where}: unknown key{_hint(key, known)}")
+            errors.append(f"config key {_key([*path, key])}: unknown key{_hint(key, known)}")
     return errors
+
+
+def _not_a_hyperparameter(name: str, key: str) -> str:
+    own = get_method(name).hyperparameters
+    return (
+        f"config key unlearn.methods.{name}.{key}: {name} has no {key}{_hint(key, own)} "
+        f"(its hyperparameters: {', '.join(own)})"
+    )
 
 
 def _schema_errors(config: dict) -> list[str]:
@@ -464,11 +465,7 @@ def _hyperparameter_errors(config: dict) -> list[str]:
         method = get_method(name)
         for key in section or {}:
             if key not in method.hyperparameters:
-                errors.append(
-                    f"config key unlearn.methods.{name}.{key}: {name} has no {key}"
-                    f"{_hint(key, method.hyperparameters)} "
-                    f"(its hyperparameters: {', '.join(method.hyperparameters)})"
-                )
+                errors.append(_not_a_hyperparameter(name, key))
         params = method_params(config, name)
         axes = {k: as_list(params[k]) for k in method.hyperparameters}
         for combo in itertools.product(*axes.values()):
