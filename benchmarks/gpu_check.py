@@ -1002,10 +1002,22 @@ def main(argv=None) -> int:
             if only is None or name in only:
                 results["sections"][name] = run_section(name, fn, estimate, ctx)
                 save()
+    cap_log(ctx["libraries"], 15 * 2**20)  # the device returns files of up to 16 MiB
     failed = [n for n, e in results["sections"].items() if e["status"].startswith("failed")]
     bad = [n for n, e in results["sections"].items() if _not_ok(e)]
     log("done", f"{out}; failed: {failed or 'none'}; checks not ok: {bad or 'none'}")
-    return 1 if failed else 0
+    # a failed section is a bug of the script; a check that is not ok is a finding on a GPU,
+    # and a bug at the smoke test's tiny CPU shapes
+    return 1 if failed or (args.smoke and bad) else 0
+
+
+def cap_log(path: Path, limit: int) -> None:
+    """Keep the last `limit` bytes of a log (its end holds the errors)."""
+    if path.is_file() and path.stat().st_size > limit:
+        with open(path, "rb") as fh:
+            fh.seek(-limit, os.SEEK_END)
+            tail = fh.read()
+        path.write_bytes(b"[... cut ...]\n" + tail)
 
 
 def run_section(name: str, fn, estimate: float, ctx: dict) -> dict:
