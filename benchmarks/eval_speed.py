@@ -47,13 +47,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # the progress bars of the metrics, 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import machine, padded_tokenizer  # noqa: E402
-from transformers import GenerationConfig  # noqa: E402
 
 from quantunlearn.data.calibration import general_corpus  # noqa: E402
 from quantunlearn.data.documents import read_documents, tokenize_documents  # noqa: E402
 from quantunlearn.data.muse import load_benchmark  # noqa: E402
 from quantunlearn.data.synthetic import generate_synthetic  # noqa: E402
-from quantunlearn.evaluation.generation import cut_at_stop  # noqa: E402
+from quantunlearn.evaluation.generation import _greedy_generate_hf, cut_at_stop  # noqa: E402
 from quantunlearn.evaluation.muse import (  # noqa: E402
     KNOWMEM_STOP,
     knowmem,
@@ -74,18 +73,9 @@ SYNTHETIC = dict(n_people=120, n_bio_variants=2, n_retain_qa_people=12, n_icl=10
 
 # ------------------------------------------------------------------- the MUSE-protocol loop
 def muse_generate(model, tok, prompt: str, max_new_tokens: int) -> str:
-    """One prompt, batch 1: tokenize (BOS added), greedy generate, decode the continuation."""
-    enc = tok(prompt, return_tensors="pt").to(model.device)
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    with torch.inference_mode():
-        out = model.generate(**enc, generation_config=config)
-    return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    """One prompt, batch 1: ``generate`` greedy for the whole budget (the reference path of
+    quantunlearn.evaluation.generation with one prompt per call: no padding, nothing shared)."""
+    return _greedy_generate_hf(model, tok, [prompt], max_new_tokens, batch_size=1)[0]
 
 
 def verbmem_batch1(model, tok, items, max_new_tokens):
