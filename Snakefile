@@ -8,6 +8,10 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+# workflow/envs/quantunlearn.yaml installs this checkout with `pip install -e
+# ${QUANTUNLEARN_ROOT}` (`--sdm conda`): the Snakefile's folder is the repository root.
+os.environ.setdefault("QUANTUNLEARN_ROOT", workflow.basedir)
+
 
 # The default study (the embedded miniature benchmark) unless --configfile names another one:
 # Snakemake would otherwise merge a real study's benchmarks into the default's.
@@ -17,6 +21,7 @@ if not config:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/unlearn.smk"

@@ -46,6 +46,7 @@ def test_default_study_dry_run(tmp_path):
         "unlearn": 12,
         "evaluate": 14 * 4,
         "table1": 1,
+        "provenance": 1,
         "all_tables": 1,
     }
 
@@ -65,6 +66,7 @@ def test_mitigations_study_dry_run(tmp_path):
         "unlearn": runs,
         "evaluate": (runs + 2) * 3,
         "table1": 1,
+        "provenance": 1,
         "mitigation_tables": 1,
         "all_tables": 1,
     }
@@ -121,6 +123,7 @@ def test_micro_study_runs_and_reruns_only_what_is_new(tmp_path):
         "unlearn": 1,
         "evaluate": 4 + 4,
         "table1": 1,
+        "provenance": 1,
         "all_tables": 1,
     }
 

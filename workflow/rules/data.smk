@@ -2,6 +2,8 @@
 
 
 rule prepare_benchmark:
+    input:
+        pins=lambda wc: input_pins(wc.bench, tokenizer=False, data=True),
     output:
         directory(f"{RESULTS}/data/{{bench}}"),
     log:

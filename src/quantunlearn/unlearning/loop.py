@@ -21,8 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from quantunlearn.data.documents import pack_documents, read_documents
+from quantunlearn.data.provenance import code_state
 from quantunlearn.io import atomic_dir, write_json, write_parquet
-from quantunlearn.models.loading import load_model, load_tokenizer
+from quantunlearn.models.loading import copy_tokenizer, load_model, load_tokenizer
 from quantunlearn.models.training import check_finite, collate
 from quantunlearn.unlearning.hyperparameters import UnlearnSettings
 from quantunlearn.unlearning.methods import Method, Run, get_method
@@ -44,7 +45,8 @@ def unlearn(
 ) -> dict:
     """Unlearn the forget corpus from ``target`` with ``method`` at ``hyperparameters`` (a dict
     of config keys: the method's own are read, the rest ignored); save the model (and tokenizer
-    and ``unlearn_info.json``) to ``out_dir`` and the per-step log to ``log_path``."""
+    and ``unlearn_info.json``: ``provenance`` and the git state) to ``out_dir`` and the per-step
+    log to ``log_path``. The tokenizer saved is a copy of its source's files."""
     spec = get_method(method)
     run = spec.run(hyperparameters)
     if not isinstance(settings, UnlearnSettings):
@@ -77,18 +79,25 @@ def unlearn(
         "target": str(target),
         "n_forget_sequences": len(forget),
         "n_retain_sequences": len(retain),
+        **{f"git_{k}": v for k, v in code_state().items()},  # the code that unlearned
         **provenance,
     }
+    _save(out_dir, trainable, emulate, tokenizer or target, info)
+    write_parquet(pd.DataFrame(log), log_path)
+    return info
+
+
+def _save(out_dir, trainable, emulate: bool, tokenizer: str, info: dict) -> None:
+    """The unlearned model, its method's extras, its tokenizer's files and unlearn_info.json,
+    renamed into ``out_dir`` only when all are written."""
     with atomic_dir(out_dir) as tmp:
         trainable.save_extras(tmp)  # SURE's saliency, the LoRA adapter, RMU's control vector
         model = trainable.final_model()  # LoRA: W0 + (alpha / r) B A, what every quantizer sees
         if emulate:
             model.to(torch.bfloat16)  # stored as a bf16 model, as the native path stores it
         model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        copy_tokenizer(tokenizer, tmp)  # the source's files, not the padded object
         write_json(info, Path(tmp) / "unlearn_info.json")
-    write_parquet(pd.DataFrame(log), log_path)
-    return info
 
 
 def _sequences(method: Method, forget_corpus, retain_corpus, tok, max_len: int):
