@@ -51,8 +51,9 @@ def test_external_checkpoints_are_runs_of_their_own(tmp_path):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{}")
     plain = load_study(_news())
-    study = load_study(_news(simnpo=f"OPTML-Group/SimNPO-MUSE-News-Llama-2-7b@{SHA}",
-                             mine=str(tmp_path / "ckpt")))  # fmt: skip
+    study = load_study(
+        _news(simnpo=f"OPTML-Group/SimNPO-MUSE-News-Llama-2-7b@{SHA}", mine=str(tmp_path / "ckpt"))
+    )
     external = study.runs[study.runs.method.str.startswith("external:")]
     assert list(external.run) == [
         "method~external/checkpoint~simnpo",
@@ -111,8 +112,9 @@ def test_the_shipped_audit_config():
     repos = {spec.split("@")[0] for spec in checkpoints.values()}
     assert "OPTML-Group/SimNPO-MUSE-News-Llama-2-7b" in repos
     assert all("@" in spec for spec in checkpoints.values())  # each at a stated revision
-    assert not study.runs.method.map(lambda m: m not in ("target", "retrain") and
-                                     not m.startswith("external:")).any()  # fmt: skip
+    assert not study.runs.method.map(
+        lambda m: m not in ("target", "retrain") and not m.startswith("external:")
+    ).any()
     assert study.has_external
 
 
@@ -122,10 +124,16 @@ def test_hub_inputs_of_the_news_study():
     inputs = hub_inputs(study)
     by_spec = {i.spec: i for i in inputs.values()}
     assert set(by_spec) == {
-        "muse-bench/MUSE-News", "muse-bench/MUSE-News_target", "muse-bench/MUSE-News_retrain",
-        "meta-llama/Llama-2-7b-hf", "OPTML-Group/SimNPO-MUSE-News-Llama-2-7b@main",
-        "cais/mmlu", "truthfulqa/truthful_qa", "mandarjoshi/trivia_qa", "tatsu-lab/alpaca_eval",
-    }  # fmt: skip
+        "muse-bench/MUSE-News",
+        "muse-bench/MUSE-News_target",
+        "muse-bench/MUSE-News_retrain",
+        "meta-llama/Llama-2-7b-hf",
+        "OPTML-Group/SimNPO-MUSE-News-Llama-2-7b@main",
+        "cais/mmlu",
+        "truthfulqa/truthful_qa",
+        "mandarjoshi/trivia_qa",
+        "tatsu-lab/alpaca_eval",
+    }
     tokenizer = by_spec["meta-llama/Llama-2-7b-hf"]
     assert tokenizer.uses == ("tokenizer",) and "*.safetensors" not in tokenizer.patterns
     assert "*.safetensors" in by_spec["muse-bench/MUSE-News_target"].patterns
@@ -134,8 +142,12 @@ def test_hub_inputs_of_the_news_study():
     )
     muse = by_spec["muse-bench/MUSE-News"]
     assert muse.repo_type == "dataset" and set(muse.patterns) == {
-        "README.md", "knowmem/*", "privleak/*", "raw/*", "verbmem/*"
-    }  # fmt: skip
+        "README.md",
+        "knowmem/*",
+        "privleak/*",
+        "raw/*",
+        "verbmem/*",
+    }
     assert by_spec["cais/mmlu"].patterns == ["README.md", "all/*"]
     assert muse.pin == "datasets/muse-bench--MUSE-News"
     assert pin_name("org/m@refs/pr/3", "model") == "models/org--m@refs+pr+3"
@@ -176,15 +188,35 @@ def test_download_dry_run_says_what_and_how_much_offline(tmp_path):
 # --------------------------------------------------------------------------- the arithmetic
 def test_verdicts_against_the_thresholds():
     # kept 25% < 80% on knowmem_f: does not survive; both judged and >= 80%: survives
-    assert verdict({"knowmem_f": 25.0, "verbmem_f": 90.0}, {"knowmem_f": 60.0, "verbmem_f": 20.0},
-                   THRESHOLDS) == "does not survive"  # fmt: skip
-    assert verdict({"knowmem_f": 80.0, "verbmem_f": 95.0}, {"knowmem_f": 60.0, "verbmem_f": 20.0},
-                   THRESHOLDS) == "survives"  # fmt: skip
+    assert (
+        verdict(
+            {"knowmem_f": 25.0, "verbmem_f": 90.0},
+            {"knowmem_f": 60.0, "verbmem_f": 20.0},
+            THRESHOLDS,
+        )
+        == "does not survive"
+    )
+    assert (
+        verdict(
+            {"knowmem_f": 80.0, "verbmem_f": 95.0},
+            {"knowmem_f": 60.0, "verbmem_f": 20.0},
+            THRESHOLDS,
+        )
+        == "survives"
+    )
     # verbmem_f's full-precision forgetting (3 points) is below 5: only knowmem_f is judged
-    assert verdict({"knowmem_f": 85.0, "verbmem_f": 0.0}, {"knowmem_f": 60.0, "verbmem_f": 3.0},
-                   THRESHOLDS) == "survives"  # fmt: skip
-    assert verdict({"knowmem_f": 0.0, "verbmem_f": 0.0}, {"knowmem_f": 4.9, "verbmem_f": 3.0},
-                   THRESHOLDS) == "no verdict"  # fmt: skip
+    assert (
+        verdict(
+            {"knowmem_f": 85.0, "verbmem_f": 0.0}, {"knowmem_f": 60.0, "verbmem_f": 3.0}, THRESHOLDS
+        )
+        == "survives"
+    )
+    assert (
+        verdict(
+            {"knowmem_f": 0.0, "verbmem_f": 0.0}, {"knowmem_f": 4.9, "verbmem_f": 3.0}, THRESHOLDS
+        )
+        == "no verdict"
+    )
     assert verdict({"knowmem_f": 50.0}, {"knowmem_f": float("nan")}, THRESHOLDS) == "not measured"
     assert {"survives", "does not survive", "no verdict", "not measured"} == set(VERDICTS)
 
@@ -192,9 +224,20 @@ def test_verdicts_against_the_thresholds():
 def _wide(rows: list[tuple]) -> pd.DataFrame:
     """A wide Table 1 frame from (method, quant, verbmem_f, knowmem_f, knowmem_r)."""
     frame = pd.DataFrame(
-        [{"benchmark": "news", "method": m, "quant": q, "run": f"run-{m}", "verbmem_f": v,
-          "knowmem_f": k, "knowmem_r": r, "privleak": -50.0} for m, q, v, k, r in rows]
-    )  # fmt: skip
+        [
+            {
+                "benchmark": "news",
+                "method": m,
+                "quant": q,
+                "run": f"run-{m}",
+                "verbmem_f": v,
+                "knowmem_f": k,
+                "knowmem_r": r,
+                "privleak": -50.0,
+            }
+            for m, q, v, k, r in rows
+        ]
+    )
     return frame.reindex(columns=table1_columns())
 
 
@@ -237,14 +280,26 @@ def _long(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in table.itertuples():
         for metric in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"):
-            rows.append({"benchmark": r.benchmark, "run": r.run, "method": r.method,
-                         "quant": r.quant, **dict.fromkeys(BASE_HYPER_COLUMNS), "metric": metric, "value": getattr(r, metric), "n": 4,
-                         "config_hash": "h", "versions": json.dumps({"torch": "2.13.0"}),
-                         "git_commit": SHA, "git_dirty": False,
-                         "model_source": "org/ck@main" if r.method != "target" else "org/t",
-                         "model_commit": SHA,
-                         "inputs": json.dumps({"model": {"source": "org/ck@main", "commit": SHA}}),
-                         "cell_config": "{}"})  # fmt: skip
+            rows.append(
+                {
+                    "benchmark": r.benchmark,
+                    "run": r.run,
+                    "method": r.method,
+                    "quant": r.quant,
+                    **dict.fromkeys(BASE_HYPER_COLUMNS),
+                    "metric": metric,
+                    "value": getattr(r, metric),
+                    "n": 4,
+                    "config_hash": "h",
+                    "versions": json.dumps({"torch": "2.13.0"}),
+                    "git_commit": SHA,
+                    "git_dirty": False,
+                    "model_source": "org/ck@main" if r.method != "target" else "org/t",
+                    "model_commit": SHA,
+                    "inputs": json.dumps({"model": {"source": "org/ck@main", "commit": SHA}}),
+                    "cell_config": "{}",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -284,3 +339,78 @@ def test_provenance_tables_count_cells():
     old = long.drop(columns=["git_commit", "git_dirty", "inputs"])  # files from before
     assert code_table(old)["git_commit"].tolist() == ["not recorded"]
     assert input_table(old)["role"].tolist() == ["not recorded"]
+
+
+# --------------------------------------------------------------------------- downloaded folders
+def _muse_copy(tmp_path: Path) -> Path:
+    """The embedded benchmark in the MUSE layout, with MUSE NEWS's raw split names."""
+    import shutil
+
+    from quantunlearn.data.synthetic import generate_synthetic
+
+    bench = tmp_path / "bench"
+    generate_synthetic(bench, n_people=40, n_retain_qa_people=4, n_icl=2)
+    for split in ("retain1", "retain2"):
+        shutil.copy(bench / "raw" / "retain.txt", bench / "raw" / f"{split}.txt")
+    return bench
+
+
+def test_a_downloaded_muse_repo_becomes_the_benchmark(tmp_path):
+    """prepare_benchmark on the pinned snapshot of a MUSE dataset repo (the hub's layout: a
+    parquet file per config and split, named by the card) writes the same evaluation files."""
+    from realistic_fixture import write_muse_hub_dataset
+
+    from quantunlearn.data.muse import BENCHMARK_FILES, prepare_benchmark
+    from quantunlearn.study.inputs import validate_download
+
+    bench = _muse_copy(tmp_path)
+    repo = write_muse_hub_dataset(bench, tmp_path / "models--x" / "snapshots" / SHA)
+    validate_download(str(repo), ["benchmark"])  # every config and split loads
+    prepare_benchmark("muse-bench/MUSE-News@main", tmp_path / "out", snapshot=str(repo))
+    for rel, _ in BENCHMARK_FILES.values():
+        assert json.loads((tmp_path / "out" / rel).read_text()) == json.loads(
+            (bench / rel).read_text()
+        )
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["benchmark"] == "muse-bench/MUSE-News@main" and meta["commit"] == SHA
+    broken = write_muse_hub_dataset(bench, tmp_path / "broken")  # a split not fetched
+    (broken / "knowmem" / "retain_qa-00000-of-00001.parquet").unlink()
+    with pytest.raises(Exception, match="retain_qa"):
+        validate_download(str(broken), ["benchmark"])
+
+
+def test_utility_rows_from_a_downloaded_repo(tmp_path):
+    """A utility dataset's snapshot (the hub's layout) loads as its JSON fixture does."""
+    from quantunlearn.data.utility import benchmark_rows, write_utility_fixture
+    from quantunlearn.study.inputs import validate_download
+
+    fixture = write_utility_fixture(tmp_path / "json", n=3)
+    repo = tmp_path / "mmlu_repo"
+    for split in ("test", "dev"):
+        rows = json.loads(Path(fixture["mmlu"], f"{split}.json").read_text())
+        (repo / "all").mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_parquet(repo / "all" / f"{split}-00000-of-00001.parquet")
+    card = ["---", "configs:", "- config_name: all", "  data_files:"]
+    card += [f"  - split: {s}\n    path: all/{s}-*" for s in ("test", "dev")]
+    (repo / "README.md").write_text("\n".join([*card, "---", ""]))
+    validate_download(str(repo), ["utility:mmlu"])
+    from_repo = benchmark_rows("mmlu", {"utility_data": {"mmlu": str(repo)}})
+    from_json = benchmark_rows("mmlu", {"utility_data": fixture})
+    assert from_repo == from_json
+
+
+def test_downloaded_models_are_checked(tmp_path, realistic_checkpoint):
+    import shutil
+
+    from quantunlearn.study.inputs import validate_download
+
+    validate_download(str(realistic_checkpoint), ["model", "tokenizer"])
+    broken = tmp_path / "broken"
+    shutil.copytree(realistic_checkpoint, broken)
+    next(broken.glob("model-*.safetensors")).unlink()
+    with pytest.raises(FileNotFoundError, match="weight shards .* are missing"):
+        validate_download(str(broken), ["model"])
+    config = json.loads((broken / "tokenizer_config.json").read_text())
+    (broken / "tokenizer_config.json").write_text(json.dumps({**config, "add_eos_token": True}))
+    with pytest.raises(ValueError, match="add_eos_token"):  # F1, caught on the login node
+        validate_download(str(broken), ["tokenizer"])

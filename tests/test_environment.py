@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def clone(tmp_path_factory) -> Path:
     """The project as a user's clone has it (committed files only), outside this checkout."""
     root = tmp_path_factory.mktemp("clone")
-    tar = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], capture_output=True,
-                         check=True).stdout  # fmt: skip
+    tar = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "HEAD"], capture_output=True, check=True
+    ).stdout
     (root / "head.tar").write_bytes(tar)
     with tarfile.open(root / "head.tar") as archive:
         archive.extractall(root / "repo", filter="data")
@@ -48,8 +49,18 @@ def replay_conda_pip_step(workdir: Path, entries: list[str], env: dict):
     workdir.mkdir(parents=True, exist_ok=True)
     requirements = workdir / "condaenv.test.requirements.txt"
     requirements.write_text("\n".join(entries) + "\n")
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-index",
-           "--no-build-isolation", "-r", requirements.name]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--no-deps",
+        "--no-index",
+        "--no-build-isolation",
+        "-r",
+        requirements.name,
+    ]
     clean = {k: v for k, v in os.environ.items() if k != "QUANTUNLEARN_ROOT"}
     return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env={**clean, **env})
 

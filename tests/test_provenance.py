@@ -25,11 +25,15 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
     [
         ("muse-bench/MUSE-News_target", "muse-bench/MUSE-News_target", None),
         ("muse-bench/MUSE-News_target@main", "muse-bench/MUSE-News_target", "main"),
-        (f"OPTML-Group/SimNPO-MUSE-News-Llama-2-7b@{SHA}", "OPTML-Group/SimNPO-MUSE-News-Llama-2-7b", SHA),
+        (
+            f"OPTML-Group/SimNPO-MUSE-News-Llama-2-7b@{SHA}",
+            "OPTML-Group/SimNPO-MUSE-News-Llama-2-7b",
+            SHA,
+        ),
         ("org/name@refs/pr/3", "org/name", "refs/pr/3"),
         ("org/name@v1.0", "org/name", "v1.0"),
     ],
-)  # fmt: skip
+)
 def test_parse_hub_specs(spec, repo_id, revision):
     source = pv.parse_source(spec)
     assert (source.kind, source.repo_id, source.revision) == ("hub", repo_id, revision)
@@ -70,9 +74,13 @@ def test_existing_folder_wins_and_snapshot_folders_have_a_commit(tmp_path, monke
 
 def _dry(name, size, cached, commit=SHA):
     return DryRunFileInfo(
-        commit_hash=commit, file_size=size, filename=name, local_path="", is_cached=cached,
+        commit_hash=commit,
+        file_size=size,
+        filename=name,
+        local_path="",
+        is_cached=cached,
         will_download=not cached,
-    )  # fmt: skip
+    )
 
 
 def test_download_plan_sums_what_is_missing():
@@ -141,10 +149,23 @@ def test_package_versions_cover_the_stack():
     accelerate, snakemake, huggingface_hub, sentencepiece and safetensors."""
     versions = json.loads(package_versions())
     for name in (
-        "python", "torch", "transformers", "tokenizers", "pandas", "numpy", "datasets", "peft",
-        "accelerate", "snakemake", "huggingface_hub", "sentencepiece", "protobuf", "safetensors",
-        "bitsandbytes", "rouge-score",
-    ):  # fmt: skip
+        "python",
+        "torch",
+        "transformers",
+        "tokenizers",
+        "pandas",
+        "numpy",
+        "datasets",
+        "peft",
+        "accelerate",
+        "snakemake",
+        "huggingface_hub",
+        "sentencepiece",
+        "protobuf",
+        "safetensors",
+        "bitsandbytes",
+        "rouge-score",
+    ):
         assert versions[name], name
     assert pv.package_versions(["surely-not-installed-xyz"])["surely-not-installed-xyz"] is None
 
@@ -238,17 +259,28 @@ def test_cell_rows_carry_provenance_and_privleak_recomputes(tmp_path, tiny_model
     from quantunlearn.data.synthetic import generate_synthetic
 
     generate_synthetic(tmp_path / "bench", n_people=40, n_retain_qa_people=4, n_icl=2)
-    evaluation = {"verbmem_max_new_tokens": 4, "knowmem_max_new_tokens": 4, "mink_k": 0.4,
-                  "batch_size": 16, "max_length": 64}  # fmt: skip
+    evaluation = {
+        "verbmem_max_new_tokens": 4,
+        "knowmem_max_new_tokens": 4,
+        "mink_k": 0.4,
+        "batch_size": 16,
+        "max_length": 64,
+    }
     reference_auc(str(tiny_model_dir), tmp_path / "bench", tmp_path / "auc.json", evaluation)
     reference = json.loads((tmp_path / "auc.json").read_text())
     assert json.loads(reference["provenance"]["inputs"])["retrain"]["source"] == str(tiny_model_dir)
     cell = {"benchmark": "b", "run": "method~target", "method": "target"}
     rows = evaluate_cell(
-        str(tiny_model_dir), "rtn_w4", tmp_path / "bench", tmp_path / "auc.json",
-        tmp_path / "m.parquet", tmp_path / "r.parquet", cell=cell, cell_config={"x": 1},
+        str(tiny_model_dir),
+        "rtn_w4",
+        tmp_path / "bench",
+        tmp_path / "auc.json",
+        tmp_path / "m.parquet",
+        tmp_path / "r.parquet",
+        cell=cell,
+        cell_config={"x": 1},
         evaluation=evaluation,
-    )  # fmt: skip
+    )
     assert (rows["git_commit"] == pv.code_state()["commit"]).all()
     assert (rows["model_source"] == str(tiny_model_dir)).all() and rows["model_commit"].isna().all()
     assert (rows["retrain_source"] == str(tiny_model_dir)).all()

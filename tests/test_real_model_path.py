@@ -51,8 +51,10 @@ def micro_muse(shared: Path, out: Path) -> Path:
     for rel, _ in BENCHMARK_FILES.values():
         items = json.loads((shared / rel).read_text(encoding="utf-8"))
         write_json_file(out / rel, items if rel.endswith("_icl.json") else items[:N_ITEMS])
-    privleak = {s: json.loads((shared / "privleak" / f"{s}.json").read_text()) for s in
-                ("retain", "holdout")}  # fmt: skip
+    privleak = {
+        s: json.loads((shared / "privleak" / f"{s}.json").read_text())
+        for s in ("retain", "holdout")
+    }
     retain = _paragraphs(privleak["retain"], 2 * N_DOCS)
     raw = {
         "forget": read_documents(shared / "raw" / "forget.txt")[:N_DOCS],
@@ -73,8 +75,11 @@ def world(tmp_path_factory, shared_muse):
 
     root = tmp_path_factory.mktemp("real_path")
     bench = micro_muse(shared_muse / "news", root / "muse_news")
-    texts = [d for f in ("forget", "retain1", "holdout") for d in
-             read_documents(bench / "raw" / f"{f}.txt")]  # fmt: skip
+    texts = [
+        d
+        for f in ("forget", "retain1", "holdout")
+        for d in read_documents(bench / "raw" / f"{f}.txt")
+    ]
     qa = json.loads((bench / "knowmem" / "forget_qa_icl.json").read_text())
     texts += [f"Question: {x['question']}\nAnswer: {x['answer']}" for x in qa]
     target, retrain = root / "target", root / "retrain"
@@ -87,21 +92,27 @@ def world(tmp_path_factory, shared_muse):
     # a checkpoint unlearned elsewhere: NPO on the forget corpus, saved by the package
     external = root / "external"
     unlearn(
-        str(target), bench / "raw" / "forget.txt", bench / "raw" / "retain1.txt", external,
-        root / "external_log.parquet", method="NPO", settings={"batch_size": 4, "max_len": 64},
+        str(target),
+        bench / "raw" / "forget.txt",
+        bench / "raw" / "retain1.txt",
+        external,
+        root / "external_log.parquet",
+        method="NPO",
+        settings={"batch_size": 4, "max_len": 64},
         hyperparameters={"weight_dtype": "fp32", "lr": 1e-3, "epochs": 1, "beta": 0.1},
-    )  # fmt: skip
+    )
     cache = root / "cache"
-    commits = {
-        "muse-bench/MUSE-News_target": install_in_hub_cache(target, "muse-bench/MUSE-News_target", cache),
-        "muse-bench/MUSE-News_retrain": install_in_hub_cache(retrain, "muse-bench/MUSE-News_retrain", cache),
-        "meta-llama/Llama-2-7b-hf": install_in_hub_cache(tokenizer, "meta-llama/Llama-2-7b-hf", cache),
-        "example-org/NPO-MUSE-News-micro": install_in_hub_cache(external, "example-org/NPO-MUSE-News-micro", cache),
-        "muse-bench/MUSE-News": install_in_hub_cache(
-            write_muse_hub_dataset(bench, root / "muse_hub"), "muse-bench/MUSE-News", cache,
-            repo_type="dataset",
-        ),
-    }  # fmt: skip
+    folders = {
+        "muse-bench/MUSE-News_target": target,
+        "muse-bench/MUSE-News_retrain": retrain,
+        "meta-llama/Llama-2-7b-hf": tokenizer,
+        "example-org/NPO-MUSE-News-micro": external,
+    }
+    commits = {repo: install_in_hub_cache(folder, repo, cache) for repo, folder in folders.items()}
+    muse_hub = write_muse_hub_dataset(bench, root / "muse_hub")
+    commits["muse-bench/MUSE-News"] = install_in_hub_cache(
+        muse_hub, "muse-bench/MUSE-News", cache, repo_type="dataset"
+    )
     config = yaml.safe_load((ROOT / "config" / "muse_news.yaml").read_text())
     config["results_dir"] = str(root / "results")
     models = config["benchmarks"]["news"]["models"]
@@ -155,13 +166,18 @@ def test_muse_news_micro_runs_end_to_end_offline(world):
     check_privleak_recomputes(results)
     check_tables(results)
     check_audit(results)
+    # the audit and provenance reports are in the HTML report, with their captions
+    html = _snakemake(world, "--report", str(root / "report.html"))
+    assert html.returncode == 0, html.stderr[-3000:]
+    page = (root / "report.html").read_text(errors="replace")
+    assert "audit_news_npo.md" in page and "provenance.md" in page
     # the unlearned model's tokenizer is the target's own files (F2), its info has the pins
     model = results / "unlearn" / "news" / RUN / "model"
     info = json.loads((model / "unlearn_info.json").read_text())
     assert info["inputs"]["target"]["commit"] == commits["muse-bench/MUSE-News_target"]
     assert info["gradient_checkpointing"] is True and info["weight_dtype"] == "bf16"
-    tokenizer = Path(json.loads((results / "inputs" / "models" /
-                                 "meta-llama--Llama-2-7b-hf.json").read_text())["path"])  # fmt: skip
+    pin = results / "inputs" / "models" / "meta-llama--Llama-2-7b-hf.json"
+    tokenizer = Path(json.loads(pin.read_text())["path"])
     for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
         assert (model / name).read_bytes() == (tokenizer / name).read_bytes(), name
 
@@ -181,8 +197,9 @@ def check_metric_rows(results: Path, commits: dict) -> None:
     assert by_run["method~target"] == commits["muse-bench/MUSE-News_target"]
     assert by_run["method~external/checkpoint~npo"] == commits["example-org/NPO-MUSE-News-micro"]
     assert pd.isna(by_run[RUN])  # this workflow's own model: a local folder, no commit
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()  # fmt: skip
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     assert (rows["git_commit"] == head).all() and rows["git_dirty"].notna().all()
     versions = json.loads(rows["versions"].iloc[0])
     for package in ("torch", "transformers", "sentencepiece", "datasets", "huggingface_hub"):

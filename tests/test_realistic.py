@@ -39,8 +39,14 @@ def tok(realistic_checkpoint):
 def test_layout_is_a_sharded_hub_checkpoint(realistic_checkpoint):
     ckpt = realistic_checkpoint
     names = {p.name for p in ckpt.iterdir()}
-    assert {"config.json", "generation_config.json", "model.safetensors.index.json",
-            "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"} <= names  # fmt: skip
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors.index.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    } <= names
     shards = set(
         json.loads((ckpt / "model.safetensors.index.json").read_text())["weight_map"].values()
     )
@@ -183,10 +189,15 @@ def test_fixed_f2_models_carry_the_source_tokenizer_files(tmp_path, realistic_ch
     retain.write_text("Officials in Scotland and England met on Tuesday.\n")
     out = tmp_path / "model"
     info = unlearn(
-        str(realistic_checkpoint), forget, retain, out, tmp_path / "log.parquet", method="GA",
+        str(realistic_checkpoint),
+        forget,
+        retain,
+        out,
+        tmp_path / "log.parquet",
+        method="GA",
         hyperparameters={"weight_dtype": "bf16", "lr": 1e-4, "epochs": 1},
         settings={"batch_size": 2, "max_len": 32, "gradient_checkpointing": True},
-    )  # fmt: skip
+    )
     assert info["gradient_checkpointing"] is True and info["git_commit"]
     for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
         assert (out / name).read_bytes() == (realistic_checkpoint / name).read_bytes()
@@ -195,8 +206,10 @@ def test_fixed_f2_models_carry_the_source_tokenizer_files(tmp_path, realistic_ch
     assert (again.pad_token, again.legacy) == (None, True)
     assert again(text)["input_ids"] == tok(text)["input_ids"]
     assert copy_tokenizer(str(out), tmp_path / "copy") == [
-        "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"
-    ]  # fmt: skip
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ]
     with pytest.raises(FileNotFoundError, match="holds no tokenizer files"):
         copy_tokenizer(str(tmp_path), tmp_path / "none")
 

@@ -247,18 +247,9 @@ def membership_scores(
     return roc_auc(scores, labels), records
 
 
-def privleak_auc(
-    model,
-    tokenizer,
-    forget_texts: list[str],
-    holdout_texts: list[str],
-    k: float = 0.4,
-    max_length: int = 2048,
-    batch_size: int = 8,
-) -> float:
-    """AUC(f, D_forget, D_holdout) of eq. 13: Min-K% score, forget labelled 0, holdout 1."""
-    args = (model, tokenizer, forget_texts, holdout_texts, k, max_length, batch_size)
-    return membership_scores(*args)[0]
+def privleak_auc(*args, **kwargs) -> float:
+    """AUC(f, D_forget, D_holdout) of eq. 13 alone (the arguments of `membership_scores`)."""
+    return membership_scores(*args, **kwargs)[0]
 
 
 def privleak(auc: float, auc_retrain: float) -> float:

@@ -30,7 +30,7 @@ from quantunlearn.evaluation.metrics import headers, metric_names
 from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.reports.cells import build_table1, metric_columns, read_cells
 from quantunlearn.reports.provenance import provenance_markdown
-from quantunlearn.reports.quantizers import noflip_table, read_diagnostics
+from quantunlearn.reports.quantizers import NOFLIP_HEADERS, noflip_table, read_diagnostics
 from quantunlearn.reports.render import (
     ordered_quants,
     to_markdown,
@@ -280,17 +280,8 @@ OVERLAP_HEADERS = {
     "beyond_half_step_pct": "|Δw| > Δ/2 %",
     "n_flipped": "Flipped",
 }
-NOFLIP_COLUMNS = {
-    "quant": "Q",
-    "knowmem_f_fp": "KnowMem_f fp",
-    "knowmem_f_q": "KnowMem_f Q",
-    "knowmem_f_noflip": "KnowMem_f noflip",
-    "knowmem_f_target_q": "KnowMem_f Q(target)",
-    "verbmem_f_fp": "VerbMem_f fp",
-    "verbmem_f_q": "VerbMem_f Q",
-    "verbmem_f_noflip": "VerbMem_f noflip",
-    "verbmem_f_target_q": "VerbMem_f Q(target)",
-}
+#: The noflip table's columns (the quantizer tables' ones, one run here: no run label).
+NOFLIP_COLUMNS = {k: v for k, v in NOFLIP_HEADERS.items() if k != "label"}
 
 
 def make_audit(

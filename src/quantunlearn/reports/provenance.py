@@ -59,7 +59,8 @@ def input_table(long: pd.DataFrame) -> pd.DataFrame:
         for role, item in json.loads(text).items():
             rows.append({"role": role, "source": item.get("source"), "commit": item.get("commit")})
     columns = ["role", "source", "commit"]
-    return _count(pd.DataFrame(rows, columns=columns), columns)
+    table = _count(pd.DataFrame(rows, columns=columns), columns)
+    return table.sort_values(["role", "source"], kind="mergesort").reset_index(drop=True)
 
 
 def version_table(long: pd.DataFrame) -> pd.DataFrame:
