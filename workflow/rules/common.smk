@@ -6,18 +6,25 @@ import sys
 from quantunlearn.data.utility import utility_sources
 from quantunlearn.quantizers import QUANTIZERS, family_pattern, parse_quantizer
 from quantunlearn.reports import BY_NAME as REPORTS
-from quantunlearn.study import load_study
-from quantunlearn.study.grid import external_name, is_external
+from quantunlearn.study import ConfigError, load_study
+from quantunlearn.study.grid import config_owner, external_name, is_external
 from quantunlearn.study.inputs import download_summary, hub_inputs, pin_file
 from quantunlearn.study.storage import disk_summary
 from quantunlearn.unlearning.methods import REFERENCES
 
 STUDY = load_study(config)
+# the config file(s) that write this study's tables: the tables folder records it (onstart), and
+# another config that would write the same table files is stopped here
+TABLES_OWNER = config_owner(workflow.configfiles)
 RESULTS = str(STUDY.results)
 # every hub model and dataset of the study, by pin name: the download rule fetches each once
 HUB_INPUTS = hub_inputs(STUDY)
-if workflow.is_main_process:  # the dry run (and the main run) says what the checkpoints take
-    print(disk_summary(STUDY), file=sys.stderr)
+if workflow.is_main_process:  # the dry run (and the main run): once, not in every cluster job
+    if STUDY.tables_owner_error(TABLES_OWNER):
+        raise ConfigError(STUDY.tables_owner_error(TABLES_OWNER))
+    for warning in STUDY.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(disk_summary(STUDY), file=sys.stderr)  # what the checkpoints take
     if HUB_INPUTS:  # and what the download step fetches
         print(download_summary(STUDY, RESULTS), file=sys.stderr)
 # tables of a second study on the same results (config/quantizers.yaml) go to their own folder

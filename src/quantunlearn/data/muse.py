@@ -25,6 +25,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from quantunlearn.io import atomic_dir
+
 LAYOUT_VERSION = 1
 
 
@@ -152,26 +154,14 @@ def _rows_to_local(rows, config: str, where: str) -> Any:
     return [{c: row[c] for c in columns} for row in rows]
 
 
-def _atomic_dir(out_dir: Path) -> Path:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} already exists and is not an empty folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-
-
-def _commit_dir(tmp: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        out_dir.rmdir()  # empty, checked by _atomic_dir
-    tmp.rename(out_dir)
-
-
 def fetch_muse(hub_id: str, out_dir: str | os.PathLike, folder: str | None = None) -> None:
     """Convert one MUSE corpus into ``out_dir`` in the local layout: from ``folder``, its
     snapshot downloaded by the workflow's download step, or else from the hub.
 
     ``hub_id`` is ``owner/name`` or ``owner/name@revision``. Everything is written into a
-    temporary sibling folder, validated with load_benchmark and renamed at the end, so a
-    failure leaves no ``out_dir`` behind. meta.json records the source and its commit.
+    temporary sibling folder (`quantunlearn.io.atomic_dir`), validated with load_benchmark and
+    renamed at the end, so a failure leaves no ``out_dir`` behind, and an existing ``out_dir``
+    is replaced only by a complete, valid one. meta.json records the source and its commit.
     """
     import datasets  # late: heavy, and tests replace datasets.load_dataset
 
@@ -180,9 +170,7 @@ def fetch_muse(hub_id: str, out_dir: str | os.PathLike, folder: str | None = Non
     repo_id, revision = split_spec(hub_id)
     where_from = folder or repo_id
     pinned = {"revision": revision} if revision and folder is None else {}
-    out_dir = Path(out_dir)
-    tmp = _atomic_dir(out_dir)
-    try:
+    with atomic_dir(out_dir) as tmp:
         for (config, split), rel in tqdm(MUSE_HUB_FILES.items(), desc=f"fetch {hub_id}"):
             where = f"{hub_id} config {config!r} split {split!r}"
             try:
@@ -203,10 +191,6 @@ def fetch_muse(hub_id: str, out_dir: str | os.PathLike, folder: str | None = Non
         meta = {"benchmark": hub_id, "layout_version": LAYOUT_VERSION, "source": "hub"}
         write_json_file(tmp / "meta.json", {**meta, "commit": snapshot_commit(folder)})
         load_benchmark(tmp)
-        _commit_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def check_hub_folder(folder: str | os.PathLike) -> None:
@@ -218,20 +202,15 @@ def check_hub_folder(folder: str | os.PathLike) -> None:
 
 def prepare_benchmark(source: str, out_dir: str | os.PathLike, snapshot: str | None = None) -> None:
     """Put a MUSE-layout benchmark into ``out_dir`` from a local folder or a hub dataset id
-    (``owner/name[@revision]``; ``snapshot``: its folder, fetched by the download step)."""
+    (``owner/name[@revision]``; ``snapshot``: its folder, fetched by the download step); an
+    existing ``out_dir`` stays until the new one is complete."""
     from quantunlearn.data.provenance import is_hub_spec
 
-    out_dir = Path(out_dir)
     local = Path(source)
     if local.is_dir():
         load_benchmark(local)
-        tmp = _atomic_dir(out_dir)
-        try:
+        with atomic_dir(out_dir) as tmp:
             shutil.copytree(local, tmp, dirs_exist_ok=True)
-            _commit_dir(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return
     if is_hub_spec(source):
         fetch_muse(source, out_dir, folder=snapshot)

@@ -32,29 +32,6 @@ COMMIT = re.compile(r"^[0-9a-f]{40}$")
 HUB_SPEC = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}(@[\w.\-/]+)?$")
 _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(?:/|$)")
 
-#: Every package whose version can change a number of the tables, and the workflow engine.
-STACK = (
-    "quantunlearn",
-    "torch",
-    "transformers",
-    "tokenizers",
-    "sentencepiece",
-    "protobuf",
-    "safetensors",
-    "huggingface_hub",
-    "datasets",
-    "accelerate",
-    "peft",
-    "bitsandbytes",
-    "gptqmodel",
-    "gguf",
-    "optimum",
-    "rouge-score",
-    "numpy",
-    "pandas",
-    "pyarrow",
-    "snakemake",
-)
 #: What the download step fetches of a model repo: configs, safetensors weights, tokenizer
 #: files (not the .bin / .pth / .gguf copies of the same weights that many repos also hold).
 MODEL_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]
@@ -314,8 +291,9 @@ def code_state() -> dict:
     return git_state(Path(__file__).resolve().parents[1])
 
 
-def package_versions(names: Iterable[str] = STACK) -> dict[str, str | None]:
-    """Installed version of each distribution (None when absent) plus the Python version."""
+def package_versions(names: Iterable[str]) -> dict[str, str | None]:
+    """Installed version of each distribution (None when absent) plus the Python version (the
+    metric rows record `quantunlearn.evaluation.cell.PACKAGES`)."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in names:
         try:

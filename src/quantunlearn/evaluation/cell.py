@@ -19,7 +19,7 @@ import torch
 
 from quantunlearn.data import provenance
 from quantunlearn.data.muse import load_benchmark
-from quantunlearn.data.provenance import STACK, Pins
+from quantunlearn.data.provenance import Pins
 from quantunlearn.evaluation import metrics
 from quantunlearn.evaluation.metrics import Context
 from quantunlearn.io import config_hash, write_json, write_parquet
@@ -27,28 +27,55 @@ from quantunlearn.models.loading import load_model, load_tokenizer
 from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.unlearning.hyperparameters import all_fields, column_dtype
 
+#: The packages whose versions every metric row records (None where one is not installed):
+#: every dependency of pyproject.toml (tests/test_environment.py checks it) and the optional
+#: ones a model may need.
 PACKAGES = (
     "quantunlearn",
     "torch",
     "transformers",
-    "bitsandbytes",
-    "rouge-score",
     "tokenizers",
+    "accelerate",
+    "peft",
+    "bitsandbytes",
     "gptqmodel",
     "gguf",
+    "optimum",
+    "datasets",
+    "rouge-score",
+    "pandas",
+    "pyarrow",
+    "numpy",
+    "snakemake",
+    "jsonschema",
+    "pyyaml",
+    "matplotlib",
+    "tqdm",
+    "huggingface_hub",
+    "safetensors",
+    "sentencepiece",
+    "protobuf",
 )
 
 
 def package_versions() -> str:
-    """JSON of the versions of PACKAGES and of the whole stack (`provenance.STACK`)."""
-    names = dict.fromkeys((*PACKAGES, *STACK))
-    return json.dumps(provenance.package_versions(names), sort_keys=True)
+    """JSON of the versions of PACKAGES (and Python)."""
+    return json.dumps(provenance.package_versions(PACKAGES), sort_keys=True)
 
 
 def local_inputs(**paths: str | Path | None) -> dict[str, dict]:
     """role -> {"source", "commit"} of inputs given as folders (the commit of a hub snapshot
     folder, None for others); what a cell records when its caller names no sources."""
     return {role: Pins(()).record(str(p)) for role, p in paths.items() if p is not None}
+
+
+def collapsed_flag(model_path: str | Path) -> bool | None:
+    """The unlearning job's collapse flag (``unlearn_info.json``, `unlearning.loop.collapse`);
+    None for a model no unlearning job wrote (the target, the retrain model)."""
+    info = Path(model_path) / "unlearn_info.json"
+    if not info.is_file():
+        return None
+    return json.loads(info.read_text(encoding="utf-8")).get("collapsed")
 
 
 def reference_auc(
@@ -114,6 +141,7 @@ def evaluate_cell(
     shared = {
         **cell,
         "quant": quant,
+        "collapsed": collapsed_flag(model_path),
         "config_hash": config_hash(cell_config),
         "cell_config": json.dumps(cell_config, sort_keys=True, default=str),
         "versions": package_versions(),
