@@ -26,7 +26,7 @@ from quantunlearn.reports.render import row_label
 from quantunlearn.study import load_study
 from quantunlearn.study.config import ConfigError
 from quantunlearn.study.inputs import download_summary, hub_inputs, pin_file, pin_name
-from quantunlearn.study.storage import LLAMA2_7B_PARAMS, disk_estimate
+from quantunlearn.study.storage import LLAMA2_7B_PARAMS, disk_estimate, disk_summary
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +116,7 @@ def test_the_shipped_audit_config():
         lambda m: m not in ("target", "retrain") and not m.startswith("external:")
     ).any()
     assert study.has_external
+    assert disk_summary(study) == "disk (news): no unlearning runs, nothing written"
 
 
 # --------------------------------------------------------------------------- hub inputs
@@ -164,7 +165,7 @@ def test_download_dry_run_says_what_and_how_much_offline(tmp_path):
     study = load_study(yaml.safe_load(NEWS.read_text()))
     text = download_summary(study, tmp_path)
     assert text.startswith("hub inputs: 8 (0 pinned already)")
-    assert "fetch model muse-bench/MUSE-News_target [model]: about 27.0 GB (the hub's" in text
+    assert "fetch model muse-bench/MUSE-News_target [model]: about 27.0 GB (as the hub" in text
     assert "MUSE-News_retrain [model]: 13.5 GB to 27.0 GB (6.74B parameters at 2 or 4" in text
     assert "fetch model meta-llama/Llama-2-7b-hf [tokenizer]: tokenizer files only" in text
     assert "fetch dataset muse-bench/MUSE-News [benchmark]: size unknown offline" in text

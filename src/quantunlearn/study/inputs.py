@@ -190,7 +190,7 @@ def _size_text(item: HubInput, size: tuple[int, int]) -> str:
         return "tokenizer files only (a few MB)"
     repo_id = parse_source(item.spec).repo_id
     if repo_id.lower() in KNOWN_BYTES:
-        return f"about {_gb(size[0])} (the hub's listing)"
+        return f"about {_gb(size[0])} (as the hub lists it)"
     params = KNOWN_PARAMS[repo_id]
     return f"{_range(*size)} ({params / 1e9:.3g}B parameters at 2 or 4 bytes)"
 

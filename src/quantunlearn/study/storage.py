@@ -99,6 +99,9 @@ def disk_summary(study) -> str:
     """The lines a dry run prints: per benchmark, what the unlearned checkpoints take."""
     lines = []
     for r in disk_estimate(study).itertuples():
+        if r.unlearning_runs == 0:  # an audit of external checkpoints only
+            lines.append(f"disk ({r.benchmark}): no unlearning runs, nothing written")
+            continue
         if r.params is None or pd.isna(r.params):
             lines.append(
                 f"disk ({r.benchmark}): {r.unlearning_runs} unlearned models of unknown size "
