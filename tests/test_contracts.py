@@ -184,9 +184,16 @@ def test_metric_measures_a_real_model(metric, context):
         value, n, records = metric.compute(context)
     assert math.isfinite(value) and n >= 1
     assert all(r["metric"] == metric.name for r in records)
-    if records:  # the value is the mean of the per-item scores
+    assert metric.summary in ("mean", "auc")
+    if records and metric.summary == "mean":  # the value is the mean of the per-item scores
         assert len(records) == n
         assert value == pytest.approx(sum(r["score"] for r in records) / n)
+    if metric.summary == "auc":  # the ROC AUC of the per-text scores, holdout = positive
+        from sklearn.metrics import roc_auc_score
+
+        assert len(records) == n
+        labels = [r["split"] == "holdout" for r in records]
+        assert value == pytest.approx(roc_auc_score(labels, [r["score"] for r in records]))
 
 
 # --------------------------------------------------------------------------- REPORTS
@@ -196,9 +203,12 @@ def test_reports_write_distinct_files_with_captions():
     files = [f for report in REPORTS for f in report.files]
     assert len(files) == len(set(files)), "two reports declare the same file"
     for report in REPORTS:
-        for file, category in report.report_items().items():
-            assert category in ("Tables", "Figures")
-            caption = ROOT / "workflow" / "report" / f"{file.split('.')[0]}.rst"
+        items = report.report_items()
+        if report.files_for is not None:  # files per study (one audit per checkpoint)
+            items |= report.report_items(("per_item.md",))
+        for file, category in items.items():
+            assert category in ("Tables", "Figures", "Audit", "Provenance")
+            caption = ROOT / "workflow" / "report" / f"{report.caption(file)}.rst"
             assert caption.is_file(), f"{report.name}: no caption {caption.name} for {file}"
 
 

@@ -6,6 +6,8 @@
 
 
 rule prepare_benchmark:
+    input:
+        pins=lambda wc: input_pins(wc.bench, tokenizer=False, data=True),
     output:
         update(directory(f"{RESULTS}/data/{{bench}}")),
     log:

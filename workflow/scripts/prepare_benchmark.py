@@ -2,10 +2,12 @@ from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0]):
     from quantunlearn.data.muse import prepare_benchmark
+    from quantunlearn.data.provenance import Pins
     from quantunlearn.data.synthetic import generate_synthetic
 
     bench = snakemake.params.benchmark
     if bench["source"] == "synthetic":
         generate_synthetic(snakemake.output[0], **bench["synthetic"])
-    else:
-        prepare_benchmark(bench["source"], snakemake.output[0])
+    else:  # a hub dataset is read from the snapshot the download step pinned
+        snapshot = Pins.read(snakemake.input.pins).folder(bench["source"])
+        prepare_benchmark(bench["source"], snakemake.output[0], snapshot=snapshot)

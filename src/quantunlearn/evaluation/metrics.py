@@ -42,12 +42,13 @@ class Context:
         self.batch_invariant = batch_invariant
 
     @cached_property
-    def membership_auc(self) -> float:
-        """Min-K% Prob AUC of the forget texts (label 0) against the holdout texts (label 1)."""
-        from quantunlearn.evaluation.muse import privleak_auc
+    def membership(self) -> tuple[float, list[dict]]:
+        """Min-K% Prob AUC of the forget texts (label 0) against the holdout texts (label 1),
+        and the per-text scores it comes from (`evaluation.muse.membership_scores`)."""
+        from quantunlearn.evaluation.muse import membership_scores
 
         ev, bench = self.evaluation, self.benchmark
-        return privleak_auc(
+        return membership_scores(
             self.model,
             self.tokenizer,
             bench.privleak_forget,
@@ -56,6 +57,10 @@ class Context:
             max_length=ev["max_length"],
             batch_size=ev["batch_size"],
         )
+
+    @property
+    def membership_auc(self) -> float:
+        return self.membership[0]
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,9 @@ class Metric:
     compute: Callable[[Context], tuple[float, int, list[dict]]]
     group: str = "muse"  # muse: every cell; utility: when evaluation.utility names it
     table: bool = True  # shown in the paper-style tables
+    # how the value follows from the per-item records: "mean" of their scores, or "auc": the
+    # ROC AUC of their scores with the holdout texts as positives (Min-K% membership)
+    summary: str = "mean"
 
     @property
     def header(self) -> str:
@@ -120,8 +128,8 @@ def _privleak(ctx: Context):
 
 
 def _mink_auc(ctx: Context):
-    bench = ctx.benchmark
-    return ctx.membership_auc, len(bench.privleak_forget) + len(bench.privleak_holdout), []
+    auc, records = ctx.membership
+    return auc, len(records), records
 
 
 def _mmlu(ctx: Context):
@@ -183,8 +191,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("knowmem_f", "KnowMem_f", "lower", _knowmem("forget")),
     Metric("privleak", "PrivLeak", "zero", _privleak),
     Metric("knowmem_r", "KnowMem_r", "higher", _knowmem("retain")),
-    # PrivLeak's input, recorded so that PrivLeak can be recomputed from the metric files
-    Metric("mink_auc", "Min-K% AUC", None, _mink_auc, table=False),
+    # PrivLeak's input, recorded so that PrivLeak can be recomputed from the metric files; its
+    # records are the per-text Min-K% scores (split, index, score) the AUC is computed from
+    Metric("mink_auc", "Min-K% AUC", None, _mink_auc, table=False, summary="auc"),
     # Zhang et al. section 6.2 (Table 3): general knowledge, truthfulness, factuality, fluency
     Metric("mmlu", "Gen", "higher", _mmlu, group="utility"),
     Metric("truthfulqa_mc1", "Tru", "higher", _truthfulqa_mc1, group="utility"),

@@ -20,6 +20,7 @@ from typing import Any
 
 import jsonschema
 
+from quantunlearn.data.provenance import is_hub_spec
 from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.unlearning.hyperparameters import HyperparameterError, RMUParams
 from quantunlearn.unlearning.hyperparameters import defaults as hyperparameter_defaults
@@ -75,6 +76,12 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 64,
         "max_length": 2048,
     },
+    # the verdicts of the audit reports (external checkpoints, models.unlearned)
+    "audit": {
+        "metrics": ["knowmem_f", "verbmem_f"],
+        "min_forgetting": 5.0,
+        "min_survival_pct": 80.0,
+    },
 }
 BENCHMARK_DEFAULTS: dict[str, Any] = {
     "forget_corpus": "raw/forget.txt",
@@ -100,9 +107,8 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
 
 # Sections whose values are numbers or lists of numbers: YAML 1.1 (PyYAML) reads `1e-5`
 # (no dot) as the *string* "1e-5", so numeric-looking strings there are converted.
-_NUMERIC_SECTIONS = ("unlearn", "tiny_model", "evaluation", "calibration", "selection")
+_NUMERIC_SECTIONS = ("unlearn", "tiny_model", "evaluation", "calibration", "selection", "audit")
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ConfigError(ValueError):
@@ -408,10 +414,20 @@ def _benchmark_errors(config: dict) -> list[str]:
         given = [models["target"] is not None, models["retrain"] is not None]
         if any(given) and not all(given):
             errors.append(f"config key {key}.models: give both target and retrain, or neither")
-        for which in ("target", "retrain", "tokenizer"):
-            value = models[which]
-            if value is not None and not Path(value).exists() and not HUB_ID_RE.match(value):
-                errors.append(f"config key {key}.models.{which}: no such path {value!r}")
+        named = {which: models[which] for which in ("target", "retrain", "tokenizer")}
+        named |= {f"unlearned.{k}": v for k, v in (models.get("unlearned") or {}).items()}
+        for which, value in named.items():
+            if value is not None and not Path(value).exists() and not is_hub_spec(value):
+                errors.append(
+                    f"config key {key}.models.{which}: no such path {value!r} (nor a hub id "
+                    "owner/name[@revision])"
+                )
+            elif which.startswith("unlearned.") and Path(value).is_dir():
+                if not (Path(value) / "config.json").is_file():
+                    errors.append(
+                        f"config key {key}.models.{which}: {value!r} holds no config.json "
+                        "(not a saved model)"
+                    )
     return errors
 
 
@@ -437,8 +453,8 @@ def _source_errors(key: str, bench: dict) -> list[str]:
         except (OSError, ValueError) as err:
             return [f"config key {key}.source: not a benchmark in the MUSE layout: {err}"]
         return []
-    if not HUB_ID_RE.match(source):
-        return [f"config key {key}.source: no folder {source!r} (nor a hub id)"]
+    if not is_hub_spec(source):
+        return [f"config key {key}.source: no folder {source!r} (nor a hub id owner/name[@rev])"]
     return []
 
 
@@ -602,9 +618,10 @@ def _utility_errors(evaluation: dict) -> list[str]:
     sources = utility_sources(evaluation)
     for name in evaluation.get("utility") or []:
         source = sources[name]
-        if not Path(source).is_dir() and not HUB_ID_RE.match(source):
+        if not Path(source).is_dir() and not is_hub_spec(source):
             errors.append(
-                f"config key evaluation.utility_data.{name}: no folder {source!r} (nor a hub id)"
+                f"config key evaluation.utility_data.{name}: no folder {source!r} (nor a hub id "
+                "owner/name[@revision])"
             )
     return errors
 
