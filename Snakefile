@@ -6,17 +6,26 @@ import os
 
 from snakemake.utils import min_version
 
+from quantunlearn.study.config import read_config_file
+
 min_version("9.0")
+
+# workflow/envs/quantunlearn.yaml installs this checkout with `pip install -e
+# ${QUANTUNLEARN_ROOT}` (`--sdm conda`): the Snakefile's folder is the repository root.
+os.environ.setdefault("QUANTUNLEARN_ROOT", workflow.basedir)
 
 
 # The default study (the embedded miniature benchmark) unless --configfile names another one:
 # Snakemake would otherwise merge a real study's benchmarks into the default's.
 if not config:
+    # a YAML syntax error says file:line:column (Snakemake's loader only says "not valid")
+    read_config_file(os.path.join(workflow.basedir, "config", "config.yaml"))
 
     configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/unlearn.smk"
@@ -30,6 +39,10 @@ rule all_tables:
     input:
         # every report of the REPORTS table that this study makes (quantunlearn.reports)
         all_report_files(),
+
+
+onstart:
+    STUDY.claim_tables(TABLES_OWNER)  # this config writes TABLES (common.smk checks it)
 
 
 onsuccess:

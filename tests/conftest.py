@@ -90,3 +90,14 @@ def stored(tmp_path_factory, tiny_model_dir):
         assert any((path / "gptqmodel_logs").iterdir())
         out[quant] = path
     return out
+
+
+@pytest.fixture(scope="session")
+def realistic_checkpoint(tmp_path_factory):
+    """A random Llama saved as a hub Llama-2 checkpoint (bf16 shards, Llama-2's generation
+    config, a SentencePiece tokenizer saved as Llama-2's is): tests/realistic_fixture.py."""
+    from realistic_fixture import SAMPLE_TEXTS, build_checkpoint
+
+    out = tmp_path_factory.mktemp("realistic") / "llama2-like"
+    build_checkpoint(out, SAMPLE_TEXTS * 3, vocab_size=512)
+    return out

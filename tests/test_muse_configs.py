@@ -186,9 +186,11 @@ def test_muse_dry_run_through_the_slurm_profile(bench, tmp_path):
     block = log.split("Job stats:")[1]
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
     # external target/retrain: no training; every run + 2 references at 8 precisions, and a
-    # stored GPTQ and AWQ checkpoint of each
+    # stored GPTQ and AWQ checkpoint of each; 8 hub inputs downloaded once (the dataset,
+    # target, retrain, tokenizer and 4 utility datasets), on the submitting machine
     n, d = RUNS[bench], DIAGNOSED[bench]
     assert counts == {
+        "download": 8,
         "prepare_benchmark": 1,
         "reference_auc": 1,
         "unlearn": n,
@@ -199,9 +201,12 @@ def test_muse_dry_run_through_the_slurm_profile(bench, tmp_path):
         "table1": 1,
         "quant_tables": 1,
         "mitigation_tables": 1,
+        "provenance": 1,
         "all_tables": 1,
-        "total": 6 + n + 10 * (n + 2) + 2 * d,
+        "total": 15 + n + 10 * (n + 2) + 2 * d,
     }
+    # the downloads: a localrule (a dry run does not say so), no GPU
+    assert [r.get("gpu") for r in _resources(log, "download")] == [None] * 8
     # the profile's per-rule requests: GPU jobs with their memory and time, the rest default
     unlearn = _resources(log, "unlearn")
     assert len(unlearn) == n
@@ -278,8 +283,10 @@ def test_twitter_config_needs_its_revision_and_dry_runs_through_the_slurm_profil
     block = log.split("Job stats:")[1]
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
     # the tweets, target and retrain fine-tuned from Llama-2-7B, 2 runs + 2 references at 2
-    # precisions, Table 1, the QUAIL tables and Table III
+    # precisions, Table 1, the QUAIL tables and Table III; the dataset at its revision and the
+    # base model (also the tokenizer) downloaded once
     assert counts == {
+        "download": 2,
         "prepare_benchmark": 1,
         "train_reference": 2,
         "reference_auc": 1,
@@ -288,8 +295,9 @@ def test_twitter_config_needs_its_revision_and_dry_runs_through_the_slurm_profil
         "table1": 1,
         "mitigation_tables": 1,
         "twitter_table": 1,
+        "provenance": 1,
         "all_tables": 1,
-        "total": 18,
+        "total": 21,
     }
     assert all(r["gpu"] == "1" for r in _resources(log, "train_reference"))
     assert "disk (twitter): 2 unlearned models x 13.5 GB" in log

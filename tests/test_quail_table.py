@@ -147,6 +147,10 @@ def test_quail_table_job_and_report(tiny_model_dir, tiny_model, tmp_path):
     assert frame["share_bitwise_unchanged"].iloc[0] == pytest.approx((n - 1) / n)
     assert frame["max_abs_change"].iloc[0] == pytest.approx(0.5, rel=1e-6)
     assert (frame["global_overlap"] >= (n - 1) / n).all()  # one moved weight at most
+    # provenance like every result row: the two models' folders (no hub snapshot: no commit)
+    assert (frame["model_source"] == str(moved)).all()
+    assert (frame["target_source"] == str(tiny_model_dir)).all()
+    assert frame["target_commit"].isna().all() and "git_commit" in frame
     table = quail_table([out])
     assert table["global_overlap"].iloc[0] == pytest.approx(100 * frame["global_overlap"].iloc[0])
     assert isinstance(table, pd.DataFrame) and table["label"].iloc[0].startswith("GA_GDR")

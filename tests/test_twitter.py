@@ -13,6 +13,7 @@ import yaml
 from test_contracts import ROOT
 
 from quantunlearn.data.muse import load_benchmark
+from quantunlearn.data.synthetic import SyntheticError
 from quantunlearn.data.twitter import (
     SPLITS,
     clean,
@@ -102,8 +103,14 @@ def test_synthetic_stand_in():
     assert synthetic_twitter(8, 12, 3) == rows  # seeded
     big = synthetic_twitter(n_forget=80, n_retain=140)  # twice the config's forget set: no stall
     assert len({r["text"] for s in SPLITS for r in big[s]}) == 360
-    with pytest.raises(ValueError, match="no unused invented name of 2 syllables"):
-        synthetic_twitter(n_forget=200, n_retain=200)  # 600 people > 400 first names
+    with pytest.raises(
+        SyntheticError, match="= 600 rows, but the invented names allow at most 400"
+    ):
+        synthetic_twitter(n_forget=200, n_retain=200)  # 600 people > 20 x 20 first names
+    assert synthetic_twitter(n_forget=100, n_retain=150)  # exactly 400: every first name used
+    with pytest.raises(SyntheticError, match="n_retain=1 must be >= 2") as err:
+        synthetic_twitter(n_forget=4, n_retain=1)
+    assert err.value.key == "n_retain"
 
 
 def test_classification_picks_the_likelier_label_word(tiny_model, tiny_tokenizer):
@@ -141,6 +148,35 @@ def test_config_takes_the_twitter_kind():
         load_study(twitter_config(data="kanwal-mehreen18/twitter-misinformation-unlearning-eval"))
     with pytest.raises(ConfigError, match="benchmarks.tw.twitter.data: no folder 'nowhere'"):
         load_study(twitter_config(data="nowhere"))
+
+
+def test_config_checks_the_twitter_data_at_parse_time(tmp_path):
+    """What the prepare_benchmark job would reject fails before any job, naming the key."""
+    with pytest.raises(ConfigError, match=r"config key benchmarks.tw.twitter: n_forget=100 \+ 2 x "
+                       "n_retain=200 = 500 rows"):  # fmt: skip
+        load_study(twitter_config(n_forget=100, n_retain=200))
+    write_fixture(tmp_path / "full", HUBLIKE)
+    (tmp_path / "full" / "data" / "retain2-00000-of-00001.parquet").unlink()
+    with pytest.raises(ConfigError, match=r"benchmarks.tw.twitter.data: not the hub dataset's "
+                       r"layout: .* no parquet file for split\(s\) \['retain2'\]"):  # fmt: skip
+        load_study(twitter_config(data=str(tmp_path / "full")))
+
+
+def test_hub_twitter_data_and_base_model_go_through_the_download_step():
+    from quantunlearn.study.inputs import hub_inputs
+
+    sha = "a" * 40
+    config = twitter_config(data="kanwal-mehreen18/twitter-misinformation-unlearning-eval",
+                            revision=sha)  # fmt: skip
+    base = "owner/base-model@" + "b" * 40
+    config["benchmarks"]["tw"]["models"] = {"base": base, "tokenizer": base}
+    study = load_study(config)
+    spec = f"kanwal-mehreen18/twitter-misinformation-unlearning-eval@{sha}"
+    assert study.hub_dataset("tw") == spec
+    inputs = {item.spec: item for item in hub_inputs(study).values()}
+    assert set(inputs) == {spec, base}
+    assert inputs[spec].uses == ("twitter",) and "data/*.parquet" in inputs[spec].patterns
+    assert set(inputs[base].uses) == {"model", "tokenizer"}
 
 
 def test_table_three_layout_by_hand():

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from quantunlearn.data.muse import LAYOUT_VERSION, load_benchmark, write_documents, write_json_file
+from quantunlearn.data.provenance import is_hub_spec
+from quantunlearn.data.synthetic import SyntheticError
 from quantunlearn.io import atomic_dir
 
 HUB_ID = "kanwal-mehreen18/twitter-misinformation-unlearning-eval"
@@ -43,6 +45,26 @@ COLUMNS = ("text", "label")
 LABEL_NAMES = {0: "factual", 1: "misinformation"}
 #: Rows per split of the hub dataset, as the authors' notebook printed them.
 HUB_ROWS = {"forget": 1693, "retain1": 3386, "retain2": 3386}
+#: What the download step (`quantunlearn.study.inputs`) fetches of the hub dataset.
+HUB_PATTERNS = ["README.md", "*.parquet", "data/*.parquet"]
+
+
+def hub_spec(spec: dict) -> str | None:
+    """The benchmark's ``twitter`` section's hub dataset as ``owner/name@revision`` (what the
+    download step pins), None for synthetic data or a local folder."""
+    data = spec["data"]
+    if data == "synthetic" or Path(data).is_dir() or not is_hub_spec(data):
+        return None
+    return f"{data}@{spec['revision']}" if spec.get("revision") else data
+
+
+def benchmark_source(bench: dict) -> str:
+    """What a benchmark's data come from, as its metric rows record it: its ``source``, and
+    for a Twitter benchmark its hub dataset (``owner/name@revision``), folder, or "synthetic"."""
+    if bench["source"] != "twitter":
+        return bench["source"]
+    spec = bench["twitter"]
+    return hub_spec(spec) or ("twitter:synthetic" if spec["data"] == "synthetic" else spec["data"])
 
 
 # --------------------------------------------------------------------------- loading
@@ -54,6 +76,20 @@ def _split_files(folder: Path, split: str) -> list[str]:
     return sorted({str(p) for pat in patterns for p in folder.glob(pat)})
 
 
+def split_files(folder: str | Path) -> dict[str, list[str]]:
+    """Each split's parquet files in a local folder; ValueError naming a split that has none
+    (checked at config parse time too)."""
+    folder = Path(folder)
+    files = {s: _split_files(folder, s) for s in SPLITS}
+    missing = [s for s, f in files.items() if not f]
+    if missing:
+        raise ValueError(
+            f"{folder}: no parquet file for split(s) {missing} (expected {missing[0]}.parquet "
+            f"or data/{missing[0]}-00000-of-00001.parquet)"
+        )
+    return files
+
+
 def load_twitter(source: str | Path, revision: str | None = None) -> dict[str, list[dict]]:
     """The three splits as {split: [{"text", "label"}]}: from a local folder (``{split}.parquet``
     or the hub layout ``data/{split}-00000-of-00001.parquet``) or from the hub, which needs
@@ -63,14 +99,7 @@ def load_twitter(source: str | Path, revision: str | None = None) -> dict[str, l
 
     folder = Path(source)
     if folder.is_dir():
-        files = {s: _split_files(folder, s) for s in SPLITS}
-        missing = [s for s, f in files.items() if not f]
-        if missing:
-            raise ValueError(
-                f"{folder}: no parquet file for split(s) {missing} (expected {missing[0]}.parquet "
-                f"or data/{missing[0]}-00000-of-00001.parquet)"
-            )
-        data = datasets.load_dataset("parquet", data_files=files)
+        data = datasets.load_dataset("parquet", data_files=split_files(folder))
     else:
         if not revision:
             raise ValueError(f"loading {source} from the hub needs a pinned revision (commit sha)")
@@ -140,15 +169,34 @@ _MISINFO = (
 )
 
 
+#: Rows the invented-name pools allow over the three splits: each row takes one two-syllable
+#: first name (len(_SYL) ** 2 of them) and three three-syllable names (len(_SYL) ** 3).
+MAX_SYNTHETIC_ROWS = min(len(_SYL) ** 2, len(_SYL) ** 3 // 3)
+
+
+def check_synthetic_twitter(n_forget: int, n_retain: int) -> None:
+    """`SyntheticError` naming the setting when `synthetic_twitter` could not honour it (called
+    at config parse time too, before anything runs)."""
+    for key, n in (("n_forget", n_forget), ("n_retain", n_retain)):
+        if n < 2:
+            raise SyntheticError(key, f"{key}={n} must be >= 2 (one row per label)")
+    rows = n_forget + 2 * n_retain
+    if rows > MAX_SYNTHETIC_ROWS:
+        raise SyntheticError(
+            None,
+            f"n_forget={n_forget} + 2 x n_retain={n_retain} = {rows} rows, but the invented names "
+            f"allow at most {MAX_SYNTHETIC_ROWS} (each row names its own person, town, company)",
+        )
+
+
 def synthetic_twitter(n_forget: int = 40, n_retain: int = 80, seed: int = 0) -> dict:
     """An embedded stand-in for the hub dataset: split -> [{"text", "label"}], retain1 and
     retain2 with ``n_retain`` rows each (the hub's 3,386 = 2 x 1,693). Every statement names its
     own invented town, company and person (unique across all splits; the syllable pools hold
-    400 first names and 8,000 three-syllable names, enough for a few thousand rows), so what a
+    400 first names and 8,000 three-syllable names: `MAX_SYNTHETIC_ROWS` rows), so what a
     model learns of one forget statement is specific to it; each split alternates the labels
     (half factual, half misinformation) and is shuffled with ``seed``."""
-    if n_forget < 2 or n_retain < 2:
-        raise ValueError("each split needs at least 2 rows (one per label)")
+    check_synthetic_twitter(n_forget, n_retain)
     rng = random.Random(seed)
     used: set[str] = set()
 
@@ -221,14 +269,15 @@ def write_twitter_benchmark(rows: dict[str, Sequence[dict]], out_dir: str | Path
         load_benchmark(tmp)
 
 
-def prepare_twitter(spec: dict, out_dir: str | Path) -> None:
+def prepare_twitter(spec: dict, out_dir: str | Path, snapshot: str | None = None) -> None:
     """The benchmark's ``twitter`` section -> its folder: ``data`` is "synthetic", a local
-    folder in the hub's schema, or the hub id (with ``revision``)."""
+    folder in the hub's schema, or the hub id (with ``revision``), read from ``snapshot``, the
+    folder the download step pinned, where given."""
     data = spec["data"]
     if data == "synthetic":
         rows = synthetic_twitter(spec["n_forget"], spec["n_retain"], spec["seed"])
         meta = {"benchmark": "twitter", "data": "synthetic", "seed": spec["seed"]}
     else:
-        rows = load_twitter(data, spec.get("revision"))
+        rows = load_twitter(snapshot or data, spec.get("revision"))
         meta = {"benchmark": "twitter", "data": str(data), "revision": spec.get("revision")}
     write_twitter_benchmark(rows, out_dir, meta)

@@ -24,6 +24,12 @@ HUB_SPLITS = {
 }
 
 
+def hub_patterns(name: str) -> list[str]:
+    """The files of a utility benchmark's hub repo the download step fetches: the card (its
+    YAML names each config's data files) and the folder of the config that is read."""
+    return ["README.md", f"{HUB_SPLITS[name][0]}/*"]
+
+
 def utility_sources(evaluation: dict) -> dict[str, str]:
     """Where each utility benchmark's data come from: evaluation.utility_data or the hub."""
     return {**UTILITY_HUB, **(evaluation.get("utility_data") or {})}
@@ -35,9 +41,12 @@ def utility_sources(evaluation: dict) -> dict[str, str]:
 
 
 def load_rows(name: str, source: str, split: str) -> list[dict]:
-    """Rows of one split: ``{source}/{split}.json`` for a local folder, else the hub dataset."""
+    """Rows of one split: ``{source}/{split}.json`` for a local folder of JSON files; a folder
+    holding a hub dataset repo (its README.md: a snapshot fetched by the download step) or a
+    hub id ``owner/name[@revision]``: the hub dataset's config."""
     local = Path(source)
-    if local.is_dir():
+    is_repo = local.is_dir() and (local / "README.md").is_file()
+    if local.is_dir() and not is_repo:
         path = local / f"{split}.json"
         if not path.is_file():
             raise FileNotFoundError(f"utility benchmark {name}: {path} is missing")
@@ -47,8 +56,11 @@ def load_rows(name: str, source: str, split: str) -> list[dict]:
         return rows
     import datasets  # late: heavy
 
+    from quantunlearn.data.provenance import split_spec
+
+    repo, revision = (source, None) if is_repo else split_spec(source)
     config = HUB_SPLITS[name][0]
-    return list(datasets.load_dataset(source, config, split=split))
+    return list(datasets.load_dataset(repo, config, split=split, revision=revision))
 
 
 def benchmark_rows(name: str, evaluation: dict) -> tuple[list[dict], list[dict]]:

@@ -1,23 +1,25 @@
 """Evaluate one (run, quantizer) cell with every metric of the METRICS table; write its files.
 
 Each cell writes two files: the metrics in long format (one row per metric, with the cell's
-parameters, its config hash and package versions as columns, so that aggregation is a plain
-concatenation) and the per-sample records (metric, index, prompt, reference, output, score), so
-that every number can be audited.
+parameters, its config hash, package versions and the provenance of every input as columns, so
+that aggregation is a plain concatenation) and the per-sample records (metric, index, prompt,
+reference, output, score), so that every number can be audited. PrivLeak's records are the
+per-text Min-K% scores of the model (``mink_auc``) and of the retrain reference
+(``mink_auc_retrain``), each with its ``split`` (forget | holdout) and ``index``.
 """
 
 from __future__ import annotations
 
 import json
-import platform
 import time
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from quantunlearn.data import provenance
 from quantunlearn.data.muse import load_benchmark
+from quantunlearn.data.provenance import Pins
 from quantunlearn.evaluation import metrics
 from quantunlearn.evaluation.metrics import Context
 from quantunlearn.io import config_hash, write_json, write_parquet
@@ -25,26 +27,55 @@ from quantunlearn.models.loading import load_model, load_tokenizer
 from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.unlearning.hyperparameters import all_fields, column_dtype
 
+#: The packages whose versions every metric row records (None where one is not installed):
+#: every dependency of pyproject.toml (tests/test_environment.py checks it) and the optional
+#: ones a model may need.
 PACKAGES = (
     "quantunlearn",
     "torch",
     "transformers",
-    "bitsandbytes",
-    "rouge-score",
     "tokenizers",
+    "accelerate",
+    "peft",
+    "bitsandbytes",
     "gptqmodel",
     "gguf",
+    "optimum",
+    "datasets",
+    "rouge-score",
+    "pandas",
+    "pyarrow",
+    "numpy",
+    "snakemake",
+    "jsonschema",
+    "pyyaml",
+    "matplotlib",
+    "tqdm",
+    "huggingface_hub",
+    "safetensors",
+    "sentencepiece",
+    "protobuf",
 )
 
 
 def package_versions() -> str:
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return json.dumps(versions, sort_keys=True)
+    """JSON of the versions of PACKAGES (and Python)."""
+    return json.dumps(provenance.package_versions(PACKAGES), sort_keys=True)
+
+
+def local_inputs(**paths: str | Path | None) -> dict[str, dict]:
+    """role -> {"source", "commit"} of inputs given as folders (the commit of a hub snapshot
+    folder, None for others); what a cell records when its caller names no sources."""
+    return {role: Pins(()).record(str(p)) for role, p in paths.items() if p is not None}
+
+
+def collapsed_flag(model_path: str | Path) -> bool | None:
+    """The unlearning job's collapse flag (``unlearn_info.json``, `unlearning.loop.collapse`);
+    None for a model no unlearning job wrote (the target, the retrain model)."""
+    info = Path(model_path) / "unlearn_info.json"
+    if not info.is_file():
+        return None
+    return json.loads(info.read_text(encoding="utf-8")).get("collapsed")
 
 
 def reference_auc(
@@ -53,13 +84,20 @@ def reference_auc(
     out_json: str | Path,
     evaluation: dict,
     tokenizer: str | None = None,
+    inputs: dict | None = None,
 ) -> float:
-    """PrivLeak's denominator: the full-precision retrain model's Min-K% AUC (forget vs holdout)."""
+    """PrivLeak's denominator: the full-precision retrain model's Min-K% AUC (forget vs
+    holdout), written with the per-text scores it is computed from and the model's source."""
     bench = load_benchmark(bench_dir)
     tok = load_tokenizer(tokenizer or retrain_model)
     model = load_model(retrain_model, "fp32")
-    auc = Context(model, tok, bench, evaluation, auc_retrain=float("nan")).membership_auc
-    write_json({"auc_retrain": auc, "model": str(retrain_model)}, out_json)
+    context = Context(model, tok, bench, evaluation, auc_retrain=float("nan"))
+    auc, records = context.membership
+    scores = [{k: r[k] for k in ("split", "index", "score")} for r in records]
+    inputs = inputs or local_inputs(retrain=retrain_model, tokenizer=tokenizer or retrain_model)
+    info = {"auc_retrain": auc, "model": str(retrain_model), "mink_k": evaluation["mink_k"]}
+    provenance_info = provenance.provenance_columns(inputs)
+    write_json({**info, "scores": scores, "provenance": provenance_info}, out_json)
     return auc
 
 
@@ -78,46 +116,79 @@ def evaluate_cell(
     tokenizer: str | None = None,
     quant_dir: str | Path | None = None,
     target_model: str | None = None,
+    inputs: dict | None = None,
 ) -> pd.DataFrame:
     """Quantize (at load time, or decode a stored checkpoint) and evaluate one model; `cell`
     holds the row's parameters. quant_dir: the stored checkpoint of a GPTQ/AWQ quantizer;
-    target_model: the target, which the noflip counterfactual needs."""
+    target_model: the target, which the noflip counterfactual needs; inputs: role ->
+    {"source", "commit"} of every input (`provenance.Pins.record`), else the folders'."""
     quantizer = parse_quantizer(quant)
     bench = load_benchmark(bench_dir)
-    auc_retrain = json.loads(Path(reference_auc_json).read_text())["auc_retrain"]
+    reference = json.loads(Path(reference_auc_json).read_text())
+    auc_retrain = reference["auc_retrain"]
+    if inputs is None:
+        inputs = local_inputs(
+            model=model_path, tokenizer=tokenizer or model_path, target=target_model
+        )
+    inputs = {**_reference_inputs(reference), **inputs}
     tok = load_tokenizer(tokenizer or model_path)
     start = time.time()
     model = quantizer.load(
         model_path, compute_dtype=bnb_compute_dtype, quant_dir=quant_dir, target_path=target_model
     )
     quantize_seconds = time.time() - start
-    context = Context(model, tok, bench, evaluation, auc_retrain)
-    values, records = {}, []
-    with torch.inference_mode():
-        for metric in metrics.METRICS:
-            if metric.applies(evaluation, bench):
-                value, n, recs = metric.compute(context)
-                values[metric.name] = (value, n)
-                records += recs
+    values, records = _measure(
+        Context(model, tok, bench, evaluation, auc_retrain, quantizer.batch_invariant)
+    )
     shared = {
         **cell,
         "quant": quant,
+        "collapsed": collapsed_flag(model_path),
         "config_hash": config_hash(cell_config),
         "cell_config": json.dumps(cell_config, sort_keys=True, default=str),
         "versions": package_versions(),
         "eval_seconds": time.time() - start,
         "quantize_seconds": quantize_seconds,
+        **provenance.provenance_columns(inputs),
     }
     rows = [{**shared, "metric": m, "value": float(v), "n": n} for m, (v, n) in values.items()]
     frame = pd.DataFrame(rows)
     hyper = [key for key in all_fields() if key in frame.columns]
     frame = frame.astype({"n": "Int64", **{key: column_dtype(key) for key in hyper}})
-    records = pd.DataFrame(records)
-    records.insert(0, "quant", quant)
-    records.insert(0, "run", cell["run"])
-    records.insert(0, "benchmark", cell["benchmark"])
-    write_parquet(records, records_out)
+    write_parquet(_records_frame(records, reference, cell, quant), records_out)
     write_parquet(frame, metrics_out)
     summary = ", ".join(f"{m} {v:.1f}" for m, (v, _) in values.items())
     print(f"{cell['benchmark']} {cell['run']} {quant}: {summary}")
     return frame
+
+
+def _reference_inputs(reference: dict) -> dict:
+    """PrivLeak's denominator: the retrain model the reference AUC came from (its file's
+    provenance), as a cell's ``retrain`` input."""
+    if "provenance" not in reference:  # written before the provenance was recorded
+        return {}
+    retrain = json.loads(reference["provenance"]["inputs"]).get("retrain")
+    return {"retrain": retrain} if retrain else {}
+
+
+def _records_frame(records: list[dict], reference: dict, cell: dict, quant: str) -> pd.DataFrame:
+    """The cell's per-item records, with the retrain model's per-text Min-K% scores
+    (``mink_auc_retrain``): PrivLeak recomputes from this file alone."""
+    records = records + [{"metric": "mink_auc_retrain", **r} for r in reference.get("scores", [])]
+    frame = pd.DataFrame(records)
+    frame.insert(0, "quant", quant)
+    frame.insert(0, "run", cell["run"])
+    frame.insert(0, "benchmark", cell["benchmark"])
+    return frame
+
+
+def _measure(context: Context) -> tuple[dict[str, tuple[float, int]], list[dict]]:
+    """Every metric of the METRICS table that applies: {name: (value, n)} and the records."""
+    values, records = {}, []
+    with torch.inference_mode():
+        for metric in metrics.METRICS:
+            if metric.applies(context.evaluation, context.benchmark):
+                value, n, recs = metric.compute(context)
+                values[metric.name] = (value, n)
+                records += recs
+    return values, records

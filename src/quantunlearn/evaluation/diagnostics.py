@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from quantunlearn.data.provenance import provenance_columns
 from quantunlearn.io import config_hash, write_parquet
 from quantunlearn.models.loading import load_model
 from quantunlearn.quantizers import Quantizer, parse_quantizer, quantizable_linears
@@ -291,8 +292,10 @@ def diagnose_run(
     target_quant_dir: str | Path | None = None,
     unlearned_quant_dir: str | Path | None = None,
     compute_dtype: str = "fp32",
+    inputs: dict | None = None,
 ) -> pd.DataFrame:
     """Write the diagnostics Parquet of one (unlearned run, quantizer): see the module docstring.
+    ``inputs``: role -> {"source", "commit"} of the two models (else the folders').
 
     The noflip counterfactual is diagnosed as its base RTN quantizer (its codes are the
     target's by construction).
@@ -316,12 +319,19 @@ def diagnose_run(
         )
     frame = diagnostics_frame(spec, target, unlearned, target_q, unlearned_q)
     frame.insert(0, "quant", quant)
-    return write_cell_frame(frame, out, cell, cell_config, start)
+    if not inputs:
+        from quantunlearn.evaluation.cell import local_inputs
+
+        inputs = local_inputs(model=unlearned_path, target=target_path)
+    return write_cell_frame(frame, out, cell, cell_config, start, inputs)
 
 
-def write_cell_frame(frame: pd.DataFrame, out, cell: dict, cell_config: dict, start: float):
+def write_cell_frame(
+    frame: pd.DataFrame, out, cell: dict, cell_config: dict, start: float, inputs: dict
+):
     """A per-run result frame with the cell's parameters first and its config hash, config,
-    package versions and seconds since ``start`` last, written to ``out``."""
+    package versions, the provenance of ``inputs`` (role -> {"source", "commit"}) and seconds
+    since ``start`` last, written to ``out``."""
     from quantunlearn.evaluation.cell import package_versions
 
     for key, value in reversed(list(cell.items())):
@@ -329,6 +339,8 @@ def write_cell_frame(frame: pd.DataFrame, out, cell: dict, cell_config: dict, st
     frame["config_hash"] = config_hash(cell_config)
     frame["cell_config"] = json.dumps(cell_config, sort_keys=True, default=str)
     frame["versions"] = package_versions()
+    for column, value in provenance_columns(inputs).items():
+        frame[column] = value
     frame["seconds"] = time.time() - start
     write_parquet(frame, out)
     return frame

@@ -133,11 +133,16 @@ def quail_table_run(
     cell_config: dict,
     rounding: str = "nearest",
     range_from: str = "reference",
+    inputs: dict | None = None,
 ) -> pd.DataFrame:
-    """Write Table I of one unlearned run against the target (one row per bit width)."""
+    """Write Table I of one unlearned run against the target (one row per bit width).
+    ``inputs``: role -> {"source", "commit"} of the two models (else the folders')."""
+    from quantunlearn.evaluation.cell import local_inputs
+
     start = time.time()
+    inputs = inputs or local_inputs(model=unlearned_path, target=target_path)
     rows = table_one(stored_state(target_path), stored_state(unlearned_path),
                      rounding=rounding, range_from=range_from)  # fmt: skip
     frame = pd.DataFrame(rows)
     frame["rounding"], frame["range_from"] = rounding, range_from
-    return write_cell_frame(frame, out, cell, cell_config, start)
+    return write_cell_frame(frame, out, cell, cell_config, start, inputs)

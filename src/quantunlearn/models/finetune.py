@@ -25,7 +25,7 @@ def finetune_reference(
     which: str,
     bench_dir: str | Path,
     base: str,
-    tokenizer: str,
+    tokenizer: str | None,
     out_dir: str | Path,
     log_path: str | Path,
     spec: dict,
@@ -36,6 +36,7 @@ def finetune_reference(
         raise ValueError(
             f"reference model must be one of {sorted(REFERENCE_SPLITS)}, got {which!r}"
         )
+    tokenizer = tokenizer or base  # null: the base model's own
     tok = load_tokenizer(tokenizer)
     docs = [
         d
@@ -56,4 +57,4 @@ def finetune_reference(
     info = {"which": which, "splits": REFERENCE_SPLITS[which], "base": str(base),
             "n_documents": len(docs), "steps": len(log), "finetune": spec,
             "final_loss": float(log.loss.tail(20).mean())}  # fmt: skip
-    return save_reference(model, tok, info, out_dir, log, log_path)
+    return save_reference(model, tokenizer, info, out_dir, log, log_path)

@@ -19,7 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from quantunlearn.data.documents import read_documents, tokenize_documents
 from quantunlearn.io import atomic_dir, write_json, write_parquet
-from quantunlearn.models.loading import default_device, load_tokenizer
+from quantunlearn.models.loading import copy_tokenizer, default_device, load_tokenizer
 from quantunlearn.models.training import train_lm
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -108,7 +108,8 @@ def build_tokenizer(bench_dir: str | Path, out_dir: str | Path, vocab_size: int)
         for d in read_documents(Path(bench_dir) / "raw" / f"{s}.txt")
     ]
     tok = train_tokenizer(docs, vocab_size)
-    tok.save_pretrained(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        tok.save_pretrained(tmp)
 
 
 def train_reference(
@@ -163,15 +164,16 @@ def train_reference(
         "seconds": float(log.seconds.max()),
         "tiny_model": tiny_model,
     }
-    return save_reference(model, tok, info, out_dir, log, log_path)
+    return save_reference(model, str(tokenizer_dir), info, out_dir, log, log_path)
 
 
-def save_reference(model, tok, info: dict, out_dir, log, log_path) -> dict:
-    """A trained reference model: weights, tokenizer and train_info.json in ``out_dir``
-    (atomically), the training log in ``log_path``; returns ``info``."""
+def save_reference(model, tokenizer: str, info: dict, out_dir, log, log_path) -> dict:
+    """A trained reference model: weights, a copy of its tokenizer source's files and
+    train_info.json in ``out_dir`` (atomically), the training log in ``log_path``; returns
+    ``info``."""
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        copy_tokenizer(tokenizer, tmp)  # the source's files, not the padded object
         write_json(info, Path(tmp) / "train_info.json")
     write_parquet(log, log_path)
     return info

@@ -10,11 +10,20 @@ import numpy as np
 import pandas as pd
 
 from quantunlearn.io import atomic_write
+from quantunlearn.study.grid import external_name, is_external
 from quantunlearn.unlearning.hyperparameters import all_fields
 
 #: Hyperparameters that always appear in row labels (when not NA).
 LABEL_KEYS = ("weight_dtype", "lr", "alpha")
 NA_MARK = "–"
+#: The mark of a row whose unlearned model collapsed (`quantunlearn.unlearning.loop.collapse`).
+COLLAPSED_MARK = "(collapsed)"
+#: The note under a table with such rows.
+COLLAPSED_NOTE = (
+    f"{COLLAPSED_MARK}: the unlearned model collapsed: its cross-entropy on retain text is within "
+    "ln 2 of a uniform guess over the vocabulary (docs/methods.md, collapsed runs); its "
+    "forgetting numbers say nothing about unlearning."
+)
 
 
 def rank(values: pd.Series, order: Sequence[str]) -> pd.Series:
@@ -36,11 +45,14 @@ def fmt_number(value: float) -> str:
 def row_label(row: Mapping | pd.Series, keys: Sequence[str] = LABEL_KEYS) -> str:
     """Human label of a Table 1 row, e.g. "NPO_GDR [bf16, lr 1e-05, α 1] + rtn_w8".
 
-    Target and retrain read "Target" / "Retrain"; hyperparameters in `keys` that are NA are
+    Target and retrain read "Target" / "Retrain", an external checkpoint (audit mode) "<name>
+    (external)"; hyperparameters in `keys` that are NA are
     omitted; quantizer "none" adds nothing (the paper's "+ Quan. (4 bit)" suffix otherwise).
     """
     method = str(row["method"])
     name = {"target": "Target", "retrain": "Retrain"}.get(method, method)
+    if is_external(method):  # audit mode: a checkpoint unlearned elsewhere
+        name = f"{external_name(method)} (external)"
     parts = []
     for key in keys:
         value = row.get(key)
@@ -51,7 +63,14 @@ def row_label(row: Mapping | pd.Series, keys: Sequence[str] = LABEL_KEYS) -> str
     quant = row["quant"]
     if isinstance(quant, str) and quant != "none":
         label += f" + {quant}"
+    if is_collapsed(row.get("collapsed")):
+        label += f" {COLLAPSED_MARK}"
     return label
+
+
+def is_collapsed(value) -> bool:
+    """A row's ``collapsed`` flag: True only when the unlearning job flagged it (NA: unknown)."""
+    return value is not None and not pd.isna(value) and bool(value)
 
 
 def label_part(key: str, value) -> str:

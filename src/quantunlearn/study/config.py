@@ -10,17 +10,21 @@ names, defaults and checks come from `quantunlearn.unlearning.hyperparameters`; 
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
+from quantunlearn.data.provenance import is_hub_spec
 from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.unlearning.hyperparameters import HyperparameterError, RMUParams
 from quantunlearn.unlearning.hyperparameters import defaults as hyperparameter_defaults
-from quantunlearn.unlearning.methods import get_method
+from quantunlearn.unlearning.methods import METHODS, get_method
 
 DEFAULTS: dict[str, Any] = {
     "results_dir": "results",
@@ -71,6 +75,12 @@ DEFAULTS: dict[str, Any] = {
         "mink_k": 0.4,
         "batch_size": 64,
         "max_length": 2048,
+    },
+    # the verdicts of the audit reports (external checkpoints, models.unlearned)
+    "audit": {
+        "metrics": ["knowmem_f", "verbmem_f"],
+        "min_forgetting": 5.0,
+        "min_survival_pct": 80.0,
     },
 }
 BENCHMARK_DEFAULTS: dict[str, Any] = {
@@ -126,13 +136,39 @@ GENERATED_SOURCES = {"synthetic": SYNTHETIC_DEFAULTS, "twitter": TWITTER_DEFAULT
 
 # Sections whose values are numbers or lists of numbers: YAML 1.1 (PyYAML) reads `1e-5`
 # (no dot) as the *string* "1e-5", so numeric-looking strings there are converted.
-_NUMERIC_SECTIONS = ("unlearn", "tiny_model", "evaluation", "calibration", "selection")
+_NUMERIC_SECTIONS = ("unlearn", "tiny_model", "evaluation", "calibration", "selection", "audit")
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ConfigError(ValueError):
     """A problem in the user's config, with the key that holds it."""
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A config file's mapping; a YAML syntax error says ``file:line:column`` and what is wrong
+    (Snakemake, which loads ``--configfile`` itself, says only that the file is not valid)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh)
+    except yaml.MarkedYAMLError as err:
+        raise ConfigError(_yaml_message(path, err)) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: YAML syntax error: {err}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config is a mapping of keys, not a {type(loaded).__name__}")
+    return loaded or {}
+
+
+def _yaml_message(path, err) -> str:
+    """file:line:column: the problem (and where the construct it broke began)."""
+    mark, context = err.problem_mark, err.context_mark
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    message = f"{where}: YAML syntax error: {err.problem or err.context}"
+    if err.context and context and err.problem:
+        message += f" ({err.context} at line {context.line + 1}, column {context.column + 1})"
+    return message
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -161,6 +197,23 @@ def _key(path) -> str:
     return "".join(parts).lstrip(".") or "<config>"
 
 
+#: A JSON-schema type said plainly.
+_TYPE_NAMES = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "null",
+}
+
+
+def _type_message(instance: Any, types: Any, suffix: str = "") -> str:
+    kinds = [types] if isinstance(types, str) else list(types)
+    return f"{instance!r} is not {' or '.join(_TYPE_NAMES[k] for k in kinds)}{suffix}"
+
+
 def _schema_message(error) -> str:
     """A schema error said plainly: what the value is not."""
     if error.validator == "pattern" and isinstance(error.instance, str):
@@ -168,33 +221,91 @@ def _schema_message(error) -> str:
             parse_quantizer(error.instance)
         except ValueError as exc:
             return str(exc)
+    if error.validator == "type":
+        return _type_message(error.instance, error.validator_value)
     if error.validator != "oneOf" or not error.context:
         return error.message
-    kinds = sorted(
-        {str(e.validator_value) for e in error.context if e.validator == "type"} - {"array"}
-    )
+    kinds = [
+        k
+        for e in error.context
+        if e.validator == "type"
+        for k in ([e.validator_value] if isinstance(e.validator_value, str) else e.validator_value)
+    ]
+    kinds = [k for k in dict.fromkeys(kinds) if k != "array"]
     enums = [e.validator_value for e in error.context if e.validator == "enum"]
     if enums:
         return f"{error.instance!r} is not one of {enums[0]}"
     if kinds:
-        article = "an" if kinds[0][0] in "aeiou" else "a"
-        return f"{error.instance!r} is not {article} {' or '.join(kinds)} (nor a list of them)"
+        return _type_message(error.instance, kinds, " (nor a list of them)")
     return jsonschema.exceptions.best_match([error]).message
+
+
+def _hint(word: str, known) -> str:
+    close = difflib.get_close_matches(str(word), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown_keys(error) -> list[str]:
+    """One message per key the schema does not know, under its own key, with the nearest known
+    key (in a method's section: the method's own hyperparameters)."""
+    path = list(error.absolute_path)
+    known = list(error.schema.get("properties", {}))
+    errors = []
+    for key in (k for k in error.instance if k not in known):
+        if path[:2] == ["unlearn", "methods"] and len(path) in (3, 4) and path[2] in METHODS:
+            where = f"methods.{path[2]}" + (f"[{path[3]}]" if len(path) == 4 else "")
+            errors.append(_not_a_hyperparameter(path[2], key, where))
+        else:
+            errors.append(f"config key {_key([*path, key])}: unknown key{_hint(key, known)}")
+    return errors
+
+
+def _not_a_hyperparameter(name: str, key: str, where: str) -> str:
+    """``where``: the section under ``unlearn`` (``methods.<name>`` or ``methods.<name>[i]``)."""
+    own = get_method(name).hyperparameters
+    return (
+        f"config key unlearn.{where}.{key}: {name} has no {key}{_hint(key, own)} "
+        f"(its hyperparameters: {', '.join(own)})"
+    )
+
+
+def _section_errors(error) -> list:
+    """A method's section is a mapping (or null) or a list of them (the schema's oneOf): the
+    errors of the branch the value's type picks, so that each names the key inside it."""
+    path = list(error.absolute_path)
+    if error.validator != "oneOf" or path[:2] != ["unlearn", "methods"] or len(path) != 3:
+        return [error]
+    branch = 1 if isinstance(error.instance, list) else 0
+    inner = [e for e in error.context if e.relative_schema_path[0] == branch]
+    return [e for sub in inner for e in _section_errors(sub)] or [error]
 
 
 def _schema_errors(config: dict) -> list[str]:
     from quantunlearn.study.schema import config_schema
 
     validator = jsonschema.Draft202012Validator(config_schema())
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.path)))
-    return [f"config key {_key(e.absolute_path)}: {_schema_message(e)}" for e in errors]
+    found = [e for error in validator.iter_errors(config) for e in _section_errors(error)]
+    errors = sorted(found, key=lambda e: list(map(str, e.path)))
+    messages = []
+    for error in errors:
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            messages += _unknown_keys(error)
+        elif error.validator == "enum" and "propertyNames" in error.schema_path:
+            name = _key([*error.absolute_path, error.instance])
+            known = ", ".join(error.validator_value)
+            hint = _hint(error.instance, error.validator_value)
+            what = "method" if "methods" in error.schema_path else "name"
+            messages.append(f"config key {name}: unknown {what}{hint}; known: {known}")
+        else:
+            messages.append(f"config key {_key(error.absolute_path)}: {_schema_message(error)}")
+    return messages
 
 
 def normalize_config(user: dict) -> dict:
     """Apply defaults, convert numeric strings, validate. Raises ConfigError naming the key."""
     if not isinstance(user, dict) or not user:
         raise ConfigError("the config is empty: pass --configfile or keep config/config.yaml")
-    config = deep_merge(DEFAULTS, user)
+    config = _expand_home(deep_merge(DEFAULTS, user))
     for section in _NUMERIC_SECTIONS:
         if section in config:
             config[section] = _coerce_numbers(config[section])
@@ -226,6 +337,22 @@ def normalize_config(user: dict) -> dict:
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
     return _select_benchmarks(config)
+
+
+def _expand_home(config: dict) -> dict:
+    """``~`` in the folders and local paths is the home folder (not a folder named ``~``)."""
+    for key in ("results_dir", "tables_dir"):
+        if isinstance(config.get(key), str):
+            config[key] = os.path.expanduser(config[key])
+    for bench in (config.get("benchmarks") or {}).values():
+        if not isinstance(bench, dict):
+            continue
+        if isinstance(bench.get("source"), str):
+            bench["source"] = os.path.expanduser(bench["source"])
+        for which, value in (bench.get("models") or {}).items():
+            if isinstance(value, str):
+                bench["models"][which] = os.path.expanduser(value)
+    return config
 
 
 def _select_benchmarks(config: dict) -> dict:
@@ -264,7 +391,8 @@ def tiny_benchmarks(config: dict) -> list[str]:
 
 def _semantic_errors(config: dict) -> list[str]:
     """What the schema cannot say: names the parsers reject, paths, ranges, combinations."""
-    errors = _quantizer_errors(config)
+    errors = _folder_errors(config)
+    errors += _quantizer_errors(config)
     errors += _benchmark_errors(config)
     errors += _hyperparameter_errors(config)
     errors += _rmu_layer_errors(config)
@@ -306,6 +434,34 @@ def _diagnostics_errors(config: dict) -> list[str]:
                 f"config key diagnostics.methods[{i}]: {name!r} is not one of unlearn.methods"
             )
     return errors
+
+
+def _folder_errors(config: dict) -> list[str]:
+    """results_dir and tables_dir: folders that exist and can be written, or can be created."""
+    errors = []
+    for key in ("results_dir", "tables_dir"):
+        if config[key] is not None:
+            problem = unwritable(Path(config[key]))
+            if problem:
+                errors.append(f"config key {key}: {problem}")
+    return errors
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot be created or written (None: it can). Tries it: creates and removes
+    a probe folder in it or in its nearest existing parent (permission bits do not say what
+    root, ACLs or a read-only file system allow)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        return f"cannot create {str(folder)!r}: {str(existing)!r} is a file, not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".quantunlearn-probe-", dir=existing))
+    except OSError as err:
+        verb = "write to" if existing == folder else "create"
+        return f"cannot {verb} {str(folder)!r} ({str(existing)!r}: {err.strerror})"
+    return None
 
 
 def _quantizer_errors(config: dict) -> list[str]:
@@ -354,20 +510,25 @@ def _benchmark_errors(config: dict) -> list[str]:
                 "is trained; remove the key"
             )
         errors += _base_errors(bench, key)
-        source = bench["source"]
-        if source not in GENERATED_SOURCES and not Path(source).is_dir():
-            if not HUB_ID_RE.match(source):
-                errors.append(f"config key {key}.source: no folder {source!r} (nor a hub id)")
-        if source == "twitter":
-            errors += _twitter_errors(bench["twitter"], f"{key}.twitter")
+        errors += _source_errors(key, bench)
         models = bench["models"]
         given = [models["target"] is not None, models["retrain"] is not None]
         if any(given) and not all(given):
             errors.append(f"config key {key}.models: give both target and retrain, or neither")
-        for which in ("target", "retrain", "tokenizer"):
-            value = models[which]
-            if value is not None and not Path(value).exists() and not HUB_ID_RE.match(value):
-                errors.append(f"config key {key}.models.{which}: no such path {value!r}")
+        named = {which: models[which] for which in ("target", "retrain", "tokenizer")}
+        named |= {f"unlearned.{k}": v for k, v in (models.get("unlearned") or {}).items()}
+        for which, value in named.items():
+            if value is not None and not Path(value).exists() and not is_hub_spec(value):
+                errors.append(
+                    f"config key {key}.models.{which}: no such path {value!r} (nor a hub id "
+                    "owner/name[@revision])"
+                )
+            elif which.startswith("unlearned.") and Path(value).is_dir():
+                if not (Path(value) / "config.json").is_file():
+                    errors.append(
+                        f"config key {key}.models.{which}: {value!r} holds no config.json "
+                        "(not a saved model)"
+                    )
     return errors
 
 
@@ -383,23 +544,69 @@ def _base_errors(bench: dict, key: str) -> list[str]:
             f"config key {key}.models.base: the target and retrain are fine-tuned from the base "
             "model; give either base or target and retrain"
         ]
-    if not Path(base).exists() and not HUB_ID_RE.match(base):
-        return [f"config key {key}.models.base: no such path {base!r}"]
+    if not Path(base).exists() and not is_hub_spec(base):
+        return [
+            f"config key {key}.models.base: no such path {base!r} (nor a hub id "
+            "owner/name[@revision])"
+        ]
     return []
 
 
 def _twitter_errors(spec: dict, key: str) -> list[str]:
-    """The Twitter data: synthetic, a local folder, or a hub id pinned to a revision."""
+    """The Twitter data: synthetic (sizes the generator can honour), a local folder in the hub's
+    schema, or a hub id pinned to a revision."""
+    from quantunlearn.data.synthetic import SyntheticError
+    from quantunlearn.data.twitter import check_synthetic_twitter, split_files
+
     data = spec["data"]
-    if data == "synthetic" or Path(data).is_dir():
+    if data == "synthetic":
+        try:
+            check_synthetic_twitter(spec["n_forget"], spec["n_retain"])
+        except SyntheticError as err:
+            return [f"config key {key}" + (f".{err.key}" if err.key else "") + f": {err}"]
         return []
-    if not HUB_ID_RE.match(data):
+    if Path(data).is_dir():
+        try:
+            split_files(data)
+        except ValueError as err:
+            return [f"config key {key}.data: not the hub dataset's layout: {err}"]
+        return []
+    if not is_hub_spec(data):
         return [f"config key {key}.data: no folder {data!r} (nor a hub id, nor synthetic)"]
     if not spec["revision"]:
         return [
             f"config key {key}.revision: the hub dataset {data} needs a pinned revision (a "
             "commit sha), so that the study's data cannot change under it"
         ]
+    return []
+
+
+def _source_errors(key: str, bench: dict) -> list[str]:
+    """What the `prepare_benchmark` job would reject, checked before it runs (the job's output
+    is the folder every cell of the benchmark depends on): the generator's constraints on the
+    split sizes, a local folder's MUSE layout (or the Twitter data's)."""
+    from quantunlearn.data.muse import load_benchmark
+    from quantunlearn.data.synthetic import SyntheticError, check_synthetic
+
+    source = bench["source"]
+    if source == "twitter":
+        return _twitter_errors(bench["twitter"], f"{key}.twitter")
+    if source == "synthetic":
+        settings = {k: v for k, v in bench["synthetic"].items() if k != "seed"}
+        try:
+            check_synthetic(**settings)
+        except SyntheticError as err:
+            where = f"{key}.synthetic" + (f".{err.key}" if err.key else "")
+            return [f"config key {where}: {err}"]
+        return []
+    if Path(source).is_dir():
+        try:
+            load_benchmark(source)
+        except (OSError, ValueError) as err:
+            return [f"config key {key}.source: not a benchmark in the MUSE layout: {err}"]
+        return []
+    if not is_hub_spec(source):
+        return [f"config key {key}.source: no folder {source!r} (nor a hub id owner/name[@rev])"]
     return []
 
 
@@ -441,10 +648,7 @@ def _hyperparameter_errors(config: dict) -> list[str]:
             where_own = f"methods.{name}" + (f"[{i}]" if isinstance(raw, list) else "")
             for key in section:
                 if key not in method.hyperparameters:
-                    errors.append(
-                        f"config key unlearn.{where_own}.{key}: {name} has no {key} "
-                        f"(its hyperparameters: {', '.join(method.hyperparameters)})"
-                    )
+                    errors.append(_not_a_hyperparameter(name, key, where_own))
             params = method_params(config, name, section)
             axes = {k: as_list(params[k]) for k in method.hyperparameters}
             for combo in itertools.product(*axes.values()):
@@ -455,6 +659,87 @@ def _hyperparameter_errors(config: dict) -> list[str]:
                     where = where_own if own else "common"
                     errors.append(f"config key unlearn.{where}.{err.key}: {err.message}")
     return sorted(set(errors), key=errors.index)
+
+
+def config_warnings(config: dict) -> list[str]:
+    """Values that are valid but almost surely a mistake, or whose effect is easy to miss (the
+    workflow prints them when it parses the config), each naming its key."""
+    warnings = _percentile_warnings(config) + _lr_warnings(config)
+    return warnings + _unused_warnings(config) + _override_warnings(config)
+
+
+def _sections(config: dict) -> list[tuple[str, dict]]:
+    """(key, section) of unlearn.common and of every method's own section(s) (a list's as
+    ``unlearn.methods.<name>[i]``)."""
+    sections = [("unlearn.common", config["unlearn"].get("common") or {})]
+    for name, raw in config["unlearn"]["methods"].items():
+        for i, section in enumerate(method_sections(config, name)):
+            where = f"unlearn.methods.{name}" + (f"[{i}]" if isinstance(raw, list) else "")
+            sections.append((where, section))
+    return sections
+
+
+def _percentile_warnings(config: dict) -> list[str]:
+    """gamma_pct is a percentile (0..100): 0.9 keeps nearly every module, not the top 10 %."""
+    warnings = []
+    for where, section in _sections(config):
+        fractions = [v for v in as_list(section.get("gamma_pct", [])) if 0 < v < 1]
+        if fractions:
+            warnings.append(
+                f"config key {where}.gamma_pct: {fractions} looks like a fraction, but gamma_pct "
+                f"is a percentile in [0, 100] (SURE's paper: 90); {fractions[0]:g} selects the "
+                f"modules above the {fractions[0]:g}th percentile, nearly all of them"
+            )
+    return warnings
+
+
+#: Above this AdamW learning rate fine-tuning wrecks a language model within a few steps (the
+#: papers' unlearning rates: 5e-6 to 7e-4).
+LR_WARNING = 1e-2
+
+
+def _lr_warnings(config: dict) -> list[str]:
+    warnings = []
+    for where, section in _sections(config):
+        large = [v for v in as_list(section.get("lr", [])) if v > LR_WARNING]
+        if large:
+            warnings.append(
+                f"config key {where}.lr: {large} is far above any unlearning learning rate (the "
+                f"papers: 5e-6 to 7e-4); above {LR_WARNING:g} AdamW wrecks the model within a few "
+                "steps (a collapsed run is flagged, a diverging one stops)"
+            )
+    return warnings
+
+
+def _unused_warnings(config: dict) -> list[str]:
+    """A key under unlearn.common that no configured method takes has no effect."""
+    methods = config["unlearn"]["methods"]
+    taken = {key for name in methods for key in get_method(name).hyperparameters}
+    return [
+        f"config key unlearn.common.{key}: none of the configured methods ({', '.join(methods)}) "
+        f"takes {key}; it has no effect"
+        for key in config["unlearn"].get("common") or {}
+        if key not in taken
+    ]
+
+
+def _override_warnings(config: dict) -> list[str]:
+    """unlearn.common overrides a method's own paper default (SURE / LoRA: lr 1e-4; RMU: lr 5e-5,
+    alpha 1200) unless the method's section sets the key: say so, once per key and default."""
+    common = config["unlearn"].get("common") or {}
+    overridden: dict[tuple[str, Any], list[str]] = {}
+    for name in config["unlearn"]["methods"]:
+        sections = method_sections(config, name)
+        for key, own in get_method(name).defaults.items():
+            if key in common and as_list(common[key]) != [own]:
+                if any(key not in section for section in sections):
+                    overridden.setdefault((key, own), []).append(name)
+    return [
+        f"config key unlearn.common.{key}: {common[key]} replaces the paper default {key} "
+        f"{own:g} of {', '.join(names)} (unlearn.common overrides a method's own defaults); set "
+        f"unlearn.methods.<method>.{key} to choose it explicitly and silence this warning"
+        for (key, own), names in overridden.items()
+    ]
 
 
 def _rmu_layer_errors(config: dict) -> list[str]:
@@ -506,9 +791,10 @@ def _utility_errors(evaluation: dict) -> list[str]:
     sources = utility_sources(evaluation)
     for name in evaluation.get("utility") or []:
         source = sources[name]
-        if not Path(source).is_dir() and not HUB_ID_RE.match(source):
+        if not Path(source).is_dir() and not is_hub_spec(source):
             errors.append(
-                f"config key evaluation.utility_data.{name}: no folder {source!r} (nor a hub id)"
+                f"config key evaluation.utility_data.{name}: no folder {source!r} (nor a hub id "
+                "owner/name[@revision])"
             )
     return errors
 

@@ -9,13 +9,15 @@ the keys come in the method's run-path order (`quantunlearn.unlearning.methods.M
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
+from quantunlearn.io import write_json
 from quantunlearn.quantizers import FullPrecision, parse_quantizer
 from quantunlearn.quantizers.bnb import BitsAndBytes
 from quantunlearn.quantizers.rtn import RTN
@@ -23,12 +25,43 @@ from quantunlearn.study.config import (
     ConfigError,
     as_list,
     benchmark_tiny_model,
+    config_warnings,
     low_bit_quantizer,
     method_grids,
     normalize_config,
+    read_config_file,
 )
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS, column_dtype
 from quantunlearn.unlearning.methods import REFERENCES, get_method
+
+#: The file in a tables folder that names the config writing it: two configs that would write
+#: the same table files are stopped at parse time (`Study.tables_owner_error`).
+TABLES_MARKER = ".written_by.json"
+
+
+#: Audit mode: a checkpoint unlearned elsewhere (benchmarks.<b>.models.unlearned) is a run whose
+#: method is "external:<name>", labelled "<name> (external)" in every table.
+EXTERNAL_PREFIX = "external:"
+
+
+def external_method(name: str) -> str:
+    return EXTERNAL_PREFIX + name
+
+
+def is_external(method: Any) -> bool:
+    return isinstance(method, str) and method.startswith(EXTERNAL_PREFIX)
+
+
+def external_name(method: str) -> str:
+    """The configured name of an external checkpoint's method ("external:X" -> "X")."""
+    if not is_external(method):
+        raise ValueError(f"{method!r} is not an external checkpoint's method")
+    return method.removeprefix(EXTERNAL_PREFIX)
+
+
+def unlearned_here(method: str) -> bool:
+    """An unlearning run of the DAG (not a reference model, not an external checkpoint)."""
+    return method not in REFERENCES and not is_external(method)
 
 
 def format_value(value: Any) -> str:
@@ -40,6 +73,8 @@ def format_value(value: Any) -> str:
 
 def run_path(method: str, params: dict) -> str:
     """The run's folder name, Paramspace style: method~NPO_GDR/weight_dtype~bf16/lr~1e-05/..."""
+    if is_external(method):
+        return f"method~external/checkpoint~{external_name(method)}"
     parts = [f"method~{method}"]
     if method not in REFERENCES:
         parts += [f"{k}~{format_value(params[k])}" for k in get_method(method).hyperparameters]
@@ -52,6 +87,9 @@ def expand_runs(config: dict) -> pd.DataFrame:
     for bench in config["benchmarks"]:
         for ref in REFERENCES:
             rows.append({"benchmark": bench, "method": ref, "run": run_path(ref, {})})
+        for name in config["benchmarks"][bench]["models"].get("unlearned") or {}:
+            method = external_method(name)
+            rows.append({"benchmark": bench, "method": method, "run": run_path(method, {})})
         for name in config["unlearn"]["methods"]:
             method = get_method(name)
             for params in method_grids(config, name):
@@ -88,6 +126,8 @@ class Study:
 
     config: dict
     runs: pd.DataFrame
+    #: `config_warnings`: valid values that are almost surely a mistake (printed at parse time)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def results(self) -> Path:
@@ -98,6 +138,32 @@ class Study:
         """Where this config's tables go: several configs may share one results_dir (and so
         reuse each other's models and cells) but each writes its own tables."""
         return Path(self.config["tables_dir"] or self.results / "tables")
+
+    def tables_owner_error(self, owner: str) -> str | None:
+        """Why this study may not write its tables folder: another config's tables are there
+        (its marker, `TABLES_MARKER`, names that config). None: the folder is free or ours."""
+        marker = self.tables / TABLES_MARKER
+        if not marker.is_file():
+            return None
+        written_by = json.loads(marker.read_text(encoding="utf-8")).get("config")
+        if written_by == owner:
+            return None
+        mine = "" if self.config["tables_dir"] is None else f" (tables_dir: {self.tables})"
+        suggestion = self.results / "tables" / Path(owner.split(",")[0]).stem
+        return (
+            f"config key tables_dir: {self.tables} holds the tables of {written_by} (recorded in "
+            f"{marker}); this config ({owner}) would overwrite them{mine}. Give it a tables "
+            f"folder of its own (e.g. tables_dir: {suggestion}), or delete {marker} to hand the "
+            "folder over"
+        )
+
+    def claim_tables(self, owner: str) -> None:
+        """Record in the tables folder that this config writes it (checked by
+        `tables_owner_error` whenever a config is parsed)."""
+        error = self.tables_owner_error(owner)
+        if error:
+            raise ConfigError(error)
+        write_json({"config": owner}, self.tables / TABLES_MARKER)
 
     @property
     def quantizers(self) -> list[str]:
@@ -110,8 +176,17 @@ class Study:
     @property
     def has_mitigations(self) -> bool:
         """Whether the grid holds SURE, QUAIL, LoRA or RMU methods (so: the mitigation tables)."""
-        methods = [get_method(m) for m in self.runs["method"] if m not in REFERENCES]
+        methods = [get_method(m) for m in self.runs["method"] if unlearned_here(m)]
         return any(m.family != "base" for m in methods)
+
+    @property
+    def has_external(self) -> bool:
+        """Whether a benchmark names checkpoints unlearned elsewhere (audit mode)."""
+        return bool(self.runs["method"].map(is_external).any())
+
+    def external_checkpoints(self, bench: str) -> dict[str, str]:
+        """Audit mode: {name: hub id or folder} of the benchmark's external checkpoints."""
+        return dict(self.config["benchmarks"][bench]["models"].get("unlearned") or {})
 
     @property
     def low_bit_quantizer(self) -> str | None:
@@ -123,7 +198,11 @@ class Study:
         return [b for b in self.benchmarks if self.benchmark(b)["source"] == "twitter"]
 
     def benchmark(self, bench: str) -> dict:
-        return self.config["benchmarks"][bench]
+        """The benchmark's entry without its external checkpoints (`external_checkpoints`):
+        what its data, models and cells depend on (adding a checkpoint to audit changes none)."""
+        entry = dict(self.config["benchmarks"][bench])
+        entry["models"] = {k: v for k, v in entry["models"].items() if k != "unlearned"}
+        return entry
 
     def trains_models(self, bench: str) -> bool:
         return self.benchmark(bench)["models"]["target"] is None
@@ -131,6 +210,18 @@ class Study:
     def base_model(self, bench: str) -> str | None:
         """The base model the DAG fine-tunes into target and retrain (None: a tiny model)."""
         return self.benchmark(bench)["models"].get("base")
+
+    def hub_dataset(self, bench: str) -> str | None:
+        """The hub dataset the benchmark's data are read from (``owner/name[@revision]``: its
+        source, or a Twitter benchmark's ``twitter.data`` at its revision); None for generated
+        data and local folders."""
+        from quantunlearn.data.provenance import is_hub_spec
+        from quantunlearn.data.twitter import hub_spec
+
+        entry = self.benchmark(bench)
+        if entry["source"] == "twitter":
+            return hub_spec(entry["twitter"])
+        return entry["source"] if is_hub_spec(entry["source"]) else None
 
     def data_spec(self, bench: str) -> dict:
         """The benchmark's entry without its model size: what its data depends on."""
@@ -147,7 +238,8 @@ class Study:
         row = match.iloc[0]
         # the base columns always (as before the extra methods existed, so the six base
         # methods' jobs keep their exact parameters); the others where the method takes them
-        takes = () if row["method"] in REFERENCES else get_method(row["method"]).hyperparameters
+        method = row["method"]
+        takes = get_method(method).hyperparameters if unlearned_here(method) else ()
         keep = set(BASE_HYPER_COLUMNS) | set(takes) | {"benchmark", "run", "method"}
         return {k: _plain(v) for k, v in row.items() if k in keep}
 
@@ -183,7 +275,7 @@ class Study:
     def diagnosed_runs(self) -> pd.DataFrame:
         """The unlearned runs the diagnostics cover (``diagnostics.methods``; none when off)."""
         spec = self.config.get("diagnostics")
-        runs = self.runs[~self.runs.method.isin(list(REFERENCES))]
+        runs = self.runs[self.runs.method.map(unlearned_here)]
         if not spec:
             return runs.iloc[:0]
         if spec["methods"] is not None:
@@ -193,15 +285,16 @@ class Study:
     def diagnostic_cells(self) -> pd.DataFrame:
         """(benchmark, run, quant) of the weight diagnostics: every diagnosed run x quantizer
         (``diagnostics.quantizers``; by default every quantizer but 'none', the noflip
-        counterfactuals, whose codes are the target's by design, and QUAIL's grid)."""
+        counterfactuals, whose codes are the target's by design, and QUAIL's grid), and every
+        external checkpoint's always (its audit report shows them)."""
         spec = self.config.get("diagnostics")
-        if not spec:
-            return pd.DataFrame(columns=["benchmark", "run", "method", "quant"])
         cells = self.cells()
         keep = cells.run.isin(set(self.diagnosed_runs().run))
-        keep &= cells.quant.map(lambda q: parse_quantizer(q).diagnosable)
-        if spec["quantizers"] is not None:
+        if spec and spec["quantizers"] is not None:
             keep &= cells.quant.isin(spec["quantizers"])
+        keep = (keep | cells.method.map(is_external)) & cells.quant.map(
+            lambda q: parse_quantizer(q).diagnosable
+        )
         return cells[keep].reset_index(drop=True)
 
     def quail_table_file(self, bench: str, run: str) -> str:
@@ -219,9 +312,24 @@ class Study:
         """The scale table's bucket overlap: every unlearned run at ``scale.quant``."""
         if "scale" not in self.config:
             return []
-        runs = self.runs[~self.runs.method.isin(list(REFERENCES))]
+        runs = self.runs[self.runs.method.map(unlearned_here)]
         quant = self.config["scale"]["quant"]
         return [self.diagnostic_file(r.benchmark, r.run, quant) for r in runs.itertuples()]
+
+    def audit_metric_files(self) -> list[str]:
+        """The audit's inputs: every cell of each external checkpoint and of its target."""
+        cells = self.cells()
+        benches = cells[cells.method.map(is_external)].benchmark.unique()
+        keep = cells.benchmark.isin(benches) & (
+            cells.method.map(is_external) | (cells.method == "target")
+        )
+        return [self.metric_file(c.benchmark, c.run, c.quant) for c in cells[keep].itertuples()]
+
+    def audit_diagnostic_files(self) -> list[str]:
+        """The weight diagnostics of every external checkpoint against its target."""
+        cells = self.diagnostic_cells()
+        cells = cells[cells.method.map(is_external)]
+        return [self.diagnostic_file(c.benchmark, c.run, c.quant) for c in cells.itertuples()]
 
     def diagnostic_file(self, bench: str, run: str, quant: str) -> str:
         return str(self.results / "diagnostics" / bench / run / f"{quant}.parquet")
@@ -240,7 +348,9 @@ class Study:
         cell: dict[str, Any] = {"benchmark": {bench: self.benchmark(bench)}, "run": params}
         if self.trains_models(bench) and self.base_model(bench) is None:
             cell["tiny_model"] = self.tiny_model(bench)
-        if params["method"] not in REFERENCES:
+        if is_external(params["method"]):  # its source: a new revision is a new cell
+            cell["external"] = self.external_checkpoints(bench)[external_name(params["method"])]
+        elif params["method"] not in REFERENCES:
             keys = ["batch_size", "max_len", "max_grad_norm"]
             if params["weight_dtype"] == "bf16":
                 keys.append("bf16_compute")
@@ -293,15 +403,38 @@ def steps_summary(study: Study) -> str:
     return "\n".join(lines)
 
 
+def config_owner(configfiles, workdir: str | Path = ".") -> str:
+    """How a tables folder's marker names the config that writes it: its file(s), relative to
+    the working directory where inside it (so a moved clone keeps its name); "--config" when
+    the config came from the command line only."""
+    base = Path(os.path.abspath(workdir))
+    names = []
+    for file in configfiles:
+        full = Path(os.path.abspath(file))
+        names.append(str(full.relative_to(base)) if full.is_relative_to(base) else str(full))
+    return ", ".join(names) or "--config"
+
+
 def load_study(config: dict) -> Study:
     """Validate a config dict (as Snakemake loaded it) and expand its grid."""
     normalized = normalize_config(config)
-    return Study(normalized, expand_runs(normalized))
+    return Study(normalized, expand_runs(normalized), config_warnings(normalized))
 
 
 def load_study_file(path: str | Path) -> Study:
-    with open(path) as fh:
-        return load_study(yaml.safe_load(fh))
+    """`load_study` of a YAML file (a syntax error names file:line:column)."""
+    return load_study(read_config_file(path))
 
 
-__all__ = ["ConfigError", "Study", "expand_runs", "load_study", "load_study_file", "run_path"]
+__all__ = [
+    "ConfigError",
+    "Study",
+    "config_owner",
+    "expand_runs",
+    "external_method",
+    "is_external",
+    "load_study",
+    "load_study_file",
+    "run_path",
+    "unlearned_here",
+]

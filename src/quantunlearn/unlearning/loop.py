@@ -23,9 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from quantunlearn.data.documents import pack_documents, read_documents
+from quantunlearn.data.provenance import code_state
 from quantunlearn.io import atomic_dir, write_json, write_parquet
-from quantunlearn.models.loading import load_model, load_tokenizer
-from quantunlearn.models.training import check_finite, collate, set_checkpointing
+from quantunlearn.models.loading import copy_tokenizer, load_model, load_tokenizer
+from quantunlearn.models.training import IGNORE, check_finite, collate, set_checkpointing
 from quantunlearn.unlearning.hyperparameters import UnlearnSettings
 from quantunlearn.unlearning.methods import Method, Run, get_method
 from quantunlearn.unlearning.objectives import Step
@@ -46,7 +47,8 @@ def unlearn(
 ) -> dict:
     """Unlearn the forget corpus from ``target`` with ``method`` at ``hyperparameters`` (a dict
     of config keys: the method's own are read, the rest ignored); save the model (and tokenizer
-    and ``unlearn_info.json``) to ``out_dir`` and the per-step log to ``log_path``."""
+    and ``unlearn_info.json``: ``provenance`` and the git state) to ``out_dir`` and the per-step
+    log to ``log_path``. The tokenizer saved is a copy of its source's files."""
     spec = get_method(method)
     run = spec.run(hyperparameters)
     if not isinstance(settings, UnlearnSettings):
@@ -54,6 +56,8 @@ def unlearn(
     tok = load_tokenizer(tokenizer or target)
     forget, retain = _sequences(spec, forget_corpus, retain_corpus, tok, settings.max_len)
     model, emulate = _load(target, run.weight_dtype, settings.bf16_compute)
+    probe = probe_sequences(retain_corpus, tok, settings.max_len)
+    target_ce = retain_ce(model, probe, tok.pad_token_id, settings.batch_size)
     context = {"run": run, "target": target, "model": model, "forget": forget}
     context.update(pad_id=tok.pad_token_id, batch_size=settings.batch_size)
     state = {k: v for term in spec.terms for k, v in term.setup(context).items()}
@@ -66,6 +70,8 @@ def unlearn(
     trainable.model.eval()
     if settings.gradient_checkpointing:  # saved as a plain model: generation uses the cache
         set_checkpointing(trainable.model, False)
+    vocab = trainable.model.get_output_embeddings().weight.shape[0]
+    after_ce = retain_ce(trainable.model, probe, tok.pad_token_id, settings.batch_size)
     info = {
         "method": method,
         **run.values(),
@@ -79,18 +85,83 @@ def unlearn(
         "target": str(target),
         "n_forget_sequences": len(forget),
         "n_retain_sequences": len(retain),
+        **collapse(vocab, target_ce, after_ce),
+        **{f"git_{k}": v for k, v in code_state().items()},  # the code that unlearned
         **provenance,
     }
+    _save(trainable, tokenizer or target, info, out_dir, emulate)
+    write_parquet(pd.DataFrame(log), log_path)
+    return info
+
+
+def _save(trainable, tokenizer: str, info: dict, out_dir, emulate: bool) -> None:
+    """The model (LoRA merged), a copy of its tokenizer source's files, the scope's extras and
+    unlearn_info.json, atomically."""
     with atomic_dir(out_dir) as tmp:
         trainable.save_extras(tmp)  # SURE's saliency, the LoRA adapter, RMU's control vector
         model = trainable.final_model()  # LoRA: W0 + (alpha / r) B A, what every quantizer sees
         if emulate:
             model.to(torch.bfloat16)  # stored as a bf16 model, as the native path stores it
         model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        copy_tokenizer(tokenizer, tmp)  # the source's files, not the padded object
         write_json(info, Path(tmp) / "unlearn_info.json")
-    write_parquet(pd.DataFrame(log), log_path)
-    return info
+
+
+#: Retain sequences on which `collapse` compares the target and the unlearned model (the first
+#: ones of the retain corpus: the same for every run of a benchmark).
+PROBE_SEQUENCES = 32
+
+
+def probe_sequences(retain_corpus, tok, max_len: int) -> list:
+    """The first `PROBE_SEQUENCES` packed sequences of the retain corpus ([] without one)."""
+    path = Path(retain_corpus)
+    if not path.is_file():
+        return []
+    docs = read_documents(path)[: 4 * PROBE_SEQUENCES]
+    return pack_documents(docs, tok, max_len)[:PROBE_SEQUENCES]
+
+
+@torch.no_grad()
+def retain_ce(model, sequences: list, pad_id: int, batch_size: int) -> float | None:
+    """Mean cross-entropy (nats per token) of the model on these sequences; None without any."""
+    if not sequences:
+        return None
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(sequences), batch_size):
+        batch = collate(sequences[i : i + batch_size], pad_id, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        total += torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().flatten(0, 1),
+            labels.flatten(),
+            ignore_index=IGNORE,
+            reduction="sum",
+        ).item()
+        count += int((labels != IGNORE).sum())
+    return total / count
+
+
+def collapse(vocab: int, target_ce: float | None, unlearned_ce: float | None) -> dict:
+    """Whether unlearning collapsed the model (the unlearn_info.json keys).
+
+    Collapsed: the unlearned model's mean cross-entropy on retain text (text it should still
+    model) is within ln 2 of a uniform guess over its vocabulary (ln V nats per token), i.e. it
+    gives the true tokens on average (geometric mean) at most twice the probability 1/V that a
+    uniform distribution gives, while the target was below that. It catches a near-uniform
+    output distribution (CE = ln V) and confidently wrong tokens (CE > ln V) alike; a working
+    model is far below (the default study's target: 0.56 nats against a threshold of 6.93 for
+    V = 2048; Llama-2's V = 32000 gives 9.68). None: no retain text, or a target that is itself
+    no better than uniform there (the test cannot tell).
+    """
+    threshold = math.log(vocab) - math.log(2)
+    known = unlearned_ce is not None and target_ce is not None and target_ce < threshold
+    return {
+        "collapsed": (not unlearned_ce < threshold) if known else None,
+        "retain_ce": unlearned_ce,
+        "target_retain_ce": target_ce,
+        "collapse_threshold": threshold,
+    }
 
 
 def _sequences(method: Method, forget_corpus, retain_corpus, tok, max_len: int):
@@ -168,6 +239,28 @@ def _alternating_batches(forget: list, retain: list, batch_size: int, epochs: in
                 b += 1
 
 
+def _step(opt, params: list, lr: float, where: str) -> None:
+    """One AdamW step; stops, naming the learning rate, where it diverges: a step that overflows
+    (AdamW computes lr / (1 - beta1) in float32: lr above ~3e37 fails inside torch) or that
+    leaves a parameter non-finite (the next loss would be NaN, or the model saved broken)."""
+    try:
+        opt.step()
+    except RuntimeError as err:
+        if "overflow" not in str(err):
+            raise
+        raise FloatingPointError(
+            f"the AdamW step overflowed at {where} with lr {lr:g} ({err}): the learning rate is "
+            "far too large; nothing was saved"
+        ) from None
+    opt.zero_grad(set_to_none=True)
+    bad = sum(int(not torch.isfinite(p).all()) for p in params)
+    if bad:
+        raise FloatingPointError(
+            f"{bad} parameter tensor(s) became non-finite after the AdamW step at {where} (lr "
+            f"{lr:g}): the training diverged, the learning rate is too large; nothing was saved"
+        )
+
+
 def _train(method: Method, run: Run, trainable, forget, retain, pad_id, settings, emulate, state):
     """AdamW (weight decay 0, constant lr) over the method's loss; returns the per-step log."""
     model, device = trainable.model, next(trainable.model.parameters()).device
@@ -187,12 +280,12 @@ def _train(method: Method, run: Run, trainable, forget, retain, pad_id, settings
         for _ in range(trainable.steps_per_batch):
             step = Step(model, trainable, fb, rb, state, attack)
             loss, parts = method.loss(step, run)
-            check_finite(loss, f"epoch {epoch} step {b} of {method.name} (loss parts {parts})")
+            where = f"epoch {epoch} step {b} of {method.name}"
+            check_finite(loss, f"{where} (loss parts {parts})")
             loss.backward()
             if settings.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(trainable.params, settings.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            _step(opt, trainable.params, run.lr, where)
             if emulate:
                 round_to_bf16(model)
             if attack is not None:
