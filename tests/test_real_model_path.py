@@ -122,6 +122,7 @@ def world(tmp_path_factory, shared_muse):
     unlearn_cfg["methods"] = {"NPO_GDR": {"alpha": 1.0}}
     unlearn_cfg.update(batch_size=4, max_len=64)
     config["quantizers"] = ["none", "rtn_w4", "bnb_nf4"]
+    config["diagnostics"] = False  # the external checkpoint's are made all the same
     config["storage"] = {"unlearned_models": "keep"}
     evaluation = config["evaluation"]
     evaluation.update(verbmem_max_new_tokens=4, knowmem_max_new_tokens=4, batch_size=8)

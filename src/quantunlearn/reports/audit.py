@@ -119,8 +119,9 @@ def audit_frame(table: pd.DataFrame, bench: str, name: str, audit: dict) -> pd.D
 
 
 def overlap_columns(diag: pd.DataFrame, bench: str, name: str) -> pd.DataFrame:
-    """Per quantizer: the global bucket overlap with the target and the share of weights that
-    moved more than half a quantization step (`evaluation.diagnostics`), in %."""
+    """Per quantizer: the pooled bucket overlap with the target (all quantizable weights; level
+    "pooled" of `read_diagnostics`) and the share of weights that moved more than half a
+    quantization step (`evaluation.diagnostics`), in %."""
     columns = ["quant", "overlap_pct", "beyond_half_step_pct", "n_flipped"]
     if diag.empty:
         return pd.DataFrame(columns=columns)
@@ -128,7 +129,7 @@ def overlap_columns(diag: pd.DataFrame, bench: str, name: str) -> pd.DataFrame:
         (diag["benchmark"] == bench)
         & (diag["method"] == external_method(name))
         & (diag["pair"] == "target_vs_unlearned")
-        & (diag["level"] == "global")
+        & (diag["level"] == "pooled")
     ]
     return pd.DataFrame(
         {

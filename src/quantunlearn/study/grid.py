@@ -389,7 +389,7 @@ def steps_summary(study: Study) -> str:
             continue
         counts: dict[int, int] = {}
         for r in study.runs[study.runs.benchmark == bench].itertuples():
-            if r.method in REFERENCES:
+            if not unlearned_here(r.method):  # references, external checkpoints
                 continue
             method = get_method(r.method)
             run = method.run(study.run_params(bench, r.run))
