@@ -90,3 +90,16 @@ def stored(tmp_path_factory, tiny_model_dir):
         assert any((path / "gptqmodel_logs").iterdir())
         out[quant] = path
     return out
+
+
+@pytest.fixture(scope="session")
+def rwku_bench(tmp_path_factory):
+    """A small embedded RWKU-like benchmark in RWKU's layout (2 targets)."""
+    from quantunlearn.data.synthetic_rwku import generate_synthetic_rwku
+
+    root = tmp_path_factory.mktemp("rwku") / "bench"
+    generate_synthetic_rwku(
+        root, n_people=24, n_targets=2, n_holdout=2, n_neighbors=1, aa_per_fact=1,
+        n_bio_variants=2, n_mia=2, n_descriptions=4, n_rt_questions=4,
+    )  # fmt: skip
+    return root

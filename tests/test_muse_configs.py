@@ -68,12 +68,11 @@ def test_muse_config_has_the_seeds_settings(bench):
     assert (runs.epochs == EPOCHS[bench]).all()
     assert {m: runs.alpha[m] for m in ALPHA[bench]} == ALPHA[bench]
     assert (runs.loc[["NPO", "NPO_GDR", "NPO_KLR"], "beta"] == 0.1).all()
-    assert study.config["evaluation"]["utility"] == [
-        "mmlu",
-        "truthfulqa_mc1",
-        "triviaqa",
-        "fluency",
-    ]
+    # the seeds' utility protocol: RWKU's small files of target 1, Llama-2's chat template
+    evaluation = study.config["evaluation"]
+    seeds = ["mmlu_rwku", "truthfulqa_rwku", "triviaqa_rwku", "fluency_rwku"]
+    assert evaluation["utility"] == seeds and evaluation["chat_template"] == "llama2"
+    assert evaluation["utility_data"] == dict.fromkeys(seeds, "jinzhuoran/RWKU")
     sure = every[every.method.str.endswith("_SURE")].set_index("method")
     assert {m: (sure.alpha[m], sure.gamma_pct[m]) for m in sure.index} == SURE[bench]
     assert (sure.lr == 1e-4).all()
@@ -144,6 +143,7 @@ def test_muse_dry_run_through_the_slurm_profile(bench, tmp_path):
     # stored GPTQ and AWQ checkpoint of each
     n = RUNS[bench]
     assert counts == {
+        "check_utility_data": 1,  # every utility source loaded before any model (a localrule)
         "prepare_benchmark": 1,
         "reference_auc": 1,
         "unlearn": n,
@@ -153,7 +153,7 @@ def test_muse_dry_run_through_the_slurm_profile(bench, tmp_path):
         "quant_tables": 1,
         "mitigation_tables": 1,
         "all_tables": 1,
-        "total": 6 + n + 10 * (n + 2),
+        "total": 7 + n + 10 * (n + 2),
     }
     # the profile's per-rule requests: GPU jobs with their memory and time, the rest default
     unlearn = _resources(log, "unlearn")

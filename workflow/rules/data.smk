@@ -1,7 +1,27 @@
-# The benchmark in the MUSE layout: generated (synthetic), copied (local folder) or fetched (hub).
+# The utility data check (when the study measures utility metrics): every configured utility
+# source is loaded and its rows checked before any benchmark is prepared, so a source that cannot
+# be loaded fails in seconds, before any model is loaded or GPU job submitted.
 
 
+rule check_utility_data:
+    output:
+        STUDY.utility_check_file,
+    log:
+        f"{RESULTS}/logs/check_utility_data/{os.path.basename(STUDY.utility_check_file)}.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        evaluation=STUDY.config["evaluation"],
+    script:
+        "../scripts/check_utility_data.py"
+
+
+# The benchmark's folder: generated (embedded), copied (local folder) or fetched (hub), by its
+# kind's row of quantunlearn.data.BENCHMARKS.
 rule prepare_benchmark:
+    input:
+        utility_check_input(),
     output:
         directory(f"{RESULTS}/data/{{bench}}"),
     log:

@@ -4,7 +4,7 @@
 
 rule table1:
     input:
-        STUDY.metric_files(),
+        STUDY.metric_files(layout="muse"),
     output:
         **report_outputs("table1"),
     log:
@@ -22,7 +22,7 @@ rule table1:
 
 rule quant_tables:
     input:
-        metrics=STUDY.metric_files(),
+        metrics=STUDY.metric_files(layout="muse"),
         diagnostics=STUDY.diagnostic_files(),
     output:
         **report_outputs("quant_tables"),
@@ -43,7 +43,7 @@ rule quant_tables:
 # of every grid (config `selection`), the full grid, and the summary table + scatter figure.
 rule mitigation_tables:
     input:
-        STUDY.metric_files(),
+        STUDY.metric_files(layout="muse"),
     output:
         **report_outputs("mitigation_tables"),
     log:
@@ -82,3 +82,22 @@ rule scale_table:
         benchmarks=STUDY.benchmarks,
     script:
         "../scripts/make_scale_table.py"
+
+
+# Zhang et al. Table 7: GA, NPO and RT on RWKU (config/rwku.yaml, config/rwku_synthetic.yaml).
+rule table7:
+    input:
+        STUDY.metric_files(layout="rwku"),
+    output:
+        **report_outputs("table7"),
+    log:
+        f"{RESULTS}/logs/tables/{TABLES_TAG}table7.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{TABLES_TAG}table7.tsv"
+    localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        quantizers=STUDY.quantizers,
+    script:
+        "../scripts/make_table7.py"

@@ -8,7 +8,7 @@ with logged(snakemake.log[0], snakemake.threads):
         snakemake.params.model,
         snakemake.wildcards.quant,
         snakemake.input.data,
-        snakemake.input.auc,
+        snakemake.params.auc,
         snakemake.output.metrics,
         snakemake.output.records,
         cell=dict(snakemake.params.cell),
@@ -18,4 +18,6 @@ with logged(snakemake.log[0], snakemake.threads):
         tokenizer=snakemake.params.tokenizer,
         quant_dir=snakemake.params.quant_dir,
         target_model=snakemake.params.target_model,
+        kind=snakemake.params.kind,
+        subjects=snakemake.params.subjects,
     )

@@ -1,11 +1,10 @@
+from pathlib import Path
+
 from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0]):
-    from quantunlearn.data.muse import prepare_benchmark
-    from quantunlearn.data.synthetic import generate_synthetic
+    from quantunlearn.data import benchmark_kind
 
     bench = snakemake.params.benchmark
-    if bench["source"] == "synthetic":
-        generate_synthetic(snakemake.output[0], **bench["synthetic"])
-    else:
-        prepare_benchmark(bench["source"], snakemake.output[0])
+    # the benchmark kind's row: generate (embedded), copy (local folder) or fetch (hub)
+    benchmark_kind(bench).prepare(bench, Path(snakemake.output[0]))

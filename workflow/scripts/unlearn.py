@@ -1,15 +1,17 @@
-from pathlib import Path
-
 from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0], snakemake.threads):
+    from quantunlearn.data import benchmark_kind
     from quantunlearn.unlearning.loop import unlearn
 
     bench, run = snakemake.params.benchmark, dict(snakemake.params.run)
+    # the benchmark's kind says where the forget (and retain) data come from: MUSE text files,
+    # or one RWKU target's texts and refusals
+    forget, retain = benchmark_kind(bench).corpora(snakemake.input.data, bench, run.get("subject"))
     unlearn(
         snakemake.params.target,
-        Path(snakemake.input.data) / bench["forget_corpus"],
-        Path(snakemake.input.data) / bench["retain_corpus"],
+        forget,
+        retain,
         snakemake.output.model,
         snakemake.output.log,
         method=run["method"],

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
@@ -63,6 +63,7 @@ ITEM_KEYS = {"verbmem": ("prompt", "gt"), "qa": ("question", "answer")}
 class Benchmark:
     """The evaluation files of one MUSE-layout folder (raw corpora are read with read_documents)."""
 
+    layout: ClassVar[str] = "muse"
     root: Path
     verbmem_forget: list[dict]
     knowmem_forget_qa: list[dict]

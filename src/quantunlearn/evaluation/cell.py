@@ -17,10 +17,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from quantunlearn.data import BY_NAME as BENCHMARKS_BY_NAME
 from quantunlearn.data.muse import load_benchmark
 from quantunlearn.evaluation import metrics
 from quantunlearn.evaluation.metrics import Context
 from quantunlearn.io import config_hash, write_json, write_parquet
+from quantunlearn.models.chat import use_chat_template
 from quantunlearn.models.loading import load_model, load_tokenizer
 from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.unlearning.hyperparameters import all_fields, column_dtype
@@ -78,14 +80,20 @@ def evaluate_cell(
     tokenizer: str | None = None,
     quant_dir: str | Path | None = None,
     target_model: str | None = None,
+    kind: str = "muse",
+    subjects: list[int] | None = None,
 ) -> pd.DataFrame:
     """Quantize (at load time, or decode a stored checkpoint) and evaluate one model; `cell`
     holds the row's parameters. quant_dir: the stored checkpoint of a GPTQ/AWQ quantizer;
-    target_model: the target, which the noflip counterfactual needs."""
+    target_model: the target, which the noflip counterfactual needs; kind: the benchmark's row
+    of quantunlearn.data.BENCHMARKS, subjects: the RWKU targets the cell evaluates;
+    reference_auc_json: PrivLeak's reference (None for a benchmark without a retrain model)."""
     quantizer = parse_quantizer(quant)
-    bench = load_benchmark(bench_dir)
-    auc_retrain = json.loads(Path(reference_auc_json).read_text())["auc_retrain"]
-    tok = load_tokenizer(tokenizer or model_path)
+    bench = BENCHMARKS_BY_NAME[kind].load(bench_dir, subjects)
+    auc_retrain = float("nan")
+    if reference_auc_json is not None:
+        auc_retrain = json.loads(Path(reference_auc_json).read_text())["auc_retrain"]
+    tok = use_chat_template(load_tokenizer(tokenizer or model_path), evaluation)
     start = time.time()
     model = quantizer.load(
         model_path, compute_dtype=bnb_compute_dtype, quant_dir=quant_dir, target_path=target_model
@@ -95,7 +103,7 @@ def evaluate_cell(
     values, records = {}, []
     with torch.inference_mode():
         for metric in metrics.METRICS:
-            if metric.applies(evaluation):
+            if metric.applies(context):
                 value, n, recs = metric.compute(context)
                 values[metric.name] = (value, n)
                 records += recs
@@ -108,6 +116,8 @@ def evaluate_cell(
         "eval_seconds": time.time() - start,
         "quantize_seconds": quantize_seconds,
     }
+    if subjects is not None:  # RWKU: how many targets the cell's values average
+        shared["n_targets"] = len(subjects)
     rows = [{**shared, "metric": m, "value": float(v), "n": n} for m, (v, n) in values.items()]
     frame = pd.DataFrame(rows)
     hyper = [key for key in all_fields() if key in frame.columns]

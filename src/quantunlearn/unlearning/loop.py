@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from quantunlearn.data.documents import pack_documents, read_documents
+from quantunlearn.data.documents import TextCorpus
 from quantunlearn.io import atomic_dir, write_json, write_parquet
 from quantunlearn.models.loading import load_model, load_tokenizer
 from quantunlearn.models.training import check_finite, collate
@@ -31,8 +31,8 @@ from quantunlearn.unlearning.objectives import Step
 
 def unlearn(
     target: str,
-    forget_corpus: str | Path,
-    retain_corpus: str | Path,
+    forget_corpus,
+    retain_corpus,
     out_dir: str | Path,
     log_path: str | Path,
     *,
@@ -44,7 +44,11 @@ def unlearn(
 ) -> dict:
     """Unlearn the forget corpus from ``target`` with ``method`` at ``hyperparameters`` (a dict
     of config keys: the method's own are read, the rest ignored); save the model (and tokenizer
-    and ``unlearn_info.json``) to ``out_dir`` and the per-step log to ``log_path``."""
+    and ``unlearn_info.json``) to ``out_dir`` and the per-step log to ``log_path``.
+
+    The corpora are text files (MUSE: packed documents) or corpus objects of `quantunlearn.data`
+    (`TextCorpus`, `RWKUCorpus`: a target's texts and refusals); ``retain_corpus`` may be None
+    for a method without a retain term."""
     spec = get_method(method)
     run = spec.run(hyperparameters)
     if not isinstance(settings, UnlearnSettings):
@@ -91,13 +95,23 @@ def unlearn(
     return info
 
 
+def _corpus(corpus):
+    """A text file path as a `TextCorpus` (MUSE); a corpus object as it is."""
+    return TextCorpus(corpus) if isinstance(corpus, str | Path) else corpus
+
+
 def _sequences(method: Method, forget_corpus, retain_corpus, tok, max_len: int):
-    """The packed forget sequences, and the retain ones when the method has a retain term."""
-    forget = pack_documents(read_documents(forget_corpus), tok, max_len)
-    retain = pack_documents(read_documents(retain_corpus), tok, max_len) if method.retain else []
+    """The forget examples of the method's forget term (texts or refusals: the term says which),
+    and the retain ones when the method has a retain term."""
+    forget = method.forget.examples(_corpus(forget_corpus), tok, max_len)
     if not forget:
         raise ValueError(f"the forget corpus {forget_corpus} holds no text")
-    if method.retain and not retain:
+    if not method.retain:
+        return forget, []
+    if retain_corpus is None:
+        raise ValueError(f"{method.name} needs a retain set, but there is no retain corpus")
+    retain = _corpus(retain_corpus).document_examples(tok, max_len)
+    if not retain:
         raise ValueError(f"{method.name} needs a retain set, but {retain_corpus} holds no text")
     return forget, retain
 
