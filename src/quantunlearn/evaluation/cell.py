@@ -65,6 +65,25 @@ def reference_auc(
     return auc
 
 
+def _auc_retrain(reference_auc_json) -> float:
+    """PrivLeak's reference AUC; NaN for a benchmark without a retrain model (RWKU)."""
+    if reference_auc_json is None:
+        return float("nan")
+    return json.loads(Path(reference_auc_json).read_text())["auc_retrain"]
+
+
+def _measure(context: Context) -> tuple[dict, list[dict]]:
+    """Every metric of the METRICS table that applies to the cell: {name: (value, n)}, records."""
+    values, records = {}, []
+    with torch.inference_mode():
+        for metric in metrics.METRICS:
+            if metric.applies(context):
+                value, n, recs = metric.compute(context)
+                values[metric.name] = (value, n)
+                records += recs
+    return values, records
+
+
 def evaluate_cell(
     model_path: str,
     quant: str,
@@ -84,29 +103,19 @@ def evaluate_cell(
     subjects: list[int] | None = None,
 ) -> pd.DataFrame:
     """Quantize (at load time, or decode a stored checkpoint) and evaluate one model; `cell`
-    holds the row's parameters. quant_dir: the stored checkpoint of a GPTQ/AWQ quantizer;
-    target_model: the target, which the noflip counterfactual needs; kind: the benchmark's row
-    of quantunlearn.data.BENCHMARKS, subjects: the RWKU targets the cell evaluates;
-    reference_auc_json: PrivLeak's reference (None for a benchmark without a retrain model)."""
+    holds the row's parameters. quant_dir: a GPTQ/AWQ checkpoint; target_model: the target (for
+    noflip); kind: the benchmark's row of quantunlearn.data.BENCHMARKS; subjects: the RWKU
+    targets the cell evaluates; reference_auc_json: None without a retrain model (RWKU)."""
     quantizer = parse_quantizer(quant)
     bench = BENCHMARKS_BY_NAME[kind].load(bench_dir, subjects)
-    auc_retrain = float("nan")
-    if reference_auc_json is not None:
-        auc_retrain = json.loads(Path(reference_auc_json).read_text())["auc_retrain"]
+    auc_retrain = _auc_retrain(reference_auc_json)
     tok = use_chat_template(load_tokenizer(tokenizer or model_path), evaluation)
     start = time.time()
     model = quantizer.load(
         model_path, compute_dtype=bnb_compute_dtype, quant_dir=quant_dir, target_path=target_model
     )
     quantize_seconds = time.time() - start
-    context = Context(model, tok, bench, evaluation, auc_retrain)
-    values, records = {}, []
-    with torch.inference_mode():
-        for metric in metrics.METRICS:
-            if metric.applies(context):
-                value, n, recs = metric.compute(context)
-                values[metric.name] = (value, n)
-                records += recs
+    values, records = _measure(Context(model, tok, bench, evaluation, auc_retrain))
     shared = {
         **cell,
         "quant": quant,

@@ -4,11 +4,11 @@ and the function that measures it.
 The MUSE metrics (Zhang et al., ICLR 2025, section 4.1 and appendix C; Shi et al. 2024b) are
 measured in every cell of a MUSE-layout benchmark, RWKU's probes (Jin et al., NeurIPS 2024;
 Zhang et al. Table 7) in every cell of an RWKU-layout one; the utility metrics of Zhang et al.
-section 6.2 (Tables 3 and 8: Gen, Tru, Fac, Flu) when ``evaluation.utility`` names them. A row's ``compute`` takes the cell's `Context` and
-returns (value, number of items, per-item records). The tables take their columns, headers and
-arrows from this table; a new metric is one function and one row. This module reads without
-torch (the workflow validates ``evaluation.utility`` against it); the measuring code is imported
-when a metric is computed.
+section 6.2 (Tables 3 and 8: Gen, Tru, Fac, Flu) when ``evaluation.utility`` names them. A
+row's ``compute`` takes the cell's `Context` and returns (value, number of items, per-item
+records). The tables take their columns, headers and arrows from this table; a new metric is
+one function and one row. This module reads without torch (the workflow validates
+``evaluation.utility`` against it); the measuring code is imported when a metric is computed.
 """
 
 from __future__ import annotations

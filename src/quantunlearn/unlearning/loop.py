@@ -42,13 +42,9 @@ def unlearn(
     tokenizer: str | None = None,
     **provenance,
 ) -> dict:
-    """Unlearn the forget corpus from ``target`` with ``method`` at ``hyperparameters`` (a dict
-    of config keys: the method's own are read, the rest ignored); save the model (and tokenizer
-    and ``unlearn_info.json``) to ``out_dir`` and the per-step log to ``log_path``.
-
-    The corpora are text files (MUSE: packed documents) or corpus objects of `quantunlearn.data`
-    (`TextCorpus`, `RWKUCorpus`: a target's texts and refusals); ``retain_corpus`` may be None
-    for a method without a retain term."""
+    """Unlearn the forget corpus (a text file, or a `TextCorpus` / `RWKUCorpus`) from ``target``
+    with ``method`` at ``hyperparameters`` (a dict of config keys: the method's own are read);
+    save the model, tokenizer and ``unlearn_info.json`` to ``out_dir``, the log to ``log_path``."""
     spec = get_method(method)
     run = spec.run(hyperparameters)
     if not isinstance(settings, UnlearnSettings):
