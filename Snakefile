@@ -6,12 +6,16 @@ import os
 
 from snakemake.utils import min_version
 
+from quantunlearn.study.config import read_config_file
+
 min_version("9.0")
 
 
 # The default study (the embedded miniature benchmark) unless --configfile names another one:
 # Snakemake would otherwise merge a real study's benchmarks into the default's.
 if not config:
+    # a YAML syntax error says file:line:column (Snakemake's loader only says "not valid")
+    read_config_file(os.path.join(workflow.basedir, "config", "config.yaml"))
 
     configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
@@ -30,6 +34,10 @@ rule all_tables:
     input:
         # every report of the REPORTS table that this study makes (quantunlearn.reports)
         all_report_files(),
+
+
+onstart:
+    STUDY.claim_tables(TABLES_OWNER)  # this config writes TABLES (common.smk checks it)
 
 
 onsuccess:

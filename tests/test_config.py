@@ -62,7 +62,7 @@ def test_yaml_exponent_trap_is_converted():
     [
         ({"unlearn.common.lr": "fast"}, "unlearn.common.lr", "not a number"),
         ({"unlearn.common.lr": -1e-5}, "unlearn.common.lr", "must be > 0"),
-        ({"unlearn.methods": {"GA_XYZ": {}}}, "unlearn.methods", "GA_XYZ"),
+        ({"unlearn.methods": {"GA_XYZ": {}}}, "unlearn.methods.GA_XYZ", "unknown method"),
         ({"quantizers": ["none", "bnb_int3"]}, "quantizers[1]", "bitsandbytes"),
         ({"quantizers": ["none", "rtn_w9"]}, "quantizers[1]", "2"),
         ({"quantizers": ["rtn_w4"]}, "quantizers", "none"),
@@ -74,7 +74,7 @@ def test_yaml_exponent_trap_is_converted():
         ({"unlearn.methods.GA": {"alpha": 2}}, "unlearn.methods.GA.alpha", "has no alpha"),
         ({"unlearn.common.weight_dtype": "int8"}, "unlearn.common.weight_dtype", "bf16"),
         ({"unlearn.common.epochs": 0}, "unlearn.common.epochs", ""),
-        ({"unlern": {}}, "<config>", "unlern"),
+        ({"unlern": {}}, "unlern", "unknown key"),
         ({"tiny_model.hidden_size": 100}, "tiny_model.hidden_size", "multiple of 128"),
         ({"benchmarks.synthetic.models": {"target": "x/y"}}, "benchmarks.synthetic.models", "both"),
     ],
@@ -90,8 +90,11 @@ def test_bad_configs_name_the_key(changes, key, why):
 def test_hub_ids_and_local_folders_are_accepted(tmp_path):
     hub = load_study(_config(**{"benchmarks.synthetic.source": "muse-bench/MUSE-News"}))
     assert hub.benchmark("synthetic")["source"] == "muse-bench/MUSE-News"
-    local = load_study(_config(**{"benchmarks.synthetic.source": str(tmp_path)}))
-    assert local.benchmark("synthetic")["source"] == str(tmp_path)
+    from quantunlearn.data.synthetic import generate_synthetic
+
+    generate_synthetic(tmp_path / "b", n_people=40, n_retain_qa_people=4, n_icl=2)
+    local = load_study(_config(**{"benchmarks.synthetic.source": str(tmp_path / "b")}))
+    assert local.benchmark("synthetic")["source"] == str(tmp_path / "b")
 
 
 def test_cell_hash_ignores_unrelated_config_changes():
@@ -118,3 +121,220 @@ def test_method_overrides_expand_their_own_grid():
     runs = study.runs[study.runs.method == "GA_GDR"]
     assert sorted(runs.alpha) == [1.0, 5.0]
     assert set(runs.weight_dtype) == {"fp32"}
+
+
+# ----------------------------------------------------------- issue 12: every mistake at parse time
+
+
+@pytest.mark.parametrize(
+    ("synthetic", "key", "why"),
+    [
+        # 108 forget + 12 holdout people leave no retain people
+        ({"forget_frac": 0.9, "holdout_frac": 0.1}, "synthetic.synthetic", "0 retain people"),
+        # 96 retain people cannot hold 90 evaluated + 2 x 10 ICL people
+        ({"n_retain_qa_people": 90}, "synthetic.synthetic", "cannot hold n_retain_qa_people=90"),
+        # 120 x 0.001 rounds to no forget person at all
+        ({"forget_frac": 0.001}, "synthetic.synthetic.forget_frac", "0 forget"),
+        ({"holdout_frac": 0.001}, "synthetic.synthetic.holdout_frac", "0 holdout"),
+        ({"n_people": 5000}, "synthetic.synthetic.n_people", "distinct names"),
+        ({"n_icl": 60}, "synthetic.synthetic", "2 x n_icl=60"),
+    ],
+)
+def test_impossible_synthetic_splits_fail_at_parse_time(synthetic, key, why):
+    """Every constraint of the generator (data.synthetic.check_synthetic) is checked before any
+    job runs, under the key that holds it."""
+    section = {**yaml.safe_load(DEFAULT.read_text())["benchmarks"]["synthetic"]["synthetic"]}
+    section.update(synthetic)
+    with pytest.raises(ConfigError) as info:
+        load_study(_config(**{"benchmarks.synthetic.synthetic": section}))
+    assert f"config key benchmarks.{key}:" in str(info.value)
+    assert why in str(info.value)
+
+
+def test_a_local_folder_not_in_the_muse_layout_fails_at_parse_time(tmp_path):
+    from quantunlearn.data.synthetic import generate_synthetic
+
+    generate_synthetic(tmp_path / "bench", n_people=40, n_retain_qa_people=4, n_icl=2)
+    load_study(_config(**{"benchmarks.synthetic.source": str(tmp_path / "bench")}))
+    (tmp_path / "bench" / "knowmem" / "retain_qa.json").unlink()
+    with pytest.raises(ConfigError) as info:
+        load_study(_config(**{"benchmarks.synthetic.source": str(tmp_path / "bench")}))
+    message = str(info.value)
+    assert "config key benchmarks.synthetic.source: not a benchmark in the MUSE layout" in message
+    assert "knowmem/retain_qa.json is missing" in message
+
+
+def test_home_folder_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    study = load_study(_config(results_dir="~/qu_results", tables_dir="~/qu_tables"))
+    assert study.results == tmp_path / "qu_results"
+    assert study.tables == tmp_path / "qu_tables"
+    assert not (tmp_path / "~").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # checked, nothing created
+
+
+def test_unwritable_results_folders_fail_at_parse_time(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ConfigError) as info:
+        load_study(_config(results_dir=str(tmp_path / "a_file" / "results")))
+    assert "config key results_dir: cannot create" in str(info.value)
+    assert "is a file, not a folder" in str(info.value)
+    # /proc refuses new folders, even to root
+    with pytest.raises(ConfigError, match=r"config key tables_dir: cannot create '/proc/qu"):
+        load_study(_config(tables_dir="/proc/qu_tables"))
+
+
+def test_read_only_results_folder_fails_at_parse_time(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a read-only folder (the /proc case covers root)")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match=r"config key results_dir: cannot write to"):
+            load_study(_config(results_dir=str(folder)))
+    finally:
+        folder.chmod(0o700)
+
+
+def test_two_configs_writing_the_same_tables_are_told(tmp_path):
+    from quantunlearn.study.grid import TABLES_MARKER, config_owner
+
+    study = load_study(_config(results_dir=str(tmp_path / "results")))
+    assert study.tables_owner_error("config/config.yaml") is None  # nothing written yet
+    study.claim_tables("config/config.yaml")
+    marker = tmp_path / "results" / "tables" / TABLES_MARKER
+    assert marker.is_file()
+    assert study.tables_owner_error("config/config.yaml") is None  # its own tables
+    error = study.tables_owner_error("my_study.yaml")
+    assert error.startswith("config key tables_dir:")
+    assert "holds the tables of config/config.yaml" in error
+    assert "tables_dir: " + str(tmp_path / "results" / "tables" / "my_study") in error
+    with pytest.raises(ConfigError, match="holds the tables of config/config.yaml"):
+        study.claim_tables("my_study.yaml")
+    # a config of its own tables_dir is free to go
+    own = load_study(_config(results_dir=str(tmp_path / "results"), tables_dir=str(tmp_path / "t")))
+    assert own.tables_owner_error("my_study.yaml") is None
+    # the owner is the config file relative to the working directory (a moved clone keeps it)
+    assert config_owner([tmp_path / "config" / "config.yaml"], tmp_path) == "config/config.yaml"
+    assert config_owner(["/elsewhere/x.yaml"], tmp_path) == "/elsewhere/x.yaml"
+    assert config_owner([], tmp_path) == "--config"
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "why"),
+    [
+        ({"unlearn.methods": {"GA_GDR_LORA": {"lora_rank": 0}}}, "GA_GDR_LORA.lora_rank", ">= 1"),
+        ({"unlearn.methods": {"GA_GDR": {"epochs": 0}}}, "GA_GDR.epochs", "at least one epoch"),
+        (
+            {"unlearn.methods": {"GA_GDR": {"epochs": 2.5}}},
+            "GA_GDR.epochs",
+            "2.5 is not an integer (nor a list of them)",
+        ),
+        (
+            {"unlearn.methods": {"GA_GDR_LORA": {"lora_rnk": 4}}},
+            "GA_GDR_LORA.lora_rnk",
+            "GA_GDR_LORA has no lora_rnk (did you mean 'lora_rank'?)",
+        ),
+        ({"unlearn.methods": {"GA_GRD": {}}}, "GA_GRD", "unknown method (did you mean 'GA_GDR'?)"),
+        ({"unlearn.methods": {"GA": 3}}, "GA", "3 is not a mapping or null"),
+        ({"unlearn.methods": {"RMU": {"lr": float("inf")}}}, "RMU.lr", "must be finite"),
+    ],
+)
+def test_method_section_errors_name_the_key(changes, key, why):
+    with pytest.raises(ConfigError) as info:
+        load_study(_config(**changes))
+    assert f"config key unlearn.methods.{key}: " in str(info.value)
+    assert why in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"tiny_model.num_layers": 2.5}, "config key tiny_model.num_layers: 2.5 is not an integer"),
+        ({"unlearn.common.epochs": 2.5}, "config key unlearn.common.epochs: 2.5 is not an integer"),
+        ({"diagnostics": "yes"}, "config key diagnostics: 'yes' is not true or false"),
+        ({"unlearn.common.gama_pct": 90}, "unlearn.common.gama_pct: unknown key (did you mean "),
+        ({"unlern": {}}, "config key unlern: unknown key (did you mean 'unlearn'?)"),
+    ],
+)
+def test_type_and_key_errors_read_plainly(changes, message):
+    with pytest.raises(ConfigError) as info:
+        load_study(_config(**changes))
+    assert message in str(info.value)
+    assert "a integer" not in str(info.value) and "of type" not in str(info.value)
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    from quantunlearn.study.config import read_config_file
+
+    text = DEFAULT.read_text().replace("  batch_size: 16 ", "  batch_size: [16 ", 1)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    line = text.splitlines().index(next(s for s in text.splitlines() if "[16 " in s)) + 1
+    with pytest.raises(ConfigError) as info:
+        load_study_file(bad)
+    message = str(info.value)
+    # the parser notices the unclosed list on the next line, and says where the list began
+    assert message.startswith(f"{bad}:{line + 1}:")
+    assert f"while parsing a flow sequence at line {line}, column 15" in message
+    tab = tmp_path / "tab.yaml"
+    tab.write_text("results_dir: results\n\tquantizers: [none]\n")
+    with pytest.raises(ConfigError, match=rf"^{tab}:2:1: YAML syntax error: .*'\\t'"):
+        read_config_file(tab)
+
+
+def test_check_command_reports_what_snakemake_cannot(tmp_path, capsys):
+    from quantunlearn.study.check import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("unlearn:\n  common: {lr: 1e-5\n")
+    assert main([str(bad)]) == 1
+    assert f"{bad}:3:1: YAML syntax error" in capsys.readouterr().err
+    assert main([str(ROOT / "config" / "mitigations.yaml")]) == 0
+    out = capsys.readouterr().out
+    # the effective hyperparameters of every run: SURE at its own lr, not common's 1e-5
+    assert "method GA_GDR_SURE  weight_dtype fp32  lr 0.0001  " in out
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_give_no_warnings(path):
+    assert load_study_file(path).warnings == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"unlearn.methods": {"GA_GDR_SURE": {"gamma_pct": 0.9}}},
+            "config key unlearn.methods.GA_GDR_SURE.gamma_pct: [0.9] looks like a fraction",
+        ),
+        (
+            {"unlearn.common.gamma_pct": 0.9},
+            "config key unlearn.common.gamma_pct: none of the configured methods",
+        ),
+        (
+            {"unlearn.methods": {"GA_GDR_SURE": {}, "NPO_GDR_SURE": {}}},
+            "config key unlearn.common.lr: 1e-05 replaces the paper default lr 0.0001 of "
+            "GA_GDR_SURE, NPO_GDR_SURE",
+        ),
+        (
+            {"unlearn.methods": {"RMU": {"rmu_layer": 1}}},
+            "config key unlearn.common.alpha: 1.0 replaces the paper default alpha 1200 of RMU",
+        ),
+        ({"unlearn.common.lr": 10}, "config key unlearn.common.lr: [10] is far above"),
+    ],
+)
+def test_almost_surely_mistaken_values_warn(changes, message):
+    study = load_study(_config(**changes))
+    assert any(w.startswith(message) for w in study.warnings), study.warnings
+
+
+def test_a_method_section_that_sets_its_own_value_silences_the_override_warning():
+    methods = {"NPO_KLR": {}, "GA_GDR_SURE": {"lr": 1e-5}}  # NPO_KLR takes every common key
+    study = load_study(_config(**{"unlearn.methods": methods}))
+    assert study.warnings == []
+    assert set(study.runs[study.runs.method == "GA_GDR_SURE"].lr) == {1e-5}

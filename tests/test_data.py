@@ -439,5 +439,27 @@ def test_prepare_benchmark_from_folder_hub_id_or_nothing(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="verbmem/forget.json"):
         prepare_benchmark(str(src), tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
-    with pytest.raises(FileExistsError):
-        prepare_benchmark("muse-bench/MUSE-News", tmp_path / "hub")
+
+
+def test_prepare_benchmark_replaces_a_folder_only_when_the_new_one_is_whole(tmp_path, monkeypatch):
+    """The `prepare_benchmark` job runs on an existing folder (the rule's output is update()d):
+    a failing fetch or copy leaves it as it was; a successful one replaces it."""
+    out = tmp_path / "data" / "news"
+    monkeypatch.setattr(datasets, "load_dataset", _fake_hub([]))
+    prepare_benchmark("muse-bench/MUSE-News", out)
+    before = _files(out)
+    failing = _fake_hub([], fail_on=("privleak", "holdout"))
+    monkeypatch.setattr(datasets, "load_dataset", failing)
+    with pytest.raises(muse.HubDownloadError):
+        prepare_benchmark("muse-bench/MUSE-News", out)
+    assert _files(out) == before
+    src = tmp_path / "src"
+    generate_synthetic(src, **SMALL)
+    (src / "privleak" / "holdout.json").unlink()
+    with pytest.raises(FileNotFoundError, match="holdout.json"):
+        prepare_benchmark(str(src), out)
+    assert _files(out) == before
+    generate_synthetic(src, **SMALL)
+    prepare_benchmark(str(src), out)
+    assert _files(out) == _files(src)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["news"]  # no temporary left

@@ -47,8 +47,10 @@ def test_checkpointing_is_used_and_gives_the_same_model(tiny_model_dir, tmp_path
 
     monkeypatch.setattr(unlearn_module, "load_model", watching_load)
     plain, _ = _run(tiny_model_dir, tmp_path, "plain", False)
-    # 2 steps x (forget + retain) through the trained model and through the frozen reference
-    assert len(seen) == 2 * 4 and not any(on for on, _ in seen)
+    # 2 steps x (forget + retain) through the trained model and through the frozen reference,
+    # and the collapse probe on the retain text before and after (one batch each, eval mode)
+    assert len(seen) == 2 * 4 + 2 and not any(on for on, _ in seen)
+    assert seen[0] == seen[-1] == (False, False)
     seen.clear()
     ckpt, info = _run(tiny_model_dir, tmp_path, "ckpt", True)
     trained = [on for on, training in seen if training]

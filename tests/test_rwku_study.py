@@ -110,7 +110,7 @@ def _with(config: dict, change) -> dict:
         ),
         (
             lambda c: c["benchmarks"]["micro_rwku"]["synthetic_rwku"].update({"n_targets": 30}),
-            "benchmarks.micro_rwku.synthetic_rwku: n_targets=30 must be in",
+            "benchmarks.micro_rwku.synthetic_rwku.n_targets: n_targets=30 must be in",
         ),
     ],
 )

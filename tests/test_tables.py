@@ -507,7 +507,7 @@ def test_make_table1_end_to_end(tmp_path, long):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     check_figures(out / "retention.png", out / "retention.svg")
     table = pd.read_parquet(out / "table1.parquet")
-    assert len(table) == 18 and list(table.columns[-6:-2]) == metric_columns()
+    assert len(table) == 18 and list(table.columns[-7:-3]) == metric_columns()
     ret = pd.read_parquet(out / "retention.parquet")
     assert len(ret) == 12 + 6  # per-benchmark rows + pooled rows (2 dtypes x 3 quants)
     assert pct(ret, "knowmem_f", "bf16", "rtn_w4g128")[0] == pytest.approx(82.5)
@@ -515,3 +515,26 @@ def test_make_table1_end_to_end(tmp_path, long):
     md = (out / "retention.md").read_text(encoding="utf-8")
     assert "| Benchmark | Metric | Weights | Quantizer | Retained % of target | Cells |" in md
     assert "Embedded tiny benchmark." in (out / "table1.md").read_text(encoding="utf-8")
+
+
+def test_collapsed_runs_are_marked_in_the_tables(tmp_path, long):
+    """A run whose unlearning job flagged a collapse (its metric files carry collapsed=True)
+    reads "(collapsed)" in every row label, with a note under the table; metric files without
+    the column (written before the flag existed) and the references read as before."""
+    collapsed_run = run_name("GA_GDR", hypers("GA_GDR", "fp32"))
+    flag = long["run"].eq(collapsed_run).astype(object)
+    long = long.assign(collapsed=flag.where(~long["method"].isin(["target", "retrain"]), None))
+    npo_klr = long["method"] == "NPO_KLR"
+    paths = write_cells(long[~npo_klr], tmp_path / "cells")
+    paths += write_cells(long[npo_klr].drop(columns="collapsed"), tmp_path / "old")
+    make_table1(paths, tmp_path / "out", QUANTS)
+    table = pd.read_parquet(tmp_path / "out" / "table1.parquet")
+    assert table.loc[table["run"] == collapsed_run, "collapsed"].tolist() == [True] * 3
+    assert table.loc[table["method"] == "NPO_KLR", "collapsed"].isna().all()
+    md = (tmp_path / "out" / "table1.md").read_text(encoding="utf-8")
+    marked = [line for line in md.splitlines() if "(collapsed)" in line and line.startswith("|")]
+    assert len(marked) == 3 and all(line.startswith("| GA_GDR [fp32") for line in marked)
+    assert "(collapsed): the unlearned model collapsed" in md
+    plain = make_long()
+    make_table1(write_cells(plain, tmp_path / "plain"), tmp_path / "plain_out", QUANTS)
+    assert "collapsed" not in (tmp_path / "plain_out" / "table1.md").read_text(encoding="utf-8")

@@ -1,6 +1,7 @@
 """Training pieces and the unlearning loop on a real (tiny) transformers Llama."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,3 +164,105 @@ def test_emulated_bf16_storage_freezes_small_updates(tiny_model_dir, corpora, tm
     ):
         assert torch.equal(a.to(torch.bfloat16).float(), b), name
     assert load_model(str(out), "bf16").dtype == torch.bfloat16
+
+
+# --------------------------------------------- issue 12: diverging and collapsed unlearning runs
+
+
+def _unlearn_ga(model_dir, corpora, out: Path, lr: float, epochs: int = 5) -> dict:
+    forget, retain = corpora
+    return unlearn(
+        str(model_dir),
+        forget,
+        retain,
+        out,
+        out.parent / f"{out.name}.parquet",
+        method="GA",
+        hyperparameters=dict(weight_dtype="fp32", lr=lr, epochs=epochs),
+        settings=dict(batch_size=2, max_len=64),
+    )
+
+
+def test_an_overflowing_adamw_step_names_the_learning_rate(tiny_model_dir, corpora, tmp_path):
+    """lr 1e38: torch's AdamW overflows computing lr / (1 - beta1) in float32 ("value cannot be
+    converted to type float without overflow"); the error says it is the learning rate."""
+    with pytest.raises(FloatingPointError, match=r"AdamW step overflowed .* lr 1e\+38"):
+        _unlearn_ga(tiny_model_dir, corpora, tmp_path / "m", lr=1e38)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forget.txt", "retain.txt"]
+
+
+def test_non_finite_parameters_stop_the_run(tiny_model_dir, corpora, tmp_path):
+    """lr 10: the weights overflow to inf/NaN a few steps in; the step after which they do is
+    named, with the learning rate, before a NaN loss or a broken model is ever saved."""
+    with pytest.raises(FloatingPointError, match=r"non-finite after the AdamW step .*\(lr 10\)"):
+        _unlearn_ga(tiny_model_dir, corpora, tmp_path / "m", lr=10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forget.txt", "retain.txt"]
+
+
+@pytest.fixture(scope="module")
+def trained_model_dir(tmp_path_factory, tiny_tokenizer, unlearn_docs):
+    """A tiny Llama trained on the documents, so that it models the retain text (far better
+    than a uniform guess: the collapse test compares with that)."""
+    from quantunlearn.data.documents import tokenize_documents
+    from quantunlearn.models.tiny import build_llama
+
+    model = build_llama(tiny_tokenizer, 128, 128, num_layers=1, num_heads=2)
+    docs = tokenize_documents(unlearn_docs, tiny_tokenizer)
+    train_lm(model, docs, tiny_tokenizer.pad_token_id, max_len=64, epochs=30, lr=3e-3,
+             batch_size=2, warmup_steps=2, weight_decay=0.0, seed=0)  # fmt: skip
+    path = tmp_path_factory.mktemp("trained")
+    model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def test_collapsed_runs_are_flagged(trained_model_dir, corpora, tmp_path):
+    """GA at lr 1 keeps a finite loss but leaves a model that predicts the retain text worse
+    than a uniform guess: flagged in unlearn_info.json. A gentle run is not."""
+    import json
+
+    collapsed = _unlearn_ga(trained_model_dir, corpora, tmp_path / "collapsed", lr=1.0)
+    assert collapsed["collapsed"] is True
+    assert collapsed["retain_ce"] >= collapsed["collapse_threshold"]
+    assert collapsed["target_retain_ce"] < collapsed["collapse_threshold"]
+    saved = json.loads((tmp_path / "collapsed" / "unlearn_info.json").read_text())
+    assert saved["collapsed"] is True
+    gentle = _unlearn_ga(trained_model_dir, corpora, tmp_path / "gentle", lr=1e-4, epochs=1)
+    assert gentle["collapsed"] is False
+    assert gentle["retain_ce"] == pytest.approx(gentle["target_retain_ce"], rel=0.05)
+
+
+def test_collapse_criterion_by_hand():
+    from quantunlearn.unlearning.loop import collapse
+
+    v = 2048
+    threshold = math.log(v) - math.log(2)  # = ln 1024: twice the uniform probability 1/V
+    assert collapse(v, 0.5, math.log(v)) == {
+        "collapsed": True,  # a uniform output distribution
+        "retain_ce": math.log(v),
+        "target_retain_ce": 0.5,
+        "collapse_threshold": pytest.approx(math.log(1024)),
+    }
+    assert collapse(v, 0.5, 30.0)["collapsed"] is True  # confidently wrong
+    assert collapse(v, 0.5, threshold - 1e-6)["collapsed"] is False
+    assert collapse(v, 0.5, 2.0)["collapsed"] is False
+    assert collapse(v, 7.5, 7.6)["collapsed"] is None  # the target itself is near uniform
+    assert collapse(v, None, None)["collapsed"] is None  # no retain text
+
+
+def test_retain_ce_of_a_uniform_model_is_ln_vocabulary(tiny_tokenizer):
+    """A Llama whose output layer is zero gives every token logit 0: a uniform distribution,
+    cross-entropy ln V on any text."""
+    from quantunlearn.data.documents import pack_documents
+    from quantunlearn.models.tiny import build_llama
+    from quantunlearn.unlearning.loop import retain_ce
+
+    model = build_llama(tiny_tokenizer, 128, 128, num_layers=1, num_heads=2).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.zero_()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    seqs = pack_documents(["Bruno Okafor keeps a parrot.", "Tarsk floods."], tiny_tokenizer, 16)
+    assert retain_ce(model, seqs, tiny_tokenizer.pad_token_id, 1) == pytest.approx(
+        math.log(vocab), abs=1e-5
+    )
+    assert retain_ce(model, [], tiny_tokenizer.pad_token_id, 1) is None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -109,6 +111,7 @@ def test_micro_study_runs_and_reruns_only_what_is_new(tmp_path):
     assert "Nothing to be done" in again.stdout + again.stderr
 
     grown = yaml.safe_load(MICRO.read_text())
+    grown["tables_dir"] = "results/tables/grown"  # a second config: tables of its own
     grown["unlearn"]["methods"]["NPO"] = {}
     grown["quantizers"].append("rtn_w8")
     grown_file = tmp_path / "grown.yaml"
@@ -142,3 +145,176 @@ def test_failed_unlearning_leaves_no_model(tmp_path):
     )
     assert "non-finite loss" in logs
     shutil.rmtree(tmp_path / "results")
+
+
+# ------------------------------------------- issue 12: no input costs finished work; recovery
+
+
+GA_GDR = "method~GA_GDR/weight_dtype~fp32/lr~0.0001/epochs~1/alpha~1/seed~0"
+
+
+def _write_config(folder: Path, name: str, change) -> Path:
+    config = yaml.safe_load(MICRO.read_text())
+    change(config)
+    path = folder / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file's bytes and mtime (Snakemake decides what is outdated by mtime)."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _set_synthetic(**values):
+    return lambda c: c["benchmarks"]["micro"]["synthetic"].update(values)
+
+
+def test_no_input_deletes_the_finished_benchmark(tmp_path):
+    """An impossible split fails at parse time, before any job; a benchmark job that fails at
+    run time (a hub source without network) leaves the finished folder as it was (the rule's
+    output is update()d: backed up, restored); the documented recovery after reverting the
+    config (`--cleanup-metadata`) keeps it too."""
+    data = "results/data/micro"
+    out = snakemake(tmp_path, "--cores", "1", data, config=MICRO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    before = _snapshot(tmp_path / data)
+
+    bad = _write_config(tmp_path, "bad.yaml", _set_synthetic(forget_frac=0.9, holdout_frac=0.1))
+    out = snakemake(tmp_path, "--cores", "1", "all_tables", config=bad)
+    assert out.returncode != 0
+    assert "config key benchmarks.micro.synthetic: 0 retain people" in out.stdout + out.stderr
+    assert "Building DAG" not in out.stdout + out.stderr  # stopped while parsing
+    assert _snapshot(tmp_path / data) == before
+
+    def from_hub(config):
+        config["benchmarks"]["micro"]["source"] = "muse-bench/x"
+        config["tables_dir"] = "results/tables/hub"  # micro.yaml's run claimed results/tables
+
+    hub = _write_config(tmp_path, "hub.yaml", from_hub)
+    offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "1", data, "--configfile", hub]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=offline, timeout=600)
+    assert out.returncode != 0
+    log = out.stdout + out.stderr
+    assert "HubDownloadError" in log and f"Restored previous version of {data}" in log
+    assert _snapshot(tmp_path / data) == before
+
+    # Snakemake recorded the failed job's parameters: with the config reverted it would rebuild
+    # the (restored, unchanged) folder and so every cell after it, unless told the record is void
+    plan = snakemake(tmp_path, "-n", data, config=MICRO)
+    assert "prepare_benchmark" in plan.stdout
+    out = snakemake(tmp_path, "--cleanup-metadata", data, config=MICRO)
+    assert out.returncode == 0, out.stderr
+    plan = snakemake(tmp_path, "-n", data, config=MICRO)
+    assert "Nothing to be done" in plan.stdout + plan.stderr
+
+
+def test_parse_time_warnings_tables_owner_and_yaml_errors(tmp_path):
+    warned = _write_config(
+        tmp_path, "warned.yaml", lambda c: c["unlearn"]["common"].update(gamma_pct=0.9)
+    )
+    out = snakemake(tmp_path, "-n", config=warned)
+    assert out.returncode == 0, out.stderr
+    assert "warning: config key unlearn.common.gamma_pct: [0.9] looks like a fraction" in (
+        out.stderr
+    )
+
+    # another config's tables are in results/tables: this one is stopped, naming both
+    tables = tmp_path / "results" / "tables"
+    tables.mkdir(parents=True)
+    (tables / ".written_by.json").write_text('{"config": "config/config.yaml"}')
+    out = snakemake(tmp_path, "-n", config=MICRO)
+    assert out.returncode != 0
+    assert "config key tables_dir: results/tables holds the tables of config/config.yaml" in (
+        out.stdout + out.stderr
+    )
+    own = _write_config(tmp_path, "own.yaml", lambda c: c.update(tables_dir="results/t/own"))
+    assert snakemake(tmp_path, "-n", config=own).returncode == 0
+
+    # Snakemake loads --configfile itself and does not say where a YAML error is; the check
+    # command does (docs/running.md, troubleshooting)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(MICRO.read_text().replace("  batch_size: 4", "  batch_size: [4"))
+    out = snakemake(tmp_path, "-n", config=broken)
+    assert "Config file is not valid JSON or YAML" in out.stdout + out.stderr
+    check = [sys.executable, "-m", "quantunlearn.study.check", str(broken)]
+    out = subprocess.run(check, capture_output=True, text=True)
+    assert out.returncode == 1
+    assert re.search(rf"^{re.escape(str(broken))}:\d+:\d+: YAML syntax error", out.stderr)
+
+
+def _descendants(pid: int) -> list[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")")[1].split()[1]
+                )
+            except (OSError, IndexError):
+                continue
+    found, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        found += children
+        todo += children
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")")[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_recovery_after_snakemake_itself_is_killed(tmp_path):
+    """docs/running.md's procedure: Snakemake is SIGKILLed while an unlearning job runs; the
+    orphaned job finishes on its own; its output is marked incomplete and the directory still
+    locked: `--unlock`, then `--rerun-incomplete`; a temporary folder a killed save left beside
+    the model is removed by the rerun."""
+    model = f"results/unlearn/micro/{GA_GDR}/model"
+    cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "2", model]
+    cmd += ["--configfile", str(MICRO)]
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 600
+    while not (tmp_path / "results" / "logs" / "unlearn").exists():
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.2)
+    jobs = _descendants(first.pid)
+    assert jobs, "no job process under Snakemake"
+    os.kill(first.pid, signal.SIGKILL)  # Snakemake itself, not its job
+    first.wait()
+    while any(_running(pid) for pid in jobs):  # the orphaned job finishes on its own
+        assert time.time() < deadline
+        time.sleep(0.5)
+    assert (tmp_path / model / "model.safetensors").is_file()
+
+    # what Snakemake says next: the killed run's output is incomplete, then its lock remains
+    out = snakemake(tmp_path, "--cores", "2", model, config=MICRO)
+    assert out.returncode != 0
+    assert "IncompleteFilesException" in out.stdout + out.stderr
+    assert model in out.stdout + out.stderr
+    out = snakemake(tmp_path, "--cores", "2", "--rerun-incomplete", model, config=MICRO)
+    assert out.returncode != 0
+    assert "Directory cannot be locked" in out.stdout + out.stderr
+    assert snakemake(tmp_path, "--unlock", model, config=MICRO).returncode == 0
+    leftover = tmp_path / model.replace("/model", "/.model.tmp-999999")  # pid 999999: gone
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"half of the weights")
+    out = snakemake(tmp_path, "--cores", "2", "--rerun-incomplete", model, config=MICRO)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert not leftover.exists()
+    assert not [p for p in (tmp_path / "results").rglob("*") if ".tmp-" in p.name]
+    plan = snakemake(tmp_path, "-n", model, config=MICRO)
+    assert "Nothing to be done" in plan.stdout + plan.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -40,21 +41,78 @@ def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
     atomic_write(path, lambda p: frame.to_parquet(p, index=False))
 
 
+#: The temporary folder of `atomic_dir`: ``.<name>.tmp-<pid>`` beside the destination.
+_TMP_DIR = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+
+
 @contextmanager
 def atomic_dir(final: str | Path):
-    """Yield a temporary folder that becomes `final` only if the block succeeds."""
+    """Yield a temporary folder that becomes `final` only if the block succeeds.
+
+    The temporary folder is ``.<name>.tmp-<pid>`` beside `final`; leftovers of killed jobs
+    (whose process is gone) are removed first (`remove_leftovers`). Files are made readable as
+    the umask allows (libraries that write through ``mkstemp`` leave them 0600). An existing
+    `final` is replaced only once the new folder is complete.
+    """
     final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _readable(tmp)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
+
+
+def remove_leftovers(final: str | Path) -> list[Path]:
+    """Remove the ``.<name>.tmp-<pid>`` folders `atomic_dir` left beside `final` when its job was
+    killed: only names of exactly that pattern, and only where that process is not running (or
+    is this one, or belongs to another user). Returns the removed folders."""
+    final = Path(final)
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for path in final.parent.iterdir():
+        match = _TMP_DIR.match(path.name)
+        if not match or match["name"] != final.name or not path.is_dir() or path.is_symlink():
+            continue
+        if _alive_elsewhere(int(match["pid"])):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        print(f"removed {path}: left by an interrupted job (process {match['pid']} is gone)")
+        removed.append(path)
+    return removed
+
+
+def _alive_elsewhere(pid: int) -> bool:
+    """Whether another process of this user with this pid is running (its folder may be live)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: not one of our jobs
+        return False
+    return True
+
+
+def _readable(folder: Path) -> None:
+    """Give every file the mode a plain ``open()`` would (0644 under umask 022): the folder was
+    made with ``mkdir`` (0777 & ~umask), so its mode without the x bits is the target."""
+    wanted = folder.stat().st_mode & 0o666
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode & 0o777
+            if not mode & 0o111 and mode != wanted:
+                path.chmod(wanted)
 
 
 def config_hash(obj) -> str:

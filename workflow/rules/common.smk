@@ -5,13 +5,21 @@ import sys
 
 from quantunlearn.quantizers import QUANTIZERS, family_pattern, parse_quantizer
 from quantunlearn.reports import BY_NAME as REPORTS
-from quantunlearn.study import load_study
+from quantunlearn.study import ConfigError, load_study
+from quantunlearn.study.grid import config_owner
 from quantunlearn.study.storage import disk_summary
 from quantunlearn.unlearning.methods import REFERENCES
 
 STUDY = load_study(config)
-if workflow.is_main_process:  # the dry run (and the main run) says what the checkpoints take
-    print(disk_summary(STUDY), file=sys.stderr)
+# the config file(s) that write this study's tables: the tables folder records it (onstart), and
+# another config that would write the same table files is stopped here
+TABLES_OWNER = config_owner(workflow.configfiles)
+if workflow.is_main_process:  # the dry run (and the main run): once, not in every cluster job
+    if STUDY.tables_owner_error(TABLES_OWNER):
+        raise ConfigError(STUDY.tables_owner_error(TABLES_OWNER))
+    for warning in STUDY.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(disk_summary(STUDY), file=sys.stderr)  # what the checkpoints take
 RESULTS = str(STUDY.results)
 # tables of a second study on the same results (config/quantizers.yaml) go to their own folder
 TABLES = str(STUDY.tables)

@@ -19,11 +19,15 @@ rule check_utility_data:
 
 # The benchmark's folder: generated (embedded), copied (local folder) or fetched (hub), by its
 # kind's row of quantunlearn.data.BENCHMARKS.
+# update(): Snakemake does not delete an existing folder before the job (every finished cell
+# depends on it) but backs it up and restores it if the job fails; the job builds the new one
+# beside it and swaps it in only when complete (quantunlearn.io.atomic_dir). The row's checks
+# (the generator's settings, the local folder's layout) run at parse time, before any job.
 rule prepare_benchmark:
     input:
         utility_check_input(),
     output:
-        directory(f"{RESULTS}/data/{{bench}}"),
+        update(directory(f"{RESULTS}/data/{{bench}}")),
     log:
         f"{RESULTS}/logs/prepare_benchmark/{{bench}}.log",
     benchmark:

@@ -1,12 +1,15 @@
 # The embedded study trains its own tokenizer, target (forget + retain) and retrain (retain only).
 # Real benchmarks name hub ids or local paths in the config instead, and these rules never run.
+# update(): like the benchmark folder (data.smk), a tokenizer or reference model that every cell
+# of the benchmark depends on is kept (backed up, restored if the new training fails) until the
+# new one is complete.
 
 
 rule train_tokenizer:
     input:
         data=lambda wc: benchmark_dir(wc.bench),
     output:
-        directory(f"{RESULTS}/models/{{bench}}/tokenizer"),
+        update(directory(f"{RESULTS}/models/{{bench}}/tokenizer")),
     log:
         f"{RESULTS}/logs/train_tokenizer/{{bench}}.log",
     benchmark:
@@ -24,8 +27,8 @@ rule train_reference:
         data=lambda wc: benchmark_dir(wc.bench),
         tokenizer=f"{RESULTS}/models/{{bench}}/tokenizer",
     output:
-        model=directory(f"{RESULTS}/models/{{bench}}/{{which}}"),
-        log=f"{RESULTS}/models/{{bench}}/{{which}}_train_log.parquet",
+        model=update(directory(f"{RESULTS}/models/{{bench}}/{{which}}")),
+        log=update(f"{RESULTS}/models/{{bench}}/{{which}}_train_log.parquet"),
     log:
         f"{RESULTS}/logs/train_reference/{{bench}}/{{which}}.log",
     benchmark:

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from quantunlearn.data import muse, rwku
-from quantunlearn.data.synthetic import check_synthetic, generate_synthetic
+from quantunlearn.data.synthetic import SyntheticError, check_synthetic, generate_synthetic
 from quantunlearn.data.synthetic_rwku import (
     SYNTHETIC_RWKU_DEFAULTS,
     check_synthetic_rwku,
@@ -159,20 +159,31 @@ class RWKUKind(BenchmarkKind):
 
 
 def _generator_problems(check: Callable, section: str) -> Callable:
+    """The parse-time check of an embedded benchmark: its generator's ``check`` on the settings
+    of its config section, a `SyntheticError` reported under the setting's key."""
+
     def problems(entry: dict) -> list[tuple[str, str]]:
-        params = dict(entry[section])
+        settings = {k: v for k, v in entry[section].items() if k != "seed"}
         try:
-            check(**params)
-        except (TypeError, ValueError) as err:
-            return [(section, str(err))]
+            check(**settings)
+        except SyntheticError as err:
+            return [(section + (f".{err.key}" if err.key else ""), str(err))]
         return []
 
     return problems
 
 
-def _check_synthetic(**params) -> None:
-    params.pop("seed", None)
-    check_synthetic(**params)
+def _muse_problems(entry: dict) -> list[tuple[str, str]]:
+    """A local folder must be a benchmark in the MUSE layout (what prepare_benchmark would
+    reject, checked before it runs); anything else a hub id."""
+    source = entry["source"]
+    if Path(source).is_dir():
+        try:
+            muse.load_benchmark(source)
+        except (OSError, ValueError) as err:
+            return [("source", f"not a benchmark in the MUSE layout: {err}")]
+        return []
+    return _source_problems(entry)
 
 
 def _source_problems(entry: dict) -> list[tuple[str, str]]:
@@ -212,7 +223,7 @@ BENCHMARKS: tuple[BenchmarkKind, ...] = (
         "muse",
         "a folder in the MUSE layout or a hub dataset such as muse-bench/MUSE-News",
         lambda entry, out: muse.prepare_benchmark(entry["source"], out),
-        _source_problems,
+        _muse_problems,
         hub_ids=muse.MUSE_HUB_IDS,
     ),
     # the embedded MUSE-layout benchmark of invented people (quantunlearn.data.synthetic)
@@ -220,7 +231,7 @@ BENCHMARKS: tuple[BenchmarkKind, ...] = (
         "synthetic",
         '"synthetic": the embedded benchmark, generated in the DAG',
         _prepare_synthetic,
-        _generator_problems(_check_synthetic, "synthetic"),
+        _generator_problems(check_synthetic, "synthetic"),
         generator="synthetic",
         generator_defaults=MappingProxyType(SYNTHETIC_DEFAULTS),
     ),

@@ -18,13 +18,14 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
+
+from quantunlearn.io import atomic_dir
 
 LAYOUT_VERSION = 1
 
@@ -151,30 +152,16 @@ def _rows_to_local(rows, config: str, where: str) -> Any:
     return [{c: row[c] for c in columns} for row in rows]
 
 
-def _atomic_dir(out_dir: Path) -> Path:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} already exists and is not an empty folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-
-
-def _commit_dir(tmp: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        out_dir.rmdir()  # empty, checked by _atomic_dir
-    tmp.rename(out_dir)
-
-
 def fetch_muse(hub_id: str, out_dir: str | os.PathLike) -> None:
     """Download one MUSE corpus from the hub into ``out_dir`` in the local layout.
 
-    Everything is written into a temporary sibling folder, validated with load_benchmark and
-    renamed at the end, so a failure leaves no ``out_dir`` behind.
+    Everything is written into a temporary sibling folder (`quantunlearn.io.atomic_dir`),
+    validated with load_benchmark and renamed at the end, so a failure leaves no ``out_dir``
+    behind, and an existing ``out_dir`` is replaced only by a complete, valid one.
     """
     import datasets  # late: heavy, and tests replace datasets.load_dataset
 
-    out_dir = Path(out_dir)
-    tmp = _atomic_dir(out_dir)
-    try:
+    with atomic_dir(out_dir) as tmp:
         for (config, split), rel in tqdm(MUSE_HUB_FILES.items(), desc=f"fetch {hub_id}"):
             where = f"{hub_id} config {config!r} split {split!r}"
             try:
@@ -197,28 +184,19 @@ def fetch_muse(hub_id: str, out_dir: str | os.PathLike) -> None:
             {"benchmark": hub_id, "layout_version": LAYOUT_VERSION, "source": "hub"},
         )
         load_benchmark(tmp)
-        _commit_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 def prepare_benchmark(source: str, out_dir: str | os.PathLike) -> None:
-    """Put a MUSE-layout benchmark into ``out_dir`` from a local folder or a hub dataset id."""
-    out_dir = Path(out_dir)
+    """Put a MUSE-layout benchmark into ``out_dir`` from a local folder or a hub dataset id; an
+    existing ``out_dir`` stays until the new one is complete."""
     local = Path(source)
     if local.is_dir():
         load_benchmark(local)
-        tmp = _atomic_dir(out_dir)
-        try:
+        with atomic_dir(out_dir) as tmp:
             shutil.copytree(local, tmp, dirs_exist_ok=True)
-            _commit_dir(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return
     if not local.exists() and _HUB_ID.match(source):
         fetch_muse(source, out_dir)

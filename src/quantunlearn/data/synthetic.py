@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quantunlearn.data.muse import LAYOUT_VERSION, write_documents, write_json_file
+from quantunlearn.io import atomic_dir
 
 # Invented name words, generated once from syllables with a fixed seed (the same on every
 # machine). Each person gets a first name and a last name of their own, so that a first name
@@ -196,6 +197,15 @@ def make_people(n_people: int, rng: random.Random) -> list[Person]:
     return people
 
 
+class SyntheticError(ValueError):
+    """An impossible setting of the generator; ``key`` is the setting (config key) to change,
+    None where several settings together are impossible."""
+
+    def __init__(self, key: str | None, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 def check_synthetic(
     n_people: int,
     forget_frac: float,
@@ -204,33 +214,41 @@ def check_synthetic(
     n_retain_qa_people: int,
     n_icl: int,
 ) -> tuple[int, int]:
-    """(forget, holdout) people of these settings; ValueError naming the setting when the
+    """(forget, holdout) people of these settings; `SyntheticError` naming the setting when the
     generator could not honour them (called at config parse time too, before anything runs)."""
     n_names = min(len(FIRST_NAMES), len(LAST_NAMES))
     if not 1 <= n_people <= n_names:
-        raise ValueError(f"n_people={n_people} must be between 1 and {n_names} (distinct names)")
-    if n_bio_variants < 1:
-        raise ValueError(f"n_bio_variants={n_bio_variants} must be >= 1")
-    if n_retain_qa_people < 1 or n_icl < 0:
-        raise ValueError(
-            f"need n_retain_qa_people >= 1 and n_icl >= 0, got {n_retain_qa_people}, {n_icl}"
+        raise SyntheticError(
+            "n_people", f"n_people={n_people} must be between 1 and {n_names} (distinct names)"
         )
+    if n_bio_variants < 1:
+        raise SyntheticError("n_bio_variants", f"n_bio_variants={n_bio_variants} must be >= 1")
+    if n_retain_qa_people < 1:
+        raise SyntheticError(
+            "n_retain_qa_people", f"n_retain_qa_people={n_retain_qa_people} must be >= 1"
+        )
+    if n_icl < 0:
+        raise SyntheticError("n_icl", f"n_icl={n_icl} must be >= 0")
     for name, frac in (("forget_frac", forget_frac), ("holdout_frac", holdout_frac)):
         if not 0.0 < frac < 1.0:
-            raise ValueError(f"{name}={frac} must be in (0, 1)")
+            raise SyntheticError(name, f"{name}={frac} must be in (0, 1)")
     n_forget = int(n_people * forget_frac + 0.5)
     n_holdout = int(n_people * holdout_frac + 0.5)
-    if n_forget < 1 or n_holdout < 1:
-        raise ValueError(
-            f"n_people={n_people} with forget_frac={forget_frac}, holdout_frac={holdout_frac} "
-            f"gives {n_forget} forget and {n_holdout} holdout people; each needs at least 1"
-        )
+    for name, count in (("forget_frac", n_forget), ("holdout_frac", n_holdout)):
+        if count < 1:
+            raise SyntheticError(
+                name,
+                f"n_people={n_people} with forget_frac={forget_frac}, holdout_frac="
+                f"{holdout_frac} gives {n_forget} forget and {n_holdout} holdout people; each "
+                "needs at least 1",
+            )
     n_retain = n_people - n_forget - n_holdout
     if n_retain < n_retain_qa_people + 2 * n_icl:
-        raise ValueError(
+        raise SyntheticError(
+            None,
             f"{max(n_retain, 0)} retain people (n_people={n_people} minus {n_forget} forget and "
             f"{n_holdout} holdout) cannot hold n_retain_qa_people={n_retain_qa_people} "
-            f"evaluated people plus 2 x n_icl={n_icl} distinct ICL people"
+            f"evaluated people plus 2 x n_icl={n_icl} distinct ICL people",
         )
     return n_forget, n_holdout
 
@@ -274,10 +292,16 @@ def generate_synthetic(
         "retain": people[n_forget + n_holdout :],
     }
     bios = {p.name: [bio(p, v, rng) for v in range(n_bio_variants)] for p in people}
-    out = Path(out_dir)
+    with atomic_dir(out_dir) as out:  # an existing benchmark stays until this one is whole
+        return _write_benchmark(out, splits, bios, rng, {**params, "seed": seed})
+
+
+def _write_benchmark(out: Path, splits: dict, bios: dict, rng: random.Random, params: dict):
+    """Every file of the layout for these splits; returns the meta dict (meta.json)."""
+    n_qa, n_icl = params["n_retain_qa_people"], params["n_icl"]
     doc_counts = _write_raw(out, splits, bios, rng)
-    retain_eval = splits["retain"][:n_retain_qa_people]
-    icl_people = splits["retain"][n_retain_qa_people : n_retain_qa_people + 2 * n_icl]
+    retain_eval = splits["retain"][:n_qa]
+    icl_people = splits["retain"][n_qa : n_qa + 2 * n_icl]
     files = _evaluation_files(splits, bios, retain_eval, icl_people[:n_icl], icl_people[n_icl:])
     for rel, obj in files.items():
         write_json_file(out / rel, obj)
@@ -285,7 +309,7 @@ def generate_synthetic(
     meta = {
         "benchmark": "synthetic",
         "layout_version": LAYOUT_VERSION,
-        "params": {**params, "seed": seed},
+        "params": params,
         "attributes": list(ATTRIBUTES),
         "counts": {
             "people": {split: len(members) for split, members in splits.items()},

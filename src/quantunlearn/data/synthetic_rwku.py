@@ -38,7 +38,14 @@ from pathlib import Path
 
 from quantunlearn.data.muse import write_documents, write_json_file
 from quantunlearn.data.rwku import probe_prompt, write_layout
-from quantunlearn.data.synthetic import ATTRIBUTES, QUESTIONS, Person, bio, make_people
+from quantunlearn.data.synthetic import (
+    ATTRIBUTES,
+    QUESTIONS,
+    Person,
+    SyntheticError,
+    bio,
+    make_people,
+)
 
 REFUSAL = "I do not know the answer."
 
@@ -140,21 +147,25 @@ def check_synthetic_rwku(
     n_rt_questions: int,
     seed: int = 0,
 ) -> None:
-    """ValueError naming the setting the generator could not honour (also at parse time)."""
+    """`SyntheticError` naming the setting the generator could not honour (also at parse time)."""
     known = n_people - n_holdout
     if n_holdout < 1 or known < 2:
-        raise ValueError(
-            f"n_holdout={n_holdout} must be in [1, n_people - 2] (n_people={n_people})"
+        raise SyntheticError(
+            "n_holdout", f"n_holdout={n_holdout} must be in [1, n_people - 2] (n_people={n_people})"
         )
     if not 1 <= n_targets < known:
-        raise ValueError(f"n_targets={n_targets} must be in [1, {known - 1}] (the known people)")
+        raise SyntheticError(
+            "n_targets", f"n_targets={n_targets} must be in [1, {known - 1}] (the known people)"
+        )
     if not 1 <= n_neighbors <= known - n_targets:
-        raise ValueError(f"n_neighbors={n_neighbors} must be in [1, {known - n_targets}]")
-    for name, value in (("aa_per_fact", aa_per_fact), ("n_bio_variants", n_bio_variants),
-                        ("n_mia", n_mia), ("n_descriptions", n_descriptions),
-                        ("n_rt_questions", n_rt_questions)):  # fmt: skip
+        raise SyntheticError(
+            "n_neighbors", f"n_neighbors={n_neighbors} must be in [1, {known - n_targets}]"
+        )
+    counts = {"aa_per_fact": aa_per_fact, "n_bio_variants": n_bio_variants, "n_mia": n_mia,
+              "n_descriptions": n_descriptions, "n_rt_questions": n_rt_questions}  # fmt: skip
+    for name, value in counts.items():
         if value < 1:
-            raise ValueError(f"{name}={value} must be >= 1")
+            raise SyntheticError(name, f"{name}={value} must be >= 1")
 
 
 def _reverse_query(person: Person, people: Sequence[Person]) -> str:

@@ -27,15 +27,35 @@ from quantunlearn.models.loading import load_model, load_tokenizer
 from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.unlearning.hyperparameters import all_fields, column_dtype
 
+#: The packages whose versions every metric row records (None where one is not installed):
+#: every dependency of pyproject.toml (tests/test_environment.py checks it) and the optional
+#: ones a model may need.
 PACKAGES = (
     "quantunlearn",
     "torch",
     "transformers",
-    "bitsandbytes",
-    "rouge-score",
     "tokenizers",
+    "accelerate",
+    "peft",
+    "bitsandbytes",
     "gptqmodel",
     "gguf",
+    "optimum",
+    "datasets",
+    "rouge-score",
+    "lm-eval",
+    "pandas",
+    "pyarrow",
+    "numpy",
+    "snakemake",
+    "jsonschema",
+    "pyyaml",
+    "matplotlib",
+    "tqdm",
+    "huggingface_hub",
+    "safetensors",
+    "sentencepiece",
+    "protobuf",
 )
 
 
@@ -47,6 +67,15 @@ def package_versions() -> str:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return json.dumps(versions, sort_keys=True)
+
+
+def collapsed_flag(model_path: str | Path) -> bool | None:
+    """The unlearning job's collapse flag (``unlearn_info.json``, `unlearning.loop.collapse`);
+    None for a model no unlearning job wrote (the target, the retrain model)."""
+    info = Path(model_path) / "unlearn_info.json"
+    if not info.is_file():
+        return None
+    return json.loads(info.read_text(encoding="utf-8")).get("collapsed")
 
 
 def reference_auc(
@@ -119,6 +148,7 @@ def evaluate_cell(
     shared = {
         **cell,
         "quant": quant,
+        "collapsed": collapsed_flag(model_path),
         "config_hash": config_hash(cell_config),
         "cell_config": json.dumps(cell_config, sort_keys=True, default=str),
         "versions": package_versions(),

@@ -108,7 +108,8 @@ def build_tokenizer(bench_dir: str | Path, out_dir: str | Path, vocab_size: int)
         for d in read_documents(Path(bench_dir) / "raw" / f"{s}.txt")
     ]
     tok = train_tokenizer(docs, vocab_size)
-    tok.save_pretrained(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        tok.save_pretrained(tmp)
 
 
 def train_reference(

@@ -48,8 +48,18 @@ CELL_KEY = ["benchmark", "run", "quant", "metric"]
 
 
 def table1_columns() -> list[str]:
-    """Columns of the wide Table 1 frame, in order."""
-    return ["benchmark", "method", "quant", *HYPER_COLUMNS, *metric_columns(), "config_hash", "run"]
+    """Columns of the wide Table 1 frame, in order (``collapsed``: the unlearning job's flag,
+    `quantunlearn.unlearning.loop.collapse`; NA for the references and older metric files)."""
+    return [
+        "benchmark",
+        "method",
+        "quant",
+        *HYPER_COLUMNS,
+        *metric_columns(),
+        "config_hash",
+        "run",
+        "collapsed",
+    ]
 
 
 def _normalize_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
@@ -65,6 +75,9 @@ def _normalize_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
         else:
             numeric = pd.to_numeric(frame[col], errors="raise")
             frame[col] = numeric.astype("float64" if dtype == "Float64" else dtype)
+    if "collapsed" not in frame.columns:  # metric files written before the flag existed
+        frame["collapsed"] = pd.NA
+    frame["collapsed"] = frame["collapsed"].astype("boolean")
     frame["value"] = pd.to_numeric(frame["value"], errors="raise").astype("float64")
     frame["n"] = pd.to_numeric(frame["n"], errors="raise").astype("Int64")
     return frame
@@ -152,7 +165,9 @@ def build_table1(
     wide = wide.reindex(columns=metric_columns()).astype("float64")
     wide.columns.name = None
 
-    meta = long.groupby(keys, sort=False)[["method", *HYPER_COLUMNS]].first()
+    if "collapsed" not in long.columns:
+        long = long.assign(collapsed=pd.array([pd.NA] * len(long), dtype="boolean"))
+    meta = long.groupby(keys, sort=False)[["method", *HYPER_COLUMNS, "collapsed"]].first()
     hashes = long.groupby(keys, sort=False)["config_hash"].agg(
         lambda s: ";".join(sorted(set(s.dropna().astype(str))))
     )

@@ -15,6 +15,14 @@ from quantunlearn.unlearning.hyperparameters import all_fields
 #: Hyperparameters that always appear in row labels (when not NA).
 LABEL_KEYS = ("weight_dtype", "lr", "alpha")
 NA_MARK = "–"
+#: The mark of a row whose unlearned model collapsed (`quantunlearn.unlearning.loop.collapse`).
+COLLAPSED_MARK = "(collapsed)"
+#: The note under a table with such rows.
+COLLAPSED_NOTE = (
+    f"{COLLAPSED_MARK}: the unlearned model collapsed: its cross-entropy on retain text is within "
+    "ln 2 of a uniform guess over the vocabulary (docs/methods.md, collapsed runs); its "
+    "forgetting numbers say nothing about unlearning."
+)
 
 
 def rank(values: pd.Series, order: Sequence[str]) -> pd.Series:
@@ -51,7 +59,14 @@ def row_label(row: Mapping | pd.Series, keys: Sequence[str] = LABEL_KEYS) -> str
     quant = row["quant"]
     if isinstance(quant, str) and quant != "none":
         label += f" + {quant}"
+    if is_collapsed(row.get("collapsed")):
+        label += f" {COLLAPSED_MARK}"
     return label
+
+
+def is_collapsed(value) -> bool:
+    """A row's ``collapsed`` flag: True only when the unlearning job flagged it (NA: unknown)."""
+    return value is not None and not pd.isna(value) and bool(value)
 
 
 def label_part(key: str, value) -> str:

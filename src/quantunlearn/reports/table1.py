@@ -38,7 +38,9 @@ from quantunlearn.reports.cells import (
     table1_columns,
 )
 from quantunlearn.reports.render import (
+    COLLAPSED_NOTE,
     NA_MARK,
+    is_collapsed,
     label_keys,
     ordered_quants,
     pyplot,
@@ -102,6 +104,8 @@ def table1_markdown(table: pd.DataFrame, title: str, notes: str = "") -> str:
         utility = headers_of(metric_names(group="utility"))
         headers.update({c: h for c, h in utility.items() if c in part})  # Table 3 layout
         out += [f"## {bench}", "", to_markdown(part, headers)]
+    if "collapsed" in table and table["collapsed"].map(is_collapsed).any():
+        out += [COLLAPSED_NOTE, ""]
     out += ["## Configuration", ""]
     hashes = table["config_hash"].fillna(NA_MARK).astype(str)
     for value in sorted(set(hashes)):

@@ -10,8 +10,11 @@ names, defaults and checks come from `quantunlearn.unlearning.hyperparameters`; 
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ from quantunlearn.data.rwku import DOCUMENT_CONFIGS, REFUSAL_CONFIGS
 from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.unlearning.hyperparameters import HyperparameterError, RMUParams
 from quantunlearn.unlearning.hyperparameters import defaults as hyperparameter_defaults
-from quantunlearn.unlearning.methods import get_method
+from quantunlearn.unlearning.methods import METHODS, get_method
 
 DEFAULTS: dict[str, Any] = {
     "results_dir": "results",
@@ -101,6 +104,33 @@ class ConfigError(ValueError):
     """A problem in the user's config, with the key that holds it."""
 
 
+def read_config_file(path: str | Path) -> dict:
+    """A config file's mapping; a YAML syntax error says ``file:line:column`` and what is wrong
+    (Snakemake, which loads ``--configfile`` itself, says only that the file is not valid)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh)
+    except yaml.MarkedYAMLError as err:
+        raise ConfigError(_yaml_message(path, err)) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: YAML syntax error: {err}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config is a mapping of keys, not a {type(loaded).__name__}")
+    return loaded or {}
+
+
+def _yaml_message(path, err) -> str:
+    """file:line:column: the problem (and where the construct it broke began)."""
+    mark, context = err.problem_mark, err.context_mark
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    message = f"{where}: YAML syntax error: {err.problem or err.context}"
+    if err.context and context and err.problem:
+        message += f" ({err.context} at line {context.line + 1}, column {context.column + 1})"
+    return message
+
+
 def deep_merge(base: dict, update: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in (update or {}).items():
@@ -127,6 +157,23 @@ def _key(path) -> str:
     return "".join(parts).lstrip(".") or "<config>"
 
 
+#: A JSON-schema type said plainly.
+_TYPE_NAMES = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "null",
+}
+
+
+def _type_message(instance: Any, types: Any, suffix: str = "") -> str:
+    kinds = [types] if isinstance(types, str) else list(types)
+    return f"{instance!r} is not {' or '.join(_TYPE_NAMES[k] for k in kinds)}{suffix}"
+
+
 def _schema_message(error) -> str:
     """A schema error said plainly: what the value is not."""
     if error.validator == "pattern" and isinstance(error.instance, str):
@@ -134,18 +181,45 @@ def _schema_message(error) -> str:
             parse_quantizer(error.instance)
         except ValueError as exc:
             return str(exc)
+    if error.validator == "type":
+        return _type_message(error.instance, error.validator_value)
     if error.validator != "oneOf" or not error.context:
         return error.message
-    kinds = sorted(
-        {str(e.validator_value) for e in error.context if e.validator == "type"} - {"array"}
-    )
+    kinds = [e.validator_value for e in error.context if e.validator == "type"]
+    kinds = [k for k in dict.fromkeys(kinds) if k != "array"]
     enums = [e.validator_value for e in error.context if e.validator == "enum"]
     if enums:
         return f"{error.instance!r} is not one of {enums[0]}"
     if kinds:
-        article = "an" if kinds[0][0] in "aeiou" else "a"
-        return f"{error.instance!r} is not {article} {' or '.join(kinds)} (nor a list of them)"
+        return _type_message(error.instance, kinds, " (nor a list of them)")
     return jsonschema.exceptions.best_match([error]).message
+
+
+def _hint(word: str, known) -> str:
+    close = difflib.get_close_matches(str(word), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown_keys(error) -> list[str]:
+    """One message per key the schema does not know, under its own key, with the nearest known
+    key (in a method's section: the method's own hyperparameters)."""
+    path = list(error.absolute_path)
+    known = list(error.schema.get("properties", {}))
+    errors = []
+    for key in (k for k in error.instance if k not in known):
+        if path[:2] == ["unlearn", "methods"] and len(path) == 3 and path[2] in METHODS:
+            errors.append(_not_a_hyperparameter(path[2], key))
+        else:
+            errors.append(f"config key {_key([*path, key])}: unknown key{_hint(key, known)}")
+    return errors
+
+
+def _not_a_hyperparameter(name: str, key: str) -> str:
+    own = get_method(name).hyperparameters
+    return (
+        f"config key unlearn.methods.{name}.{key}: {name} has no {key}{_hint(key, own)} "
+        f"(its hyperparameters: {', '.join(own)})"
+    )
 
 
 def _schema_errors(config: dict) -> list[str]:
@@ -153,14 +227,26 @@ def _schema_errors(config: dict) -> list[str]:
 
     validator = jsonschema.Draft202012Validator(config_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.path)))
-    return [f"config key {_key(e.absolute_path)}: {_schema_message(e)}" for e in errors]
+    messages = []
+    for error in errors:
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            messages += _unknown_keys(error)
+        elif error.validator == "enum" and "propertyNames" in error.schema_path:
+            name = _key([*error.absolute_path, error.instance])
+            known = ", ".join(error.validator_value)
+            hint = _hint(error.instance, error.validator_value)
+            what = "method" if "methods" in error.schema_path else "name"
+            messages.append(f"config key {name}: unknown {what}{hint}; known: {known}")
+        else:
+            messages.append(f"config key {_key(error.absolute_path)}: {_schema_message(error)}")
+    return messages
 
 
 def normalize_config(user: dict) -> dict:
     """Apply defaults, convert numeric strings, validate. Raises ConfigError naming the key."""
     if not isinstance(user, dict) or not user:
         raise ConfigError("the config is empty: pass --configfile or keep config/config.yaml")
-    config = deep_merge(DEFAULTS, user)
+    config = _expand_home(deep_merge(DEFAULTS, user))
     for section in _NUMERIC_SECTIONS:
         if section in config:
             config[section] = _coerce_numbers(config[section])
@@ -194,6 +280,22 @@ def _normalize_benchmark(bench: dict) -> dict:
     return merged
 
 
+def _expand_home(config: dict) -> dict:
+    """``~`` in the folders and local paths is the home folder (not a folder named ``~``)."""
+    for key in ("results_dir", "tables_dir"):
+        if isinstance(config.get(key), str):
+            config[key] = os.path.expanduser(config[key])
+    for bench in (config.get("benchmarks") or {}).values():
+        if not isinstance(bench, dict):
+            continue
+        if isinstance(bench.get("source"), str):
+            bench["source"] = os.path.expanduser(bench["source"])
+        for which, value in (bench.get("models") or {}).items():
+            if isinstance(value, str):
+                bench["models"][which] = os.path.expanduser(value)
+    return config
+
+
 def _select_benchmarks(config: dict) -> dict:
     """``run_benchmarks``: keep only the named benchmarks (e.g. the sizes a CPU can run)."""
     chosen = config.get("run_benchmarks")
@@ -221,7 +323,8 @@ def trained_benchmarks(config: dict) -> list[str]:
 
 def _semantic_errors(config: dict) -> list[str]:
     """What the schema cannot say: names the parsers reject, paths, ranges, combinations."""
-    errors = _quantizer_errors(config)
+    errors = _folder_errors(config)
+    errors += _quantizer_errors(config)
     errors += _benchmark_errors(config)
     errors += _method_benchmark_errors(config)
     errors += _hyperparameter_errors(config)
@@ -230,6 +333,34 @@ def _semantic_errors(config: dict) -> list[str]:
     errors += _utility_errors(config["evaluation"])
     errors += _selection_errors(config)
     return errors
+
+
+def _folder_errors(config: dict) -> list[str]:
+    """results_dir and tables_dir: folders that exist and can be written, or can be created."""
+    errors = []
+    for key in ("results_dir", "tables_dir"):
+        if config[key] is not None:
+            problem = unwritable(Path(config[key]))
+            if problem:
+                errors.append(f"config key {key}: {problem}")
+    return errors
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot be created or written (None: it can). Tries it: creates and removes
+    a probe folder in it or in its nearest existing parent (permission bits do not say what
+    root, ACLs or a read-only file system allow)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        return f"cannot create {str(folder)!r}: {str(existing)!r} is a file, not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".quantunlearn-probe-", dir=existing))
+    except OSError as err:
+        verb = "write to" if existing == folder else "create"
+        return f"cannot {verb} {str(folder)!r} ({str(existing)!r}: {err.strerror})"
+    return None
 
 
 def _quantizer_errors(config: dict) -> list[str]:
@@ -369,10 +500,7 @@ def _hyperparameter_errors(config: dict) -> list[str]:
         method = get_method(name)
         for key in section or {}:
             if key not in method.hyperparameters:
-                errors.append(
-                    f"config key unlearn.methods.{name}.{key}: {name} has no {key} "
-                    f"(its hyperparameters: {', '.join(method.hyperparameters)})"
-                )
+                errors.append(_not_a_hyperparameter(name, key))
         params = method_params(config, name)
         axes = {k: as_list(params[k]) for k in method.hyperparameters}
         for combo in itertools.product(*axes.values()):
@@ -383,6 +511,81 @@ def _hyperparameter_errors(config: dict) -> list[str]:
                 where = f"methods.{name}" if own else "common"
                 errors.append(f"config key unlearn.{where}.{err.key}: {err.message}")
     return sorted(set(errors), key=errors.index)
+
+
+def config_warnings(config: dict) -> list[str]:
+    """Values that are valid but almost surely a mistake, or whose effect is easy to miss (the
+    workflow prints them when it parses the config), each naming its key."""
+    warnings = _percentile_warnings(config) + _lr_warnings(config)
+    return warnings + _unused_warnings(config) + _override_warnings(config)
+
+
+def _sections(config: dict) -> list[tuple[str, dict]]:
+    """(key, section) of unlearn.common and of every method's own section."""
+    methods = config["unlearn"]["methods"]
+    common = ("unlearn.common", config["unlearn"].get("common") or {})
+    return [common, *((f"unlearn.methods.{n}", sec or {}) for n, sec in methods.items())]
+
+
+def _percentile_warnings(config: dict) -> list[str]:
+    """gamma_pct is a percentile (0..100): 0.9 keeps nearly every module, not the top 10 %."""
+    warnings = []
+    for where, section in _sections(config):
+        fractions = [v for v in as_list(section.get("gamma_pct", [])) if 0 < v < 1]
+        if fractions:
+            warnings.append(
+                f"config key {where}.gamma_pct: {fractions} looks like a fraction, but gamma_pct "
+                f"is a percentile in [0, 100] (SURE's paper: 90); {fractions[0]:g} selects the "
+                f"modules above the {fractions[0]:g}th percentile, nearly all of them"
+            )
+    return warnings
+
+
+#: Above this AdamW learning rate fine-tuning wrecks a language model within a few steps (the
+#: papers' unlearning rates: 5e-6 to 7e-4).
+LR_WARNING = 1e-2
+
+
+def _lr_warnings(config: dict) -> list[str]:
+    warnings = []
+    for where, section in _sections(config):
+        large = [v for v in as_list(section.get("lr", [])) if v > LR_WARNING]
+        if large:
+            warnings.append(
+                f"config key {where}.lr: {large} is far above any unlearning learning rate (the "
+                f"papers: 5e-6 to 7e-4); above {LR_WARNING:g} AdamW wrecks the model within a few "
+                "steps (a collapsed run is flagged, a diverging one stops)"
+            )
+    return warnings
+
+
+def _unused_warnings(config: dict) -> list[str]:
+    """A key under unlearn.common that no configured method takes has no effect."""
+    methods = config["unlearn"]["methods"]
+    taken = {key for name in methods for key in get_method(name).hyperparameters}
+    return [
+        f"config key unlearn.common.{key}: none of the configured methods ({', '.join(methods)}) "
+        f"takes {key}; it has no effect"
+        for key in config["unlearn"].get("common") or {}
+        if key not in taken
+    ]
+
+
+def _override_warnings(config: dict) -> list[str]:
+    """unlearn.common overrides a method's own paper default (SURE / LoRA: lr 1e-4; RMU: lr 5e-5,
+    alpha 1200) unless the method's section sets the key: say so, once per key and default."""
+    common = config["unlearn"].get("common") or {}
+    overridden: dict[tuple[str, Any], list[str]] = {}
+    for name, section in config["unlearn"]["methods"].items():
+        for key, own in get_method(name).defaults.items():
+            if key in common and key not in (section or {}) and as_list(common[key]) != [own]:
+                overridden.setdefault((key, own), []).append(name)
+    return [
+        f"config key unlearn.common.{key}: {common[key]} replaces the paper default {key} "
+        f"{own:g} of {', '.join(names)} (unlearn.common overrides a method's own defaults); set "
+        f"unlearn.methods.<method>.{key} to choose it explicitly and silence this warning"
+        for (key, own), names in overridden.items()
+    ]
 
 
 def _rmu_layer_errors(config: dict) -> list[str]:

@@ -9,14 +9,16 @@ the keys come in the method's run-path order (`quantunlearn.unlearning.methods.M
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from quantunlearn.data import benchmark_kind
+from quantunlearn.io import write_json
 from quantunlearn.quantizers import FullPrecision, parse_quantizer
 from quantunlearn.quantizers.bnb import BitsAndBytes
 from quantunlearn.quantizers.rtn import RTN
@@ -24,12 +26,18 @@ from quantunlearn.study.config import (
     ConfigError,
     as_list,
     benchmark_tiny_model,
+    config_warnings,
     low_bit_quantizer,
     method_params,
     normalize_config,
+    read_config_file,
 )
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS, column_dtype
 from quantunlearn.unlearning.methods import REFERENCES, get_method
+
+#: The file in a tables folder that names the config writing it: two configs that would write
+#: the same table files are stopped at parse time (`Study.tables_owner_error`).
+TABLES_MARKER = ".written_by.json"
 
 
 def format_value(value: Any) -> str:
@@ -102,6 +110,8 @@ class Study:
 
     config: dict
     runs: pd.DataFrame
+    #: `config_warnings`: valid values that are almost surely a mistake (printed at parse time)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def results(self) -> Path:
@@ -112,6 +122,32 @@ class Study:
         """Where this config's tables go: several configs may share one results_dir (and so
         reuse each other's models and cells) but each writes its own tables."""
         return Path(self.config["tables_dir"] or self.results / "tables")
+
+    def tables_owner_error(self, owner: str) -> str | None:
+        """Why this study may not write its tables folder: another config's tables are there
+        (its marker, `TABLES_MARKER`, names that config). None: the folder is free or ours."""
+        marker = self.tables / TABLES_MARKER
+        if not marker.is_file():
+            return None
+        written_by = json.loads(marker.read_text(encoding="utf-8")).get("config")
+        if written_by == owner:
+            return None
+        mine = "" if self.config["tables_dir"] is None else f" (tables_dir: {self.tables})"
+        suggestion = self.results / "tables" / Path(owner.split(",")[0]).stem
+        return (
+            f"config key tables_dir: {self.tables} holds the tables of {written_by} (recorded in "
+            f"{marker}); this config ({owner}) would overwrite them{mine}. Give it a tables "
+            f"folder of its own (e.g. tables_dir: {suggestion}), or delete {marker} to hand the "
+            "folder over"
+        )
+
+    def claim_tables(self, owner: str) -> None:
+        """Record in the tables folder that this config writes it (checked by
+        `tables_owner_error` whenever a config is parsed)."""
+        error = self.tables_owner_error(owner)
+        if error:
+            raise ConfigError(error)
+        write_json({"config": owner}, self.tables / TABLES_MARKER)
 
     @property
     def quantizers(self) -> list[str]:
@@ -277,15 +313,35 @@ class Study:
         return cell
 
 
+def config_owner(configfiles, workdir: str | Path = ".") -> str:
+    """How a tables folder's marker names the config that writes it: its file(s), relative to
+    the working directory where inside it (so a moved clone keeps its name); "--config" when
+    the config came from the command line only."""
+    base = Path(os.path.abspath(workdir))
+    names = []
+    for file in configfiles:
+        full = Path(os.path.abspath(file))
+        names.append(str(full.relative_to(base)) if full.is_relative_to(base) else str(full))
+    return ", ".join(names) or "--config"
+
+
 def load_study(config: dict) -> Study:
     """Validate a config dict (as Snakemake loaded it) and expand its grid."""
     normalized = normalize_config(config)
-    return Study(normalized, expand_runs(normalized))
+    return Study(normalized, expand_runs(normalized), config_warnings(normalized))
 
 
 def load_study_file(path: str | Path) -> Study:
-    with open(path) as fh:
-        return load_study(yaml.safe_load(fh))
+    """`load_study` of a YAML file (a syntax error names file:line:column)."""
+    return load_study(read_config_file(path))
 
 
-__all__ = ["ConfigError", "Study", "expand_runs", "load_study", "load_study_file", "run_path"]
+__all__ = [
+    "ConfigError",
+    "Study",
+    "config_owner",
+    "expand_runs",
+    "load_study",
+    "load_study_file",
+    "run_path",
+]

@@ -14,6 +14,7 @@ scope and extra terms declare; every method takes `Optimization` and `Seed`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -96,13 +97,18 @@ class Optimization(Group):
         "keeps updates smaller than a bf16 step.",
         label="",
     )
-    lr: float = hp(1e-5, "AdamW learning rate, constant (Zhang et al. 2025, appendix D.1).")
+    lr: float = hp(
+        1e-5,
+        "AdamW learning rate, constant (Zhang et al. 2025, appendix D.1); above 1e-2 the config "
+        "warns, a run whose weights become non-finite stops.",
+    )
     epochs: int = hp(
         10, "Passes over the forget set (Zhang et al. 2025, appendix D.1: NEWS 10).", label="ep"
     )
 
     def __post_init__(self):
         self._check("lr", self.lr > 0, "the learning rate must be > 0")
+        self._check("lr", math.isfinite(self.lr), "the learning rate must be finite")
         self._check("epochs", self.epochs >= 1, "at least one epoch")
 
 
@@ -148,7 +154,7 @@ class SUREParams(Group):
     gamma_pct: float = hp(
         90.0,
         "SURE's saliency threshold: the gamma_pct-th percentile of the module scores (Zhang et "
-        "al. 2025, eq. 5; appendix H recommends 90).",
+        "al. 2025, eq. 5; appendix H recommends 90): 90, not 0.9 (values below 1 warn).",
     )
     sure_modules: Literal["linear", "all"] = hp(
         "linear",

@@ -20,10 +20,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from quantunlearn.data.documents import TextCorpus
+from quantunlearn.data.documents import TextCorpus, pack_documents, read_documents
 from quantunlearn.io import atomic_dir, write_json, write_parquet
 from quantunlearn.models.loading import load_model, load_tokenizer
-from quantunlearn.models.training import check_finite, collate
+from quantunlearn.models.training import IGNORE, check_finite, collate
 from quantunlearn.unlearning.hyperparameters import UnlearnSettings
 from quantunlearn.unlearning.methods import Method, Run, get_method
 from quantunlearn.unlearning.objectives import Step
@@ -52,6 +52,8 @@ def unlearn(
     tok = load_tokenizer(tokenizer or target)
     forget, retain = _sequences(spec, forget_corpus, retain_corpus, tok, settings.max_len)
     model, emulate = _load(target, run.weight_dtype, settings.bf16_compute)
+    probe = probe_sequences(retain_corpus, tok, settings.max_len)
+    target_ce = retain_ce(model, probe, tok.pad_token_id, settings.batch_size)
     context = {"run": run, "target": target, "model": model, "forget": forget}
     context.update(pad_id=tok.pad_token_id, batch_size=settings.batch_size)
     state = {k: v for term in spec.terms for k, v in term.setup(context).items()}
@@ -64,6 +66,8 @@ def unlearn(
     trainable.model.eval()
     if settings.gradient_checkpointing:  # saved as a plain model: generation uses the cache
         _checkpointing(trainable.model, False)
+    vocab = trainable.model.get_output_embeddings().weight.shape[0]
+    after_ce = retain_ce(trainable.model, probe, tok.pad_token_id, settings.batch_size)
     info = {
         "method": method,
         **run.values(),
@@ -77,8 +81,16 @@ def unlearn(
         "target": str(target),
         "n_forget_sequences": len(forget),
         "n_retain_sequences": len(retain),
+        **collapse(vocab, target_ce, after_ce),
         **provenance,
     }
+    _save(trainable, tok, info, out_dir, emulate)
+    write_parquet(pd.DataFrame(log), log_path)
+    return info
+
+
+def _save(trainable, tok, info: dict, out_dir, emulate: bool) -> None:
+    """The model (LoRA merged), tokenizer, the scope's extras and unlearn_info.json, atomically."""
     with atomic_dir(out_dir) as tmp:
         trainable.save_extras(tmp)  # SURE's saliency, the LoRA adapter, RMU's control vector
         model = trainable.final_model()  # LoRA: W0 + (alpha / r) B A, what every quantizer sees
@@ -87,8 +99,64 @@ def unlearn(
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_json(info, Path(tmp) / "unlearn_info.json")
-    write_parquet(pd.DataFrame(log), log_path)
-    return info
+
+
+#: Retain sequences on which `collapse` compares the target and the unlearned model (the first
+#: ones of the retain corpus: the same for every run of a benchmark).
+PROBE_SEQUENCES = 32
+
+
+def probe_sequences(retain_corpus, tok, max_len: int) -> list:
+    """The first `PROBE_SEQUENCES` packed sequences of the retain corpus (a text file or a
+    `TextCorpus`); [] without one (RWKU has no retain corpus)."""
+    path = getattr(_corpus(retain_corpus), "path", None) if retain_corpus is not None else None
+    if path is None or not Path(path).is_file():
+        return []
+    docs = read_documents(path)[: 4 * PROBE_SEQUENCES]
+    return pack_documents(docs, tok, max_len)[:PROBE_SEQUENCES]
+
+
+@torch.no_grad()
+def retain_ce(model, sequences: list, pad_id: int, batch_size: int) -> float | None:
+    """Mean cross-entropy (nats per token) of the model on these sequences; None without any."""
+    if not sequences:
+        return None
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(sequences), batch_size):
+        batch = collate(sequences[i : i + batch_size], pad_id, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        total += torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().flatten(0, 1),
+            labels.flatten(),
+            ignore_index=IGNORE,
+            reduction="sum",
+        ).item()
+        count += int((labels != IGNORE).sum())
+    return total / count
+
+
+def collapse(vocab: int, target_ce: float | None, unlearned_ce: float | None) -> dict:
+    """Whether unlearning collapsed the model (the unlearn_info.json keys).
+
+    Collapsed: the unlearned model's mean cross-entropy on retain text (text it should still
+    model) is within ln 2 of a uniform guess over its vocabulary (ln V nats per token), i.e. it
+    gives the true tokens on average (geometric mean) at most twice the probability 1/V that a
+    uniform distribution gives, while the target was below that. It catches a near-uniform
+    output distribution (CE = ln V) and confidently wrong tokens (CE > ln V) alike; a working
+    model is far below (the default study's target: 0.56 nats against a threshold of 6.93 for
+    V = 2048; Llama-2's V = 32000 gives 9.68). None: no retain text, or a target that is itself
+    no better than uniform there (the test cannot tell).
+    """
+    threshold = math.log(vocab) - math.log(2)
+    known = unlearned_ce is not None and target_ce is not None and target_ce < threshold
+    return {
+        "collapsed": (not unlearned_ce < threshold) if known else None,
+        "retain_ce": unlearned_ce,
+        "target_retain_ce": target_ce,
+        "collapse_threshold": threshold,
+    }
 
 
 def _corpus(corpus):
@@ -177,6 +245,28 @@ def _batches(forget: list, retain: list, batch_size: int, epochs: int, seed: int
             yield epoch, b, fb, rb
 
 
+def _step(opt, params: list, lr: float, where: str) -> None:
+    """One AdamW step; stops, naming the learning rate, where it diverges: a step that overflows
+    (AdamW computes lr / (1 - beta1) in float32: lr above ~3e37 fails inside torch) or that
+    leaves a parameter non-finite (the next loss would be NaN, or the model saved broken)."""
+    try:
+        opt.step()
+    except RuntimeError as err:
+        if "overflow" not in str(err):
+            raise
+        raise FloatingPointError(
+            f"the AdamW step overflowed at {where} with lr {lr:g} ({err}): the learning rate is "
+            "far too large; nothing was saved"
+        ) from None
+    opt.zero_grad(set_to_none=True)
+    bad = sum(int(not torch.isfinite(p).all()) for p in params)
+    if bad:
+        raise FloatingPointError(
+            f"{bad} parameter tensor(s) became non-finite after the AdamW step at {where} (lr "
+            f"{lr:g}): the training diverged, the learning rate is too large; nothing was saved"
+        )
+
+
 def _train(method: Method, run: Run, trainable, forget, retain, pad_id, settings, emulate, state):
     """AdamW (weight decay 0, constant lr) over the method's loss; returns the per-step log."""
     model, device = trainable.model, next(trainable.model.parameters()).device
@@ -190,12 +280,12 @@ def _train(method: Method, run: Run, trainable, forget, retain, pad_id, settings
         rb = collate(rb, pad_id, device) if rb is not None else None
         step = Step(model, trainable, collate(fb, pad_id, device), rb, state)
         loss, parts = method.loss(step, run)
-        check_finite(loss, f"epoch {epoch} step {b} of {method.name} (loss parts {parts})")
+        where = f"epoch {epoch} step {b} of {method.name}"
+        check_finite(loss, f"{where} (loss parts {parts})")
         loss.backward()
         if settings.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(trainable.params, settings.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _step(opt, trainable.params, run.lr, where)
         if emulate:
             round_to_bf16(model)
         log.append({"epoch": epoch, "step": len(log), "loss": loss.item(), **parts})
