@@ -10,6 +10,10 @@ from quantunlearn.study.config import read_config_file
 
 min_version("9.0")
 
+# workflow/envs/quantunlearn.yaml installs this checkout with `pip install -e
+# ${QUANTUNLEARN_ROOT}` (`--sdm conda`): the Snakefile's folder is the repository root.
+os.environ.setdefault("QUANTUNLEARN_ROOT", workflow.basedir)
+
 
 # The default study (the embedded miniature benchmark) unless --configfile names another one:
 # Snakemake would otherwise merge a real study's benchmarks into the default's.
@@ -21,6 +25,7 @@ if not config:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/unlearn.smk"

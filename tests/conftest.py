@@ -103,3 +103,14 @@ def rwku_bench(tmp_path_factory):
         n_bio_variants=2, n_mia=2, n_descriptions=4, n_rt_questions=4,
     )  # fmt: skip
     return root
+
+
+@pytest.fixture(scope="session")
+def realistic_checkpoint(tmp_path_factory):
+    """A random Llama saved as a hub Llama-2 checkpoint (bf16 shards, Llama-2's generation
+    config, a SentencePiece tokenizer saved as Llama-2's is): tests/realistic_fixture.py."""
+    from realistic_fixture import SAMPLE_TEXTS, build_checkpoint
+
+    out = tmp_path_factory.mktemp("realistic") / "llama2-like"
+    build_checkpoint(out, SAMPLE_TEXTS * 3, vocab_size=512)
+    return out

@@ -2,7 +2,8 @@
 hyperparameter GROUPS is tested here, so that a new row is tested without a test of its own.
 
 - a method trains and changes the parameters of its scope only (and changes some);
-- a quantizer's effective weights are what its model computes with;
+- a quantizer's effective weights are what its model computes with, and generation on its model
+  gives the reference path's outputs;
 - a metric has a column, a label and a direction, and measures something on a real model;
 - a report declares files that no other report writes, with a caption for the HTML report;
 - a hyperparameter has a paper default, a help text and a column type; the committed JSON schema
@@ -25,6 +26,7 @@ from quantunlearn.data.muse import load_benchmark
 from quantunlearn.data.rwku import RWKUCorpus, load_rwku
 from quantunlearn.data.synthetic import generate_synthetic
 from quantunlearn.data.utility import UTILITY_HUB, write_utility_fixture
+from quantunlearn.evaluation.generation import _greedy_generate_hf, greedy_generate
 from quantunlearn.evaluation.metrics import ARROWS, METRIC_GROUPS, METRICS, Context, metric_names
 from quantunlearn.models.loading import load_model
 from quantunlearn.quantizers import QUANTIZERS, allowed_names, parse_quantizer, quantizer_pattern
@@ -123,6 +125,25 @@ def test_effective_weights_are_what_the_model_computes_with(
     assert set(quantizer.effective_weights(model)) == set(quantizable_linears(model))
 
 
+@pytest.mark.parametrize("family", QUANTIZERS, ids=lambda f: f.__name__)
+def test_generation_on_the_quantized_model_is_the_reference(
+    family, tiny_model_dir, tiny_tokenizer, stored
+):
+    """A quantizer declares whether its model may be batched freely (`batch_invariant`); the cell
+    passes that to generation, whose outputs must then be the reference path's."""
+    quantizer = parse_quantizer(family.EXAMPLE)
+    model = quantizer.load(
+        str(tiny_model_dir),
+        quant_dir=stored.get(quantizer.name),
+        target_path=str(tiny_model_dir) if quantizer.needs_target else None,
+    )
+    shots = "Question: Where was Alice Moreau born?\nAnswer: Tarsk\n\nQuestion: "
+    prompts = [shots + q for q in ("Who is Bruno?", "What pet?", "Where does Chen Valdez teach?")]
+    flag = quantizer.batch_invariant
+    out = greedy_generate(model, tiny_tokenizer, prompts, 6, 2, ["\n"], batch_invariant=flag)
+    assert out == _greedy_generate_hf(model, tiny_tokenizer, prompts, 6, 2, ["\n"])
+
+
 # --------------------------------------------------------------------------- METRICS
 
 
@@ -174,9 +195,16 @@ def test_metric_measures_a_real_model(metric, contexts):
         value, n, records = metric.compute(context)
     assert math.isfinite(value) and n >= 1
     assert all(r["metric"] == metric.name for r in records)
-    if records:  # the value is the mean of the per-item scores
+    assert metric.summary in ("mean", "auc")
+    if records and metric.summary == "mean":  # the value is the mean of the per-item scores
         assert len(records) == n
         assert value == pytest.approx(sum(r["score"] for r in records) / n)
+    if metric.summary == "auc":  # the ROC AUC of the per-text scores, holdout = positive
+        from sklearn.metrics import roc_auc_score
+
+        assert len(records) == n
+        labels = [r["split"] == "holdout" for r in records]
+        assert value == pytest.approx(roc_auc_score(labels, [r["score"] for r in records]))
 
 
 # --------------------------------------------------------------------------- REPORTS
@@ -186,9 +214,12 @@ def test_reports_write_distinct_files_with_captions():
     files = [f for report in REPORTS for f in report.files]
     assert len(files) == len(set(files)), "two reports declare the same file"
     for report in REPORTS:
-        for file, category in report.report_items().items():
-            assert category in ("Tables", "Figures")
-            caption = ROOT / "workflow" / "report" / f"{file.split('.')[0]}.rst"
+        items = report.report_items()
+        if report.files_for is not None:  # files per study (one audit per checkpoint)
+            items |= report.report_items(("per_item.md",))
+        for file, category in items.items():
+            assert category in ("Tables", "Figures", "Audit", "Provenance")
+            caption = ROOT / "workflow" / "report" / f"{report.caption(file)}.rst"
             assert caption.is_file(), f"{report.name}: no caption {caption.name} for {file}"
 
 

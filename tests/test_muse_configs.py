@@ -140,10 +140,13 @@ def test_muse_dry_run_through_the_slurm_profile(bench, tmp_path):
     block = log.split("Job stats:")[1]
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
     # external target/retrain: no training; every run + 2 references at 8 precisions, and a
-    # stored GPTQ and AWQ checkpoint of each
+    # stored GPTQ and AWQ checkpoint of each; 5 hub inputs downloaded once (the dataset,
+    # target, retrain, tokenizer and RWKU, which holds the 4 utility files of the seeds'
+    # protocol), on the submitting machine
     n = RUNS[bench]
     assert counts == {
         "check_utility_data": 1,  # every utility source loaded before any model (a localrule)
+        "download": 5,
         "prepare_benchmark": 1,
         "reference_auc": 1,
         "unlearn": n,
@@ -152,9 +155,12 @@ def test_muse_dry_run_through_the_slurm_profile(bench, tmp_path):
         "table1": 1,
         "quant_tables": 1,
         "mitigation_tables": 1,
+        "provenance": 1,
         "all_tables": 1,
-        "total": 7 + n + 10 * (n + 2),
+        "total": 13 + n + 10 * (n + 2),
     }
+    # the downloads: a localrule (a dry run does not say so), no GPU
+    assert [r.get("gpu") for r in _resources(log, "download")] == [None] * 5
     # the profile's per-rule requests: GPU jobs with their memory and time, the rest default
     unlearn = _resources(log, "unlearn")
     assert len(unlearn) == n

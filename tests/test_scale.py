@@ -245,6 +245,7 @@ def test_scale_dry_run_lists_every_size_with_a_gpu_request(tmp_path):
         "evaluate": runs * 3 * sizes,
         "diagnose": 4 * 2 * sizes,  # the bucket overlap of every unlearned run at 4 bits
         "table1": 1,
+        "provenance": 1,
         "scale_table": 1,
         "all_tables": 1,
     }

@@ -48,6 +48,7 @@ def test_default_study_dry_run(tmp_path):
         "unlearn": 12,
         "evaluate": 14 * 4,
         "table1": 1,
+        "provenance": 1,
         "all_tables": 1,
     }
 
@@ -67,6 +68,7 @@ def test_mitigations_study_dry_run(tmp_path):
         "unlearn": runs,
         "evaluate": (runs + 2) * 3,
         "table1": 1,
+        "provenance": 1,
         "mitigation_tables": 1,
         "all_tables": 1,
     }
@@ -124,6 +126,7 @@ def test_micro_study_runs_and_reruns_only_what_is_new(tmp_path):
         "unlearn": 1,
         "evaluate": 4 + 4,
         "table1": 1,
+        "provenance": 1,
         "all_tables": 1,
     }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -40,11 +41,19 @@ def quiet_known_warnings() -> None:
             logger.addFilter(_DropHarmless(text))
 
 
+#: What keeps a job off the Hugging Face hub: it loads the snapshot folders that the download
+#: step pinned (quantunlearn.study.inputs), so a hundred cluster jobs never download anything.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
 @contextlib.contextmanager
-def logged(log_path: str | Path | None, threads: int | None = None):
+def logged(log_path: str | Path | None, threads: int | None = None, hub: bool = False):
     """Send the job's stdout, stderr (progress bars included) and tracebacks to its log file,
     and give torch the job's threads. The traceback also goes to the real stderr, so that
-    Snakemake's console names the error."""
+    Snakemake's console names the error. Unless ``hub`` (the download step), the job runs with
+    `OFFLINE` set, before the hub libraries are imported."""
+    if not hub:
+        os.environ.update(OFFLINE)
     quiet_known_warnings()
     if not log_path:
         _set_threads(threads)

@@ -3,10 +3,12 @@
 import os
 import sys
 
+from quantunlearn.data.utility import utility_sources
 from quantunlearn.quantizers import QUANTIZERS, family_pattern, parse_quantizer
 from quantunlearn.reports import BY_NAME as REPORTS
 from quantunlearn.study import ConfigError, load_study
-from quantunlearn.study.grid import config_owner
+from quantunlearn.study.grid import config_owner, external_name, is_external
+from quantunlearn.study.inputs import download_summary, hub_inputs, pin_file
 from quantunlearn.study.storage import disk_summary
 from quantunlearn.unlearning.methods import REFERENCES
 
@@ -14,13 +16,17 @@ STUDY = load_study(config)
 # the config file(s) that write this study's tables: the tables folder records it (onstart), and
 # another config that would write the same table files is stopped here
 TABLES_OWNER = config_owner(workflow.configfiles)
+RESULTS = str(STUDY.results)
+# every hub model and dataset of the study, by pin name: the download rule fetches each once
+HUB_INPUTS = hub_inputs(STUDY)
 if workflow.is_main_process:  # the dry run (and the main run): once, not in every cluster job
     if STUDY.tables_owner_error(TABLES_OWNER):
         raise ConfigError(STUDY.tables_owner_error(TABLES_OWNER))
     for warning in STUDY.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(disk_summary(STUDY), file=sys.stderr)  # what the checkpoints take
-RESULTS = str(STUDY.results)
+    if HUB_INPUTS:  # and what the download step fetches
+        print(download_summary(STUDY, RESULTS), file=sys.stderr)
 # tables of a second study on the same results (config/quantizers.yaml) go to their own folder
 TABLES = str(STUDY.tables)
 TABLES_TAG = "" if TABLES == f"{RESULTS}/tables" else os.path.basename(TABLES) + "_"
@@ -38,6 +44,8 @@ wildcard_constraints:
 def model_path(bench, run):
     """Where the model of a run lives: a DAG output, or an external hub id / local path."""
     method = STUDY.run_params(bench, run)["method"]
+    if is_external(method):  # audit mode: a checkpoint unlearned elsewhere
+        return STUDY.external_checkpoints(bench)[external_name(method)]
     if method in REFERENCES:
         external = STUDY.benchmark(bench)["models"][method]
         return external or f"{RESULTS}/models/{bench}/{method}"
@@ -52,6 +60,25 @@ def model_input(bench, run):
 
 def tokenizer_of(bench):
     return STUDY.benchmark(bench)["models"]["tokenizer"]
+
+
+UTILITY_SOURCES = [
+    utility_sources(STUDY.config["evaluation"])[name]
+    for name in STUDY.config["evaluation"].get("utility") or []
+]
+
+
+def input_pins(bench, runs=(), tokenizer=True, data=False, utility=False):
+    """The pins of a job's hub inputs (written by the download step): the models of `runs`,
+    the tokenizer, the benchmark's dataset, the utility datasets. A job loads their folders."""
+    entries = [(model_path(bench, run), "model") for run in runs]
+    if tokenizer:
+        entries.append((tokenizer_of(bench), "model"))
+    if data:
+        entries.append((STUDY.benchmark(bench)["source"], "dataset"))
+    if utility:
+        entries += [(source, "dataset") for source in UTILITY_SOURCES]
+    return sorted({pin for spec, kind in entries for pin in pin_file(RESULTS, spec, kind)})
 
 
 def unlearned_model(path):
@@ -99,13 +126,14 @@ STORED_QUANTIZERS = family_pattern([family for family in QUANTIZERS if family.st
 def report_outputs(name):
     """The files a report writes, as its module declares them; its Markdown tables and PNG
     figures also go into the HTML report (snakemake --report), captioned by workflow/report/."""
-    items = REPORTS[name].report_items()
+    files = REPORTS[name].all_files(STUDY)
+    items = REPORTS[name].report_items(files)
     outputs = {}
-    for file in REPORTS[name].files:
+    for file in files:
         path = f"{TABLES}/{file}"
         if file in items:
             caption = os.path.join(
-                workflow.basedir, "workflow", "report", file.split(".")[0] + ".rst"
+                workflow.basedir, "workflow", "report", REPORTS[name].caption(file) + ".rst"
             )
             kwargs = {"caption": caption} if os.path.exists(caption) else {}
             path = report(path, category=items[file], **kwargs)
@@ -119,5 +147,5 @@ def all_report_files():
         f"{TABLES}/{file}"
         for name, spec in REPORTS.items()
         if spec.applies(STUDY)
-        for file in spec.files
+        for file in spec.all_files(STUDY)
     ]

@@ -1,9 +1,12 @@
 # The utility data check (when the study measures utility metrics): every configured utility
 # source is loaded and its rows checked before any benchmark is prepared, so a source that cannot
-# be loaded fails in seconds, before any model is loaded or GPU job submitted.
+# be loaded fails in seconds, before any model is loaded or GPU job submitted (hub datasets: from
+# the snapshots the download step pinned).
 
 
 rule check_utility_data:
+    input:
+        pins=sorted({pin for spec in UTILITY_SOURCES for pin in pin_file(RESULTS, spec, "dataset")}),
     output:
         STUDY.utility_check_file,
     log:
@@ -26,6 +29,7 @@ rule check_utility_data:
 rule prepare_benchmark:
     input:
         utility_check_input(),
+        pins=lambda wc: input_pins(wc.bench, tokenizer=False, data=True),
     output:
         update(directory(f"{RESULTS}/data/{{bench}}")),
     log:

@@ -7,6 +7,7 @@ rule reference_auc:
     input:
         model=lambda wc: model_input(wc.bench, "method~retrain"),
         data=lambda wc: benchmark_dir(wc.bench),
+        pins=lambda wc: input_pins(wc.bench, ["method~retrain"]),
     output:
         f"{RESULTS}/metrics/{{bench}}/retrain_auc.json",
     log:
@@ -31,6 +32,8 @@ rule evaluate:
         auc=lambda wc: reference_auc_input(wc.bench),
         quantized=lambda wc: quantized_input(wc.bench, wc.run, wc.quant),
         target=lambda wc: noflip_target_input(wc.bench, wc.quant),
+        # the hub inputs' pins: this cell's model, the target, the benchmark and utility data
+        pins=lambda wc: input_pins(wc.bench, [wc.run, "method~target"], data=True, utility=True),
     output:
         metrics=f"{RESULTS}/metrics/{{bench}}/{{run}}/{{quant}}.parquet",
         records=f"{RESULTS}/records/{{bench}}/{{run}}/{{quant}}.parquet",

@@ -7,6 +7,7 @@ rule quantize:
     input:
         model=lambda wc: model_input(wc.bench, wc.run),
         data=lambda wc: benchmark_dir(wc.bench),
+        pins=lambda wc: input_pins(wc.bench, [wc.run]),
     output:
         directory(f"{RESULTS}/quantize/{{bench}}/{{run}}/{{quant}}"),
     log:
@@ -37,6 +38,7 @@ rule diagnose:
         model=lambda wc: model_input(wc.bench, wc.run),
         quantized=lambda wc: quantized_input(wc.bench, wc.run, wc.quant),
         target_quantized=lambda wc: quantized_input(wc.bench, "method~target", wc.quant),
+        pins=lambda wc: input_pins(wc.bench, ["method~target", wc.run], tokenizer=False),
     output:
         f"{RESULTS}/diagnostics/{{bench}}/{{run}}/{{quant}}.parquet",
     log:

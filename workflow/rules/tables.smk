@@ -101,3 +101,38 @@ rule table7:
         quantizers=STUDY.quantizers,
     script:
         "../scripts/make_table7.py"
+
+
+# Audit mode: one report per external checkpoint (benchmarks.<b>.models.unlearned), from its
+# cells, the target's and the weight diagnostics against the target.
+rule audit:
+    input:
+        metrics=STUDY.audit_metric_files(),
+        diagnostics=STUDY.audit_diagnostic_files(),
+    output:
+        **report_outputs("audit"),
+    log:
+        f"{RESULTS}/logs/tables/{TABLES_TAG}audit.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        quantizers=STUDY.quantizers,
+        audit=STUDY.config["audit"],
+    script:
+        "../scripts/make_audit.py"
+
+
+# The code commit, the input revisions and the package versions behind every metric file.
+rule provenance:
+    input:
+        STUDY.metric_files(),
+    output:
+        **report_outputs("provenance"),
+    log:
+        f"{RESULTS}/logs/tables/{TABLES_TAG}provenance.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/make_provenance.py"

@@ -5,6 +5,7 @@ rule unlearn:
     input:
         target=lambda wc: model_input(wc.bench, "method~target"),
         data=lambda wc: benchmark_dir(wc.bench),
+        pins=lambda wc: input_pins(wc.bench, ["method~target"]),
     output:
         model=unlearned_model(directory(f"{RESULTS}/unlearn/{{bench}}/{{run}}/model")),
         log=f"{RESULTS}/unlearn/{{bench}}/{{run}}/train_log.parquet",

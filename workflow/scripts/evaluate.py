@@ -1,11 +1,28 @@
 from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0], snakemake.threads):
+    from quantunlearn.data.provenance import Pins
+    from quantunlearn.data.utility import utility_sources
     from quantunlearn.evaluation.cell import evaluate_cell
 
     cell_config = snakemake.params.cell_config
+    pins = Pins.read(snakemake.input.pins)  # hub models and datasets: their pinned folders
+    model, tokenizer = snakemake.params.model, snakemake.params.tokenizer
+    target = snakemake.params.target_model
+    (source,) = (entry["source"] for entry in cell_config["benchmark"].values())
+    evaluation = dict(cell_config["evaluation"])
+    named, utility = evaluation.get("utility") or [], utility_sources(evaluation)
+    if named:  # hub datasets: their pinned snapshots
+        evaluation["utility_data"] = {k: pins.local(utility[k]) for k in named}
+    inputs = {
+        "model": pins.record(model),
+        "tokenizer": pins.record(tokenizer or model),
+        "target": pins.record(target),
+        "benchmark": pins.record(source),
+        **{f"utility:{k}": pins.record(utility[k]) for k in named},
+    }
     evaluate_cell(
-        snakemake.params.model,
+        pins.local(model),
         snakemake.wildcards.quant,
         snakemake.input.data,
         snakemake.params.auc,
@@ -13,11 +30,12 @@ with logged(snakemake.log[0], snakemake.threads):
         snakemake.output.records,
         cell=dict(snakemake.params.cell),
         cell_config=cell_config,
-        evaluation=cell_config["evaluation"],
+        evaluation=evaluation,
         bnb_compute_dtype=cell_config.get("bnb_compute_dtype", "fp32"),
-        tokenizer=snakemake.params.tokenizer,
+        tokenizer=pins.local(tokenizer),
         quant_dir=snakemake.params.quant_dir,
-        target_model=snakemake.params.target_model,
+        target_model=pins.local(target),
         kind=snakemake.params.kind,
         subjects=snakemake.params.subjects,
+        inputs=inputs,
     )

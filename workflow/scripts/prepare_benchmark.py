@@ -4,7 +4,10 @@ from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0]):
     from quantunlearn.data import benchmark_kind
+    from quantunlearn.data.provenance import Pins
 
     bench = snakemake.params.benchmark
-    # the benchmark kind's row: generate (embedded), copy (local folder) or fetch (hub)
-    benchmark_kind(bench).prepare(bench, Path(snakemake.output[0]))
+    # the benchmark kind's row: generate (embedded), copy (local folder) or convert the hub
+    # dataset's snapshot that the download step pinned
+    snapshot = Pins.read(snakemake.input.pins).folder(bench["source"])
+    benchmark_kind(bench).prepare(bench, Path(snakemake.output[0]), snapshot)

@@ -2,14 +2,17 @@ from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0], snakemake.threads):
     from quantunlearn.data import benchmark_kind
+    from quantunlearn.data.provenance import Pins
     from quantunlearn.unlearning.loop import unlearn
 
     bench, run = snakemake.params.benchmark, dict(snakemake.params.run)
+    pins = Pins.read(snakemake.input.pins)  # hub models: their pinned snapshot folders
+    target, tokenizer = snakemake.params.target, snakemake.params.tokenizer
     # the benchmark's kind says where the forget (and retain) data come from: MUSE text files,
     # or one RWKU target's texts and refusals
     forget, retain = benchmark_kind(bench).corpora(snakemake.input.data, bench, run.get("subject"))
     unlearn(
-        snakemake.params.target,
+        pins.local(target),
         forget,
         retain,
         snakemake.output.model,
@@ -17,6 +20,7 @@ with logged(snakemake.log[0], snakemake.threads):
         method=run["method"],
         hyperparameters={k: v for k, v in run.items() if v is not None},
         settings=snakemake.params.fixed,
-        tokenizer=snakemake.params.tokenizer,
+        tokenizer=pins.local(tokenizer),
         run=run["run"],
+        inputs={"target": pins.record(target), "tokenizer": pins.record(tokenizer or target)},
     )

@@ -12,7 +12,6 @@ defaults of the benchmark's config entry. Nothing here imports torch.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +19,13 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from quantunlearn.data import muse, rwku
+from quantunlearn.data.provenance import is_hub_spec, split_spec
 from quantunlearn.data.synthetic import SyntheticError, check_synthetic, generate_synthetic
 from quantunlearn.data.synthetic_rwku import (
     SYNTHETIC_RWKU_DEFAULTS,
     check_synthetic_rwku,
     generate_synthetic_rwku,
 )
-
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 #: The defaults of a MUSE-layout benchmark's config entry (the first release's).
 MUSE_ENTRY_DEFAULTS: dict[str, Any] = {
@@ -64,8 +62,9 @@ class BenchmarkKind:
     name: str
     #: what the source is, for messages and the docs
     describe: str
-    #: ``prepare(entry, out_dir)``: the prepare_benchmark job (generate, copy or fetch)
-    prepare: Callable[[dict, Path], None]
+    #: ``prepare(entry, out_dir, snapshot)``: the prepare_benchmark job (generate, copy, or
+    #: convert the hub dataset's snapshot folder that the download step pinned)
+    prepare: Callable[[dict, Path, str | None], None]
     #: ``check(entry)``: parse-time problems as (sub-key, message); no download
     check: Callable[[dict], list[tuple[str, str]]]
     #: an embedded benchmark: the ``source`` keyword, also the name of its generator section
@@ -84,6 +83,8 @@ class BenchmarkKind:
     #: whether it has a retain corpus (for retain terms: GDR, KLR, RMU)
     has_retain: ClassVar[bool]
     entry_defaults: ClassVar[Mapping[str, Any]]
+    #: the files of a hub dataset of this layout that the download step fetches
+    hub_patterns: ClassVar[tuple[str, ...]]
 
     def subjects(self, entry: dict) -> list[int] | None:
         """The unlearning targets (one run each), or None: one run for the whole forget set."""
@@ -103,6 +104,11 @@ class MuseKind(BenchmarkKind):
     forget_data = frozenset({"documents"})
     has_retain = True
     entry_defaults = MUSE_ENTRY_DEFAULTS
+    hub_patterns = tuple(muse.HUB_PATTERNS)
+
+    def check_snapshot(self, folder: str) -> None:
+        """The download step's check of a hub snapshot: every config and split loads."""
+        muse.check_hub_folder(folder)
 
     def load(self, bench_dir, subjects=None):
         return muse.load_benchmark(bench_dir)
@@ -125,6 +131,11 @@ class RWKUKind(BenchmarkKind):
     forget_data = frozenset({"documents", "refusals"})
     has_retain = False
     entry_defaults = RWKU_ENTRY_DEFAULTS
+    hub_patterns = tuple(rwku.hub_patterns())
+
+    def check_snapshot(self, folder: str) -> None:
+        """The download step's check of a hub snapshot: every config loads in RWKU's schema."""
+        rwku.check_snapshot(folder)
 
     def subjects(self, entry: dict) -> list[int]:
         return list(entry["targets"])
@@ -188,8 +199,8 @@ def _muse_problems(entry: dict) -> list[tuple[str, str]]:
 
 def _source_problems(entry: dict) -> list[tuple[str, str]]:
     source = entry["source"]
-    if not Path(source).is_dir() and not HUB_ID_RE.match(source):
-        return [("source", f"no folder {source!r} (nor a hub id)")]
+    if not Path(source).is_dir() and not is_hub_spec(source):
+        return [("source", f"no folder {source!r} (nor a hub id owner/name[@revision])")]
     return []
 
 
@@ -209,11 +220,11 @@ def _rwku_problems(entry: dict) -> list[tuple[str, str]]:
     return []
 
 
-def _prepare_synthetic(entry: dict, out_dir: Path) -> None:
+def _prepare_synthetic(entry: dict, out_dir: Path, snapshot: None = None) -> None:
     generate_synthetic(out_dir, **entry["synthetic"])
 
 
-def _prepare_synthetic_rwku(entry: dict, out_dir: Path) -> None:
+def _prepare_synthetic_rwku(entry: dict, out_dir: Path, snapshot: None = None) -> None:
     generate_synthetic_rwku(out_dir, **entry["synthetic_rwku"])
 
 
@@ -222,7 +233,7 @@ BENCHMARKS: tuple[BenchmarkKind, ...] = (
     MuseKind(
         "muse",
         "a folder in the MUSE layout or a hub dataset such as muse-bench/MUSE-News",
-        lambda entry, out: muse.prepare_benchmark(entry["source"], out),
+        lambda entry, out, snapshot: muse.prepare_benchmark(entry["source"], out, snapshot),
         _muse_problems,
         hub_ids=muse.MUSE_HUB_IDS,
     ),
@@ -240,7 +251,7 @@ BENCHMARKS: tuple[BenchmarkKind, ...] = (
     RWKUKind(
         "rwku",
         f"a folder in RWKU's layout or the hub dataset {rwku.HUB_ID}",
-        lambda entry, out: rwku.prepare_rwku(entry["source"], out),
+        lambda entry, out, snapshot: rwku.prepare_rwku(entry["source"], out, snapshot),
         _rwku_problems,
         hub_ids=(rwku.HUB_ID,),
     ),
@@ -266,8 +277,9 @@ def benchmark_kind(entry: Mapping[str, Any]) -> BenchmarkKind:
     source = str(entry.get("source"))
     if entry.get("kind") in LAYOUTS:
         return LAYOUTS[entry["kind"]]
+    repo_id = split_spec(source)[0] if is_hub_spec(source) else source
     for kind in BENCHMARKS:
-        if kind.generator == source or source in kind.hub_ids:
+        if kind.generator == source or repo_id in kind.hub_ids:
             return kind
     if Path(source).is_dir():
         for kind in LAYOUTS.values():

@@ -26,7 +26,8 @@ def read_documents(path: str | os.PathLike) -> list[str]:
 
 
 def tokenize_documents(docs: Sequence[str], tokenizer) -> list[list[int]]:
-    """Each document as BOS + tokens + EOS."""
+    """Each document as BOS + tokens + EOS: BOS added if the tokenizer does not prepend it, EOS
+    appended unless the tokenizer already did (a tokenizer with ``add_eos_token``)."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos_token_id; documents must end in EOS")
@@ -39,7 +40,7 @@ def tokenize_documents(docs: Sequence[str], tokenizer) -> list[list[int]]:
             ids = list(ids)
             if bos is not None and (not ids or ids[0] != bos):
                 ids.insert(0, bos)
-            token_lists.append([*ids, eos])
+            token_lists.append(ids if ids and ids[-1] == eos else [*ids, eos])
     return token_lists
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +135,9 @@ MUSE_HUB_FILES: dict[tuple[str, str], str] = {
 }
 HUB_COLUMNS = {"raw": ("text",), "verbmem": ITEM_KEYS["verbmem"], "knowmem": ITEM_KEYS["qa"]}
 HUB_COLUMNS["privleak"] = ("text",)
+#: The files of a MUSE dataset repo that the download step fetches: the card (its YAML names
+#: each config's data files) and the folders of the configs read (not scal, sust, train).
+HUB_PATTERNS = ["README.md", *sorted({f"{config}/*" for config, _ in MUSE_HUB_FILES})]
 
 
 class HubDownloadError(RuntimeError):
@@ -152,20 +155,27 @@ def _rows_to_local(rows, config: str, where: str) -> Any:
     return [{c: row[c] for c in columns} for row in rows]
 
 
-def fetch_muse(hub_id: str, out_dir: str | os.PathLike) -> None:
-    """Download one MUSE corpus from the hub into ``out_dir`` in the local layout.
+def fetch_muse(hub_id: str, out_dir: str | os.PathLike, folder: str | None = None) -> None:
+    """Convert one MUSE corpus into ``out_dir`` in the local layout: from ``folder``, its
+    snapshot downloaded by the workflow's download step, or else from the hub.
 
-    Everything is written into a temporary sibling folder (`quantunlearn.io.atomic_dir`),
-    validated with load_benchmark and renamed at the end, so a failure leaves no ``out_dir``
-    behind, and an existing ``out_dir`` is replaced only by a complete, valid one.
+    ``hub_id`` is ``owner/name`` or ``owner/name@revision``. Everything is written into a
+    temporary sibling folder (`quantunlearn.io.atomic_dir`), validated with load_benchmark and
+    renamed at the end, so a failure leaves no ``out_dir`` behind, and an existing ``out_dir``
+    is replaced only by a complete, valid one. meta.json records the source and its commit.
     """
     import datasets  # late: heavy, and tests replace datasets.load_dataset
 
+    from quantunlearn.data.provenance import snapshot_commit, split_spec
+
+    repo_id, revision = split_spec(hub_id)
+    where_from = folder or repo_id
+    pinned = {"revision": revision} if revision and folder is None else {}
     with atomic_dir(out_dir) as tmp:
         for (config, split), rel in tqdm(MUSE_HUB_FILES.items(), desc=f"fetch {hub_id}"):
             where = f"{hub_id} config {config!r} split {split!r}"
             try:
-                rows = datasets.load_dataset(hub_id, config, split=split)
+                rows = datasets.load_dataset(where_from, config, split=split, **pinned)
             except Exception as err:
                 raise HubDownloadError(
                     f"could not load {where}: {err}. Without network access, download it once on "
@@ -179,27 +189,32 @@ def fetch_muse(hub_id: str, out_dir: str | os.PathLike) -> None:
                 (tmp / rel).write_text(local, encoding="utf-8", newline="\n")
             else:
                 write_json_file(tmp / rel, local)
-        write_json_file(
-            tmp / "meta.json",
-            {"benchmark": hub_id, "layout_version": LAYOUT_VERSION, "source": "hub"},
-        )
+        meta = {"benchmark": hub_id, "layout_version": LAYOUT_VERSION, "source": "hub"}
+        write_json_file(tmp / "meta.json", {**meta, "commit": snapshot_commit(folder)})
         load_benchmark(tmp)
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+def check_hub_folder(folder: str | os.PathLike) -> None:
+    """Convert a downloaded MUSE snapshot into a throwaway folder: every config and split the
+    benchmark needs loads, with the columns it needs (the download step's check)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fetch_muse(str(folder), Path(tmp) / "check", folder=str(folder))
 
 
-def prepare_benchmark(source: str, out_dir: str | os.PathLike) -> None:
-    """Put a MUSE-layout benchmark into ``out_dir`` from a local folder or a hub dataset id; an
+def prepare_benchmark(source: str, out_dir: str | os.PathLike, snapshot: str | None = None) -> None:
+    """Put a MUSE-layout benchmark into ``out_dir`` from a local folder or a hub dataset id
+    (``owner/name[@revision]``; ``snapshot``: its folder, fetched by the download step); an
     existing ``out_dir`` stays until the new one is complete."""
+    from quantunlearn.data.provenance import is_hub_spec
+
     local = Path(source)
     if local.is_dir():
         load_benchmark(local)
         with atomic_dir(out_dir) as tmp:
             shutil.copytree(local, tmp, dirs_exist_ok=True)
         return
-    if not local.exists() and _HUB_ID.match(source):
-        fetch_muse(source, out_dir)
+    if is_hub_spec(source):
+        fetch_muse(source, out_dir, folder=snapshot)
         return
     raise FileNotFoundError(
         f"benchmark source {source!r} is neither a folder in the MUSE layout nor a hub dataset id "

@@ -428,15 +428,35 @@ def fetch_rwku(
     return Path(out_dir)
 
 
-def prepare_rwku(source: str, out_dir: str | os.PathLike) -> None:
-    """Put an RWKU-layout benchmark into ``out_dir``: a local folder is validated and copied, a
-    hub id is fetched at the pinned revision."""
-    if Path(source).is_dir():
+def prepare_rwku(source: str, out_dir: str | os.PathLike, snapshot: str | None = None) -> None:
+    """Put an RWKU-layout benchmark into ``out_dir``: a local folder is validated and copied; a
+    hub id ``owner/name[@revision]`` is read from ``snapshot``, the folder the download step
+    fetched and pinned (without one, from the hub at that revision)."""
+    from quantunlearn.data.provenance import split_spec
+
+    if snapshot is None and Path(source).is_dir():
         check_folder(source)
         with atomic_dir(out_dir) as tmp:
             shutil.copytree(source, tmp, dirs_exist_ok=True)
         return
-    fetch_rwku(out_dir, hub_id=source)
+    repo, revision = split_spec(source)
+    fetch_rwku(out_dir, revision=revision, hub_id=snapshot or repo)
+
+
+def hub_patterns(configs: Iterable[str] = FETCHED_CONFIGS) -> list[str]:
+    """The files of the hub repository that hold ``configs`` (and the card that declares them),
+    what the download step fetches."""
+    files = [f"All/{CONFIGS[c].file}" for c in dict.fromkeys(["forget_target", *configs])]
+    return ["README.md", *files]
+
+
+def check_snapshot(folder: str | os.PathLike) -> None:
+    """Convert a downloaded RWKU snapshot into a throwaway folder: every config the benchmark
+    needs loads, in RWKU's schema (the download step's check)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fetch_rwku(Path(tmp) / "check", revision=None, hub_id=str(folder))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ Two protocols:
   zzwjames/FailureLLMUnlearning ships them as LLama_factory/data/utility/): 171 MMLU questions
   with their 5 shots (utility_general), 50 TruthfulQA questions (utility_truthfulness), 100
   TriviaQA questions (utility_factuality) and 50 AlpacaEval instructions (utility_fluency); the
-  rows are the hub dataset jinzhuoran/RWKU's at its pinned revision (or a local folder in RWKU's
-  layout), those of target 1;
+  rows are those of target 1 in the hub dataset jinzhuoran/RWKU (at the commit the download
+  step pins) or in a local folder in RWKU's layout;
 * the full benchmarks (``mmlu``, ``truthfulqa_mc1``, ``triviaqa``, ``fluency``): cais/mmlu,
   truthfulqa/truthful_qa, mandarjoshi/trivia_qa, and the 805 AlpacaEval instructions read as the
   JSON file they are (the hub dataset tatsu-lab/alpaca_eval is a loading script, which current
@@ -26,18 +26,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from quantunlearn.data import rwku
+from quantunlearn.data.provenance import is_hub_spec, split_spec
 
 ALPACA_EVAL_REVISION = "0cd24d711fe90d0c1aae5bde03fe98ee48ae52f8"
 ALPACA_EVAL_JSON = f"hf://datasets/tatsu-lab/alpaca_eval@{ALPACA_EVAL_REVISION}/alpaca_eval.json"
 #: The RWKU target whose utility files the seeds' code read (--target 1_Stephen_King).
 RWKU_UTILITY_TARGET = 1
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,6 @@ class UtilityData:
     columns: tuple[str, ...]  # keys every row must have
     config: str | None = None  # the hub config of a hub dataset
     shot_split: str | None = None  # the few-shot split, if any
-    revision: str | None = None  # the pinned revision of the default source
     rwku_config: str | None = None  # an RWKU config: the rows of RWKU_UTILITY_TARGET
 
     def describe(self) -> str:
@@ -62,28 +60,24 @@ UTILITY_DATA: dict[str, UtilityData] = {
         rwku.HUB_ID,
         "test",
         ("question", "task", "choices", "answer", "examples"),
-        revision=rwku.HUB_REVISION,
         rwku_config="utility_general",
     ),
     "truthfulqa_rwku": UtilityData(
         rwku.HUB_ID,
         "test",
         ("question", "mc1_targets", "mc2_targets"),
-        revision=rwku.HUB_REVISION,
         rwku_config="utility_truthfulness",
     ),
     "triviaqa_rwku": UtilityData(
         rwku.HUB_ID,
         "test",
         ("question", "answers"),
-        revision=rwku.HUB_REVISION,
         rwku_config="utility_factuality",
     ),
     "fluency_rwku": UtilityData(
         rwku.HUB_ID,
         "test",
         ("instruction",),
-        revision=rwku.HUB_REVISION,
         rwku_config="utility_fluency",
     ),
     # the full benchmarks
@@ -106,6 +100,15 @@ class UtilityDataError(ValueError):
     """A utility source that cannot be loaded or whose rows are not in the expected schema."""
 
 
+def hub_patterns(name: str) -> list[str]:
+    """The files of a utility benchmark's hub repo the download step fetches: the card (its
+    YAML names each config's data files) and the files of the config that is read."""
+    data = UTILITY_DATA[name]
+    if data.rwku_config:  # the target's number comes from forget_target
+        return rwku.hub_patterns([data.rwku_config])
+    return ["README.md", f"{data.config}/*"]
+
+
 def utility_sources(evaluation: dict) -> dict[str, str]:
     """Where each utility benchmark's data come from: evaluation.utility_data or the defaults."""
     return {**UTILITY_HUB, **(evaluation.get("utility_data") or {})}
@@ -116,10 +119,10 @@ def source_problem(name: str, source: str) -> str | None:
     if Path(source).is_dir():
         return None
     if UTILITY_DATA[name].rwku_config:
-        return None if _HUB_ID.match(source) else f"no folder {source!r} (nor a hub id)"
+        return None if is_hub_spec(source) else f"no folder {source!r} (nor a hub id)"
     if source.endswith(".json") and ("://" in source or Path(source).is_file()):
         return None
-    if _HUB_ID.match(source):
+    if is_hub_spec(source):
         return None
     return f"no folder {source!r} (nor a hub id or a JSON file)"
 
@@ -141,30 +144,34 @@ def _local_rows(name: str, folder: Path, split: str) -> list[dict]:
 
 def _rwku_rows(data: UtilityData, source: str) -> list[dict]:
     """The rows of RWKU_UTILITY_TARGET in ``data.rwku_config``, from a local folder in RWKU's
-    layout or the hub dataset (at the pinned revision when it is the default source)."""
+    layout (a snapshot of the hub repository is one) or the hub id ``owner/name[@revision]``."""
     if Path(source).is_dir():
         target = rwku.target_name(source, RWKU_UTILITY_TARGET)
         return rwku.read_config(source, data.rwku_config, target)
-    revision = data.revision if source == data.source else None
-    targets = rwku.load_hub_config("forget_target", revision, source)
+    repo, revision = split_spec(source)
+    targets = rwku.load_hub_config("forget_target", revision, repo)
     target = targets[RWKU_UTILITY_TARGET - 1]["target"]
-    rows = rwku.load_hub_config(data.rwku_config, revision, source)
+    rows = rwku.load_hub_config(data.rwku_config, revision, repo)
     return [row for row in rows if row["subject"] == target]
 
 
 def load_rows(name: str, source: str, split: str) -> list[dict]:
-    """Rows of one split of one utility benchmark's source."""
+    """Rows of one split of one utility benchmark's source: a local folder of JSON files
+    (``{source}/{split}.json``); a folder holding a hub dataset repo (its README.md: a snapshot
+    fetched by the download step); a hub id ``owner/name[@revision]``; a JSON file."""
     data = UTILITY_DATA[name]
     if data.rwku_config:
         return _rwku_rows(data, source)
-    if Path(source).is_dir():
-        return _local_rows(name, Path(source), split)
+    local = Path(source)
+    is_repo = local.is_dir() and (local / "README.md").is_file()
+    if local.is_dir() and not is_repo:
+        return _local_rows(name, local, split)
     import datasets  # late: heavy
 
     if source.endswith(".json"):  # one JSON file (AlpacaEval): the packaged json builder
         return list(datasets.load_dataset("json", data_files=source, split="train"))
-    revision = data.revision if source == data.source else None
-    return list(datasets.load_dataset(source, data.config, split=split, revision=revision))
+    repo, revision = (source, None) if is_repo else split_spec(source)
+    return list(datasets.load_dataset(repo, data.config, split=split, revision=revision))
 
 
 def benchmark_rows(name: str, evaluation: dict) -> tuple[list[dict], list[dict]]:

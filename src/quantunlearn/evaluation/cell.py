@@ -1,24 +1,26 @@
 """Evaluate one (run, quantizer) cell with every metric of the METRICS table; write its files.
 
 Each cell writes two files: the metrics in long format (one row per metric, with the cell's
-parameters, its config hash and package versions as columns, so that aggregation is a plain
-concatenation) and the per-sample records (metric, index, prompt, reference, output, score), so
-that every number can be audited.
+parameters, its config hash, package versions and the provenance of every input as columns, so
+that aggregation is a plain concatenation) and the per-sample records (metric, index, prompt,
+reference, output, score), so that every number can be audited. PrivLeak's records are the
+per-text Min-K% scores of the model (``mink_auc``) and of the retrain reference
+(``mink_auc_retrain``), each with its ``split`` (forget | holdout) and ``index``.
 """
 
 from __future__ import annotations
 
 import json
-import platform
 import time
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from quantunlearn.data import BY_NAME as BENCHMARKS_BY_NAME
+from quantunlearn.data import provenance
 from quantunlearn.data.muse import load_benchmark
+from quantunlearn.data.provenance import Pins
 from quantunlearn.evaluation import metrics
 from quantunlearn.evaluation.metrics import Context
 from quantunlearn.io import config_hash, write_json, write_parquet
@@ -60,13 +62,14 @@ PACKAGES = (
 
 
 def package_versions() -> str:
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return json.dumps(versions, sort_keys=True)
+    """JSON of the versions of PACKAGES (and Python)."""
+    return json.dumps(provenance.package_versions(PACKAGES), sort_keys=True)
+
+
+def local_inputs(**paths: str | Path | None) -> dict[str, dict]:
+    """role -> {"source", "commit"} of inputs given as folders (the commit of a hub snapshot
+    folder, None for others); what a cell records when its caller names no sources."""
+    return {role: Pins(()).record(str(p)) for role, p in paths.items() if p is not None}
 
 
 def collapsed_flag(model_path: str | Path) -> bool | None:
@@ -84,21 +87,29 @@ def reference_auc(
     out_json: str | Path,
     evaluation: dict,
     tokenizer: str | None = None,
+    inputs: dict | None = None,
 ) -> float:
-    """PrivLeak's denominator: the full-precision retrain model's Min-K% AUC (forget vs holdout)."""
+    """PrivLeak's denominator: the full-precision retrain model's Min-K% AUC (forget vs
+    holdout), written with the per-text scores it is computed from and the model's source."""
     bench = load_benchmark(bench_dir)
     tok = load_tokenizer(tokenizer or retrain_model)
     model = load_model(retrain_model, "fp32")
-    auc = Context(model, tok, bench, evaluation, auc_retrain=float("nan")).membership_auc
-    write_json({"auc_retrain": auc, "model": str(retrain_model)}, out_json)
+    context = Context(model, tok, bench, evaluation, auc_retrain=float("nan"))
+    auc, records = context.membership
+    scores = [{k: r[k] for k in ("split", "index", "score")} for r in records]
+    inputs = inputs or local_inputs(retrain=retrain_model, tokenizer=tokenizer or retrain_model)
+    info = {"auc_retrain": auc, "model": str(retrain_model), "mink_k": evaluation["mink_k"]}
+    provenance_info = provenance.provenance_columns(inputs)
+    write_json({**info, "scores": scores, "provenance": provenance_info}, out_json)
     return auc
 
 
-def _auc_retrain(reference_auc_json) -> float:
-    """PrivLeak's reference AUC; NaN for a benchmark without a retrain model (RWKU)."""
+def _reference(reference_auc_json) -> dict:
+    """PrivLeak's reference (`reference_auc`'s file); {} for a benchmark without a retrain model
+    (RWKU), whose cells have no PrivLeak."""
     if reference_auc_json is None:
-        return float("nan")
-    return json.loads(Path(reference_auc_json).read_text())["auc_retrain"]
+        return {}
+    return json.loads(Path(reference_auc_json).read_text())
 
 
 def _measure(context: Context) -> tuple[dict, list[dict]]:
@@ -130,21 +141,33 @@ def evaluate_cell(
     target_model: str | None = None,
     kind: str = "muse",
     subjects: list[int] | None = None,
+    inputs: dict | None = None,
 ) -> pd.DataFrame:
     """Quantize (at load time, or decode a stored checkpoint) and evaluate one model; `cell`
-    holds the row's parameters. quant_dir: a GPTQ/AWQ checkpoint; target_model: the target (for
-    noflip); kind: the benchmark's row of quantunlearn.data.BENCHMARKS; subjects: the RWKU
-    targets the cell evaluates; reference_auc_json: None without a retrain model (RWKU)."""
+    holds the row's parameters. quant_dir: the stored checkpoint of a GPTQ/AWQ quantizer;
+    target_model: the target, which the noflip counterfactual needs; kind: the benchmark's row
+    of quantunlearn.data.BENCHMARKS; subjects: the RWKU targets the cell evaluates;
+    reference_auc_json: None without a retrain model (RWKU); inputs: role -> {"source",
+    "commit"} of every input (`provenance.Pins.record`), else the folders'."""
+    # long: a cell's every input is a keyword (the rule's params); the body is one straight line
     quantizer = parse_quantizer(quant)
     bench = BENCHMARKS_BY_NAME[kind].load(bench_dir, subjects)
-    auc_retrain = _auc_retrain(reference_auc_json)
+    reference = _reference(reference_auc_json)
+    auc_retrain = reference.get("auc_retrain", float("nan"))
+    if inputs is None:
+        inputs = local_inputs(
+            model=model_path, tokenizer=tokenizer or model_path, target=target_model
+        )
+    inputs = {**_reference_inputs(reference), **inputs}
     tok = use_chat_template(load_tokenizer(tokenizer or model_path), evaluation)
     start = time.time()
     model = quantizer.load(
         model_path, compute_dtype=bnb_compute_dtype, quant_dir=quant_dir, target_path=target_model
     )
     quantize_seconds = time.time() - start
-    values, records = _measure(Context(model, tok, bench, evaluation, auc_retrain))
+    values, records = _measure(
+        Context(model, tok, bench, evaluation, auc_retrain, quantizer.batch_invariant)
+    )
     shared = {
         **cell,
         "quant": quant,
@@ -154,6 +177,7 @@ def evaluate_cell(
         "versions": package_versions(),
         "eval_seconds": time.time() - start,
         "quantize_seconds": quantize_seconds,
+        **provenance.provenance_columns(inputs),
     }
     if subjects is not None:  # RWKU: how many targets the cell's values average
         shared["n_targets"] = len(subjects)
@@ -161,12 +185,28 @@ def evaluate_cell(
     frame = pd.DataFrame(rows)
     hyper = [key for key in all_fields() if key in frame.columns]
     frame = frame.astype({"n": "Int64", **{key: column_dtype(key) for key in hyper}})
-    records = pd.DataFrame(records)
-    records.insert(0, "quant", quant)
-    records.insert(0, "run", cell["run"])
-    records.insert(0, "benchmark", cell["benchmark"])
-    write_parquet(records, records_out)
+    write_parquet(_records_frame(records, reference, cell, quant), records_out)
     write_parquet(frame, metrics_out)
     summary = ", ".join(f"{m} {v:.1f}" for m, (v, _) in values.items())
     print(f"{cell['benchmark']} {cell['run']} {quant}: {summary}")
+    return frame
+
+
+def _reference_inputs(reference: dict) -> dict:
+    """PrivLeak's denominator: the retrain model the reference AUC came from (its file's
+    provenance), as a cell's ``retrain`` input."""
+    if "provenance" not in reference:  # written before the provenance was recorded
+        return {}
+    retrain = json.loads(reference["provenance"]["inputs"]).get("retrain")
+    return {"retrain": retrain} if retrain else {}
+
+
+def _records_frame(records: list[dict], reference: dict, cell: dict, quant: str) -> pd.DataFrame:
+    """The cell's per-item records, with the retrain model's per-text Min-K% scores
+    (``mink_auc_retrain``): PrivLeak recomputes from this file alone."""
+    records = records + [{"metric": "mink_auc_retrain", **r} for r in reference.get("scores", [])]
+    frame = pd.DataFrame(records)
+    frame.insert(0, "quant", quant)
+    frame.insert(0, "run", cell["run"])
+    frame.insert(0, "benchmark", cell["benchmark"])
     return frame

@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from quantunlearn.data.provenance import provenance_columns
 from quantunlearn.io import config_hash, write_parquet
 from quantunlearn.models.loading import load_model
 from quantunlearn.quantizers import Quantizer, parse_quantizer, quantizable_linears
@@ -287,8 +288,10 @@ def diagnose_run(
     target_quant_dir: str | Path | None = None,
     unlearned_quant_dir: str | Path | None = None,
     compute_dtype: str = "fp32",
+    inputs: dict | None = None,
 ) -> pd.DataFrame:
     """Write the diagnostics Parquet of one (unlearned run, quantizer): see the module docstring.
+    ``inputs``: role -> {"source", "commit"} of the two models (else the folders').
 
     The noflip counterfactual is diagnosed as its base RTN quantizer (its codes are the
     target's by construction).
@@ -311,7 +314,7 @@ def diagnose_run(
             unlearned_path, spec, quant_dir=unlearned_quant_dir, compute_dtype=compute_dtype
         )
     frame = diagnostics_frame(spec, target, unlearned, target_q, unlearned_q)
-    from quantunlearn.evaluation.cell import package_versions
+    from quantunlearn.evaluation.cell import local_inputs, package_versions
 
     frame.insert(0, "quant", quant)
     for key, value in reversed(list(cell.items())):
@@ -319,6 +322,9 @@ def diagnose_run(
     frame["config_hash"] = config_hash(cell_config)
     frame["cell_config"] = json.dumps(cell_config, sort_keys=True, default=str)
     frame["versions"] = package_versions()
+    inputs = inputs or local_inputs(model=unlearned_path, target=target_path)
+    for column, value in provenance_columns(inputs).items():
+        frame[column] = value
     frame["seconds"] = time.time() - start
     write_parquet(frame, out)
     return frame

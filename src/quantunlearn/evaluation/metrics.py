@@ -25,19 +25,31 @@ ARROWS = {"lower": "↓", "higher": "↑", "zero": "→0"}
 
 class Context:
     """What every metric of one cell reads: the (quantized) model, its tokenizer, the
-    benchmark's evaluation files, the ``evaluation`` config and PrivLeak's reference AUC."""
+    benchmark's evaluation files, the ``evaluation`` config and PrivLeak's reference AUC;
+    ``batch_invariant``: the cell's `Quantizer.batch_invariant`, which tells generation whether
+    it may regroup rows."""
 
-    def __init__(self, model, tokenizer, benchmark, evaluation: dict, auc_retrain: float):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        benchmark,
+        evaluation: dict,
+        auc_retrain: float,
+        batch_invariant: bool = True,
+    ):
         self.model, self.tokenizer, self.benchmark = model, tokenizer, benchmark
         self.evaluation, self.auc_retrain = evaluation, auc_retrain
+        self.batch_invariant = batch_invariant
 
     @cached_property
-    def membership_auc(self) -> float:
-        """Min-K% Prob AUC of the forget texts (label 0) against the holdout texts (label 1)."""
-        from quantunlearn.evaluation.muse import privleak_auc
+    def membership(self) -> tuple[float, list[dict]]:
+        """Min-K% Prob AUC of the forget texts (label 0) against the holdout texts (label 1),
+        and the per-text scores it comes from (`evaluation.muse.membership_scores`)."""
+        from quantunlearn.evaluation.muse import membership_scores
 
         ev, bench = self.evaluation, self.benchmark
-        return privleak_auc(
+        return membership_scores(
             self.model,
             self.tokenizer,
             bench.privleak_forget,
@@ -46,6 +58,10 @@ class Context:
             max_length=ev["max_length"],
             batch_size=ev["batch_size"],
         )
+
+    @property
+    def membership_auc(self) -> float:
+        return self.membership[0]
 
 
 #: The metric groups: a benchmark layout (its metrics read that layout's evaluation data and are
@@ -62,6 +78,9 @@ class Metric:
     compute: Callable[[Context], tuple[float, int, list[dict]]]
     group: str = "muse"  # muse | rwku: the layout whose data it reads; utility: configured
     table: bool = True  # shown in the paper-style tables
+    # how the value follows from the per-item records: "mean" of their scores, or "auc": the
+    # ROC AUC of their scores with the holdout texts as positives (Min-K% membership)
+    summary: str = "mean"
 
     @property
     def header(self) -> str:
@@ -82,7 +101,12 @@ def _verbmem(ctx: Context):
     ev = ctx.evaluation
     items = ctx.benchmark.verbmem_forget
     value, records = verbmem(
-        ctx.model, ctx.tokenizer, items, ev["verbmem_max_new_tokens"], ev["batch_size"]
+        ctx.model,
+        ctx.tokenizer,
+        items,
+        ev["verbmem_max_new_tokens"],
+        ev["batch_size"],
+        batch_invariant=ctx.batch_invariant,
     )
     return value, len(records), records
 
@@ -100,6 +124,7 @@ def _knowmem(split: str) -> Callable[[Context], tuple[float, int, list[dict]]]:
             ev["knowmem_max_new_tokens"],
             ev["batch_size"],
             metric=f"knowmem_{split[0]}",
+            batch_invariant=ctx.batch_invariant,
         )
         return value, len(records), records
 
@@ -114,8 +139,8 @@ def _privleak(ctx: Context):
 
 
 def _mink_auc(ctx: Context):
-    bench = ctx.benchmark
-    return ctx.membership_auc, len(bench.privleak_forget) + len(bench.privleak_holdout), []
+    auc, records = ctx.membership
+    return auc, len(records), records
 
 
 def _probe(probe_set: str, kind: str) -> Callable[[Context], tuple]:
@@ -175,7 +200,12 @@ def _triviaqa(ctx: Context):
 
     rows, shots = benchmark_rows("triviaqa", ctx.evaluation)
     value, records = utility.triviaqa(
-        ctx.model, ctx.tokenizer, rows, shots, ctx.evaluation["batch_size"]
+        ctx.model,
+        ctx.tokenizer,
+        rows,
+        shots,
+        ctx.evaluation["batch_size"],
+        batch_invariant=ctx.batch_invariant,
     )
     return value, len(rows), records
 
@@ -186,7 +216,14 @@ def _fluency(ctx: Context):
     rows, _ = benchmark_rows("fluency", ctx.evaluation)
     ev = ctx.evaluation
     max_new = ev.get("fluency_max_new_tokens", 128)
-    value, records = utility.fluency(ctx.model, ctx.tokenizer, rows, ev["batch_size"], max_new)
+    value, records = utility.fluency(
+        ctx.model,
+        ctx.tokenizer,
+        rows,
+        ev["batch_size"],
+        max_new,
+        batch_invariant=ctx.batch_invariant,
+    )
     return value, len(rows), records
 
 
@@ -208,8 +245,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("knowmem_f", "KnowMem_f", "lower", _knowmem("forget")),
     Metric("privleak", "PrivLeak", "zero", _privleak),
     Metric("knowmem_r", "KnowMem_r", "higher", _knowmem("retain")),
-    # PrivLeak's input, recorded so that PrivLeak can be recomputed from the metric files
-    Metric("mink_auc", "Min-K% AUC", None, _mink_auc, table=False),
+    # PrivLeak's input, recorded so that PrivLeak can be recomputed from the metric files; its
+    # records are the per-text Min-K% scores (split, index, score) the AUC is computed from
+    Metric("mink_auc", "Min-K% AUC", None, _mink_auc, table=False, summary="auc"),
     # RWKU (Jin et al., NeurIPS 2024; Zhang et al. Table 7): the forget probes at three levels and
     # the neighbor probes, ROUGE-L recall of the answer x 100 (evaluation/rwku.py)
     Metric("fb_forget", "FB", "lower", _probe("forget", "FB"), group="rwku"),

@@ -59,7 +59,13 @@ def truncate_tokens(tokenizer, text: str, max_tokens: int) -> str:
 
 
 def verbmem(
-    model, tokenizer, items: list[dict], max_new_tokens: int = 128, batch_size: int = 32
+    model,
+    tokenizer,
+    items: list[dict],
+    max_new_tokens: int = 128,
+    batch_size: int = 32,
+    *,
+    batch_invariant: bool = True,
 ) -> tuple[float, list[dict]]:
     """VerbMem (eq. 11): mean ROUGE-L F1 x 100 of the greedy continuation of each passage prefix.
 
@@ -72,7 +78,13 @@ def verbmem(
     references = [truncate_tokens(tokenizer, item["gt"], max_new_tokens) for item in items]
     prompts = [item["prompt"] for item in items]
     outputs = greedy_generate(
-        model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, desc="verbmem"
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        batch_size=batch_size,
+        desc="verbmem",
+        batch_invariant=batch_invariant,
     )
     return _rouge_records("verbmem_f", prompts, references, outputs)
 
@@ -95,6 +107,8 @@ def knowmem(
     max_new_tokens: int = 32,
     batch_size: int = 32,
     metric: str = "knowmem_f",
+    *,
+    batch_invariant: bool = True,
 ) -> tuple[float, list[dict]]:
     """KnowMem (eq. 12): mean ROUGE-L F1 x 100 of greedy few-shot answers against the true answers.
 
@@ -110,6 +124,7 @@ def knowmem(
         batch_size=batch_size,
         stop_strings=list(KNOWMEM_STOP),
         desc=metric,
+        batch_invariant=batch_invariant,
     )
     return _rouge_records(
         metric,
@@ -218,7 +233,7 @@ def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def privleak_auc(
+def membership_scores(
     model,
     tokenizer,
     forget_texts: list[str],
@@ -226,13 +241,30 @@ def privleak_auc(
     k: float = 0.4,
     max_length: int = 2048,
     batch_size: int = 8,
-) -> float:
-    """AUC(f, D_forget, D_holdout) of eq. 13: Min-K% score, forget labelled 0, holdout 1."""
+    metric: str = "mink_auc",
+) -> tuple[float, list[dict]]:
+    """AUC(f, D_forget, D_holdout) of eq. 13 and the per-text Min-K% scores it is computed from.
+
+    Forget texts are labelled 0 and holdout texts 1. Each record is one text: ``split``
+    (forget | holdout), ``index`` (its position in the benchmark's privleak/{split}.json) and
+    ``score``, so that the AUC (and PrivLeak) can be recomputed from the records alone.
+    """
     scores = min_k_scores(
         model, tokenizer, list(forget_texts) + list(holdout_texts), k, max_length, batch_size
     )
     labels = [0] * len(forget_texts) + [1] * len(holdout_texts)
-    return roc_auc(scores, labels)
+    splits = [("forget", i) for i in range(len(forget_texts))]
+    splits += [("holdout", i) for i in range(len(holdout_texts))]
+    records = [
+        {"metric": metric, "split": split, "index": i, "score": float(score)}
+        for (split, i), score in zip(splits, scores, strict=True)
+    ]
+    return roc_auc(scores, labels), records
+
+
+def privleak_auc(*args, **kwargs) -> float:
+    """AUC(f, D_forget, D_holdout) of eq. 13 alone (the arguments of `membership_scores`)."""
+    return membership_scores(*args, **kwargs)[0]
 
 
 def privleak(auc: float, auc_retrain: float) -> float:

@@ -203,12 +203,21 @@ def triviaqa_prompt(shots: list[dict], question: str) -> str:
     return done + f"Question: {question}\nAnswer:"
 
 
-def triviaqa(model, tok, rows, train, batch_size: int, max_new_tokens: int = 32):
+def triviaqa(
+    model, tok, rows, train, batch_size: int, max_new_tokens: int = 32, *, batch_invariant=True
+):
     _require(rows + train, ("question", "answer"), "triviaqa")
     shots = train[:TRIVIAQA_SHOTS]
     prompts = [triviaqa_prompt(shots, row["question"]) for row in rows]
     outputs = greedy_generate(
-        model, tok, prompts, max_new_tokens, batch_size, stop_strings=["\n"], desc="triviaqa"
+        model,
+        tok,
+        prompts,
+        max_new_tokens,
+        batch_size,
+        stop_strings=["\n"],
+        desc="triviaqa",
+        batch_invariant=batch_invariant,
     )
     records, total = [], 0.0
     for i, (row, out) in enumerate(zip(rows, outputs, strict=True)):
@@ -220,10 +229,20 @@ def triviaqa(model, tok, rows, train, batch_size: int, max_new_tokens: int = 32)
     return 100.0 * total / len(rows), records
 
 
-def fluency(model, tok, rows: list[dict], batch_size: int, max_new_tokens: int = 128):
+def fluency(
+    model, tok, rows: list[dict], batch_size: int, max_new_tokens=128, *, batch_invariant=True
+):
     _require(rows, ("instruction",), "fluency")
     prompts = [FLUENCY_PROMPT.format(instruction=row["instruction"]) for row in rows]
-    outputs = greedy_generate(model, tok, prompts, max_new_tokens, batch_size, desc="fluency")
+    outputs = greedy_generate(
+        model,
+        tok,
+        prompts,
+        max_new_tokens,
+        batch_size,
+        desc="fluency",
+        batch_invariant=batch_invariant,
+    )
     records, total = [], 0.0
     for i, (row, out) in enumerate(zip(rows, outputs, strict=True)):
         h = fluency_entropy(out)

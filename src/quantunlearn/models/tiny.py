@@ -19,7 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from quantunlearn.data.documents import read_documents, tokenize_documents
 from quantunlearn.io import atomic_dir, write_json, write_parquet
-from quantunlearn.models.loading import default_device, load_tokenizer
+from quantunlearn.models.loading import copy_tokenizer, default_device, load_tokenizer
 from quantunlearn.models.training import train_lm
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -166,7 +166,7 @@ def train_reference(
     }
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        copy_tokenizer(str(tokenizer_dir), tmp)  # the trained files, not the padded object
         write_json(info, Path(tmp) / "train_info.json")
     write_parquet(log, log_path)
     return info

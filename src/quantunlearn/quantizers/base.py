@@ -79,6 +79,14 @@ class Quantizer:
         return False
 
     @property
+    def batch_invariant(self) -> bool:
+        """Whether each row of a batch computes what it computes alone (up to floating-point
+        rounding), so that generation may share a prompt prefix and regroup rows
+        (`quantunlearn.evaluation.generation`); False where a batch's rows change each other's
+        numbers (LLM.int8 picks its outlier columns over the whole batch)."""
+        return True
+
+    @property
     def runs_in_unlearning_job(self) -> bool:
         """QUAIL's quantizer-derived margin quantizes the target inside the unlearning job:
         possible unless the quantizer needs a stored checkpoint or the target as a second model."""

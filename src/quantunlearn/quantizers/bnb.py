@@ -53,6 +53,12 @@ class BitsAndBytes(Quantizer):
         return self.bnb_type == "int8"  # LLM.int8 quantizes activations to int8 per row
 
     @property
+    def batch_invariant(self) -> bool:
+        # LLM.int8 keeps in fp16 the input columns where any row of the batch exceeds the outlier
+        # threshold (Dettmers et al. 2022), so a prompt's logits depend on its batch mates
+        return self.bnb_type != "int8"
+
+    @property
     def block(self) -> None:
         return None  # any shape (blocks run over the flattened weight)
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from quantunlearn.reports import mitigations, quantizers, scale, table1, table7
+from quantunlearn.reports import (
+    audit,
+    mitigations,
+    provenance,
+    quantizers,
+    scale,
+    table1,
+    table7,
+)
 
 
 @dataclass(frozen=True)
@@ -19,11 +27,27 @@ class Report:
     name: str  # its rule in workflow/rules/tables.smk
     files: tuple[str, ...]  # what it writes, relative to the study's tables folder
     applies: Callable  # Study -> bool: does this study make it?
+    # files that depend on the study (the audit: one report per external checkpoint), shown
+    # in the HTML report with the caption workflow/report/<name>_item.rst
+    files_for: Callable | None = None  # Study -> tuple of file names
+    category: str | None = None  # its category in the HTML report; None: Tables / Figures
 
-    def report_items(self) -> dict[str, str]:
+    def all_files(self, study) -> tuple[str, ...]:
+        """Every file the report writes for ``study``."""
+        return self.files + (tuple(self.files_for(study)) if self.files_for else ())
+
+    def report_items(self, files: tuple[str, ...] | None = None) -> dict[str, str]:
         """{file: category} of the files shown in the HTML report (Markdown and PNG)."""
         kinds = {".md": "Tables", ".png": "Figures"}
-        return {f: kinds[f[f.rindex(".") :]] for f in self.files if f.endswith((".md", ".png"))}
+        return {
+            f: self.category or kinds[f[f.rindex(".") :]]
+            for f in (self.files if files is None else files)
+            if f.endswith((".md", ".png"))
+        }
+
+    def caption(self, file: str) -> str:
+        """The stem of a file's caption in workflow/report/ (its own, or the per-item one)."""
+        return file.split(".")[0] if file in self.files else f"{self.name}_item"
 
 
 REPORTS: tuple[Report, ...] = (
@@ -43,6 +67,16 @@ REPORTS: tuple[Report, ...] = (
     ),
     # the scale study (config/scale.yaml)
     Report("scale_table", scale.FILES, lambda study: "scale" in study.config),
+    # audit mode: every external checkpoint's report (benchmarks.<b>.models.unlearned)
+    Report(
+        "audit",
+        audit.FILES,
+        lambda study: study.has_external,
+        files_for=audit.checkpoint_files,
+        category="Audit",
+    ),
+    # the code commit, input revisions and package versions of every metric file
+    Report("provenance", provenance.FILES, lambda study: True, category="Provenance"),
     # Zhang et al. 2025 Table 7: GA, NPO and RT on RWKU, full precision and quantized
     Report("table7", table7.FILES, lambda study: "rwku" in study.layouts),
 )

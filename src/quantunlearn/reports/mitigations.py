@@ -45,6 +45,7 @@ from quantunlearn.reports.render import (
     write_text,
 )
 from quantunlearn.reports.selection import mark_selected, select_runs
+from quantunlearn.study.grid import is_external
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS
 from quantunlearn.unlearning.methods import METHODS
 
@@ -88,7 +89,9 @@ SUMMARY_COLUMNS = [
 
 
 def family(method: str) -> str:
-    """base | SURE | QUAIL | LoRA | RMU | reference, for grouping and colours."""
+    """base | SURE | QUAIL | LoRA | RMU | reference | external, for grouping and colours."""
+    if is_external(method):
+        return "external"
     return METHODS[method].family if method in METHODS else "reference"
 
 

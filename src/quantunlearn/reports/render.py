@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from quantunlearn.io import atomic_write
+from quantunlearn.study.grid import external_name, is_external
 from quantunlearn.unlearning.hyperparameters import all_fields
 
 #: Hyperparameters that always appear in row labels (when not NA).
@@ -44,11 +45,14 @@ def fmt_number(value: float) -> str:
 def row_label(row: Mapping | pd.Series, keys: Sequence[str] = LABEL_KEYS) -> str:
     """Human label of a Table 1 row, e.g. "NPO_GDR [bf16, lr 1e-05, α 1] + rtn_w8".
 
-    Target and retrain read "Target" / "Retrain"; hyperparameters in `keys` that are NA are
+    Target and retrain read "Target" / "Retrain", an external checkpoint (audit mode) "<name>
+    (external)"; hyperparameters in `keys` that are NA are
     omitted; quantizer "none" adds nothing (the paper's "+ Quan. (4 bit)" suffix otherwise).
     """
     method = str(row["method"])
     name = {"target": "Target", "retrain": "Retrain"}.get(method, method)
+    if is_external(method):  # audit mode: a checkpoint unlearned elsewhere
+        name = f"{external_name(method)} (external)"
     parts = []
     for key in keys:
         value = row.get(key)

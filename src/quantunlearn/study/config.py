@@ -21,12 +21,12 @@ from typing import Any
 import jsonschema
 
 from quantunlearn.data import (
-    HUB_ID_RE,
     MUSE_ENTRY_DEFAULTS,
     SYNTHETIC_DEFAULTS,
     BenchmarkKind,
     benchmark_kind,
 )
+from quantunlearn.data.provenance import is_hub_spec
 from quantunlearn.data.rwku import DOCUMENT_CONFIGS, REFUSAL_CONFIGS
 from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.unlearning.hyperparameters import HyperparameterError, RMUParams
@@ -83,6 +83,12 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 64,
         "max_length": 2048,
     },
+    # the verdicts of the audit reports (external checkpoints, models.unlearned)
+    "audit": {
+        "metrics": ["knowmem_f", "verbmem_f"],
+        "min_forgetting": 5.0,
+        "min_survival_pct": 80.0,
+    },
 }
 #: The scale study's table (config/scale.yaml): the 4-bit column it compares with full
 #: precision, and the memorisation a target needs before its size counts (else it is flagged).
@@ -93,7 +99,7 @@ SCALE_DEFAULTS: dict[str, Any] = {
 }
 # Sections whose values are numbers or lists of numbers: YAML 1.1 (PyYAML) reads `1e-5`
 # (no dot) as the *string* "1e-5", so numeric-looking strings there are converted.
-_NUMERIC_SECTIONS = ("unlearn", "tiny_model", "evaluation", "calibration", "selection")
+_NUMERIC_SECTIONS = ("unlearn", "tiny_model", "evaluation", "calibration", "selection", "audit")
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 #: The defaults of a MUSE benchmark's entry (other kinds: their row's, quantunlearn.data).
 BENCHMARK_DEFAULTS = MUSE_ENTRY_DEFAULTS
@@ -414,10 +420,20 @@ def _benchmark_errors(config: dict) -> list[str]:
             f"config key {key}.{sub}: {message}" for sub, message in _kind_errors(kind, bench)
         ]
         models = bench["models"]
-        for which in ("target", "retrain", "tokenizer"):
-            value = models[which]
-            if value is not None and not Path(value).exists() and not HUB_ID_RE.match(value):
-                errors.append(f"config key {key}.models.{which}: no such path {value!r}")
+        named = {which: models[which] for which in ("target", "retrain", "tokenizer")}
+        named |= {f"unlearned.{k}": v for k, v in (models.get("unlearned") or {}).items()}
+        for which, value in named.items():
+            if value is not None and not Path(value).exists() and not is_hub_spec(value):
+                errors.append(
+                    f"config key {key}.models.{which}: no such path {value!r} (nor a hub id "
+                    "owner/name[@revision])"
+                )
+            elif which.startswith("unlearned.") and Path(value).is_dir():
+                if not (Path(value) / "config.json").is_file():
+                    errors.append(
+                        f"config key {key}.models.{which}: {value!r} holds no config.json "
+                        "(not a saved model)"
+                    )
     return errors
 
 

@@ -40,6 +40,31 @@ from quantunlearn.unlearning.methods import REFERENCES, get_method
 TABLES_MARKER = ".written_by.json"
 
 
+#: Audit mode: a checkpoint unlearned elsewhere (benchmarks.<b>.models.unlearned) is a run whose
+#: method is "external:<name>", labelled "<name> (external)" in every table.
+EXTERNAL_PREFIX = "external:"
+
+
+def external_method(name: str) -> str:
+    return EXTERNAL_PREFIX + name
+
+
+def is_external(method: Any) -> bool:
+    return isinstance(method, str) and method.startswith(EXTERNAL_PREFIX)
+
+
+def external_name(method: str) -> str:
+    """The configured name of an external checkpoint's method ("external:X" -> "X")."""
+    if not is_external(method):
+        raise ValueError(f"{method!r} is not an external checkpoint's method")
+    return method.removeprefix(EXTERNAL_PREFIX)
+
+
+def unlearned_here(method: str) -> bool:
+    """An unlearning run of the DAG (not a reference model, not an external checkpoint)."""
+    return method not in REFERENCES and not is_external(method)
+
+
 def format_value(value: Any) -> str:
     """Path-safe and stable: 1e-05, 0.1, 1, bf16."""
     if isinstance(value, float):
@@ -50,6 +75,8 @@ def format_value(value: Any) -> str:
 def run_path(method: str, params: dict, subject: int | None = None) -> str:
     """The run's folder name, Paramspace style: method~NPO_GDR/weight_dtype~bf16/lr~1e-05/...;
     an RWKU run ends in the number of its unlearning target (``/subject~3``)."""
+    if is_external(method):
+        return f"method~external/checkpoint~{external_name(method)}"
     parts = [f"method~{method}"]
     if method not in REFERENCES:
         parts += [f"{k}~{format_value(params[k])}" for k in get_method(method).hyperparameters]
@@ -83,6 +110,9 @@ def expand_runs(config: dict) -> pd.DataFrame:
     for bench, entry in config["benchmarks"].items():
         for ref in benchmark_kind(entry).references:
             rows.append({"benchmark": bench, "method": ref, "run": run_path(ref, {})})
+        for name in config["benchmarks"][bench]["models"].get("unlearned") or {}:
+            method = external_method(name)
+            rows.append({"benchmark": bench, "method": method, "run": run_path(method, {})})
         for name in config["unlearn"]["methods"]:
             rows += _method_runs(config, bench, name)
     runs = pd.DataFrame(rows)
@@ -160,8 +190,17 @@ class Study:
     @property
     def has_mitigations(self) -> bool:
         """Whether the grid holds SURE, QUAIL, LoRA or RMU methods (so: the mitigation tables)."""
-        methods = [get_method(m) for m in self.runs["method"] if m not in REFERENCES]
+        methods = [get_method(m) for m in self.runs["method"] if unlearned_here(m)]
         return any(m.family != "base" for m in methods)
+
+    @property
+    def has_external(self) -> bool:
+        """Whether a benchmark names checkpoints unlearned elsewhere (audit mode)."""
+        return bool(self.runs["method"].map(is_external).any())
+
+    def external_checkpoints(self, bench: str) -> dict[str, str]:
+        """Audit mode: {name: hub id or folder} of the benchmark's external checkpoints."""
+        return dict(self.config["benchmarks"][bench]["models"].get("unlearned") or {})
 
     @property
     def low_bit_quantizer(self) -> str | None:
@@ -179,7 +218,11 @@ class Study:
         return str(self.results / "data" / f"utility_check_{tag}.json")
 
     def benchmark(self, bench: str) -> dict:
-        return self.config["benchmarks"][bench]
+        """The benchmark's entry without its external checkpoints (`external_checkpoints`):
+        what its data, models and cells depend on (adding a checkpoint to audit changes none)."""
+        entry = dict(self.config["benchmarks"][bench])
+        entry["models"] = {k: v for k, v in entry["models"].items() if k != "unlearned"}
+        return entry
 
     def kind(self, bench: str):
         """The benchmark's row of quantunlearn.data.BENCHMARKS."""
@@ -220,7 +263,8 @@ class Study:
         row = match.iloc[0]
         # the base columns always (as before the extra methods existed, so the six base
         # methods' jobs keep their exact parameters); the others where the method takes them
-        takes = () if row["method"] in REFERENCES else get_method(row["method"]).hyperparameters
+        method = row["method"]
+        takes = get_method(method).hyperparameters if unlearned_here(method) else ()
         keep = set(BASE_HYPER_COLUMNS) | set(takes) | {"benchmark", "run", "method"}
         if not pd.isna(row["subject"]):  # an RWKU run's target (MUSE runs: no key, same hash)
             keep.add("subject")
@@ -262,11 +306,12 @@ class Study:
 
     def diagnostic_cells(self) -> pd.DataFrame:
         """(benchmark, run, quant) of the weight diagnostics: every unlearned run x quantizer
-        (not 'none', not the noflip counterfactuals, whose codes are the target's by design)."""
-        if not self.config.get("diagnostics"):
-            return pd.DataFrame(columns=["benchmark", "run", "method", "quant"])
+        with ``diagnostics: true``, every external checkpoint's always (its audit report shows
+        them); never 'none' nor the noflip counterfactuals, whose codes are the target's."""
         cells = self.cells()
-        keep = ~cells.method.isin(list(REFERENCES)) & (cells.quant != "none")
+        audited = cells.method.map(is_external)
+        unlearned = cells.method.map(unlearned_here) & bool(self.config.get("diagnostics"))
+        keep = (audited | unlearned) & (cells.quant != "none")
         keep &= ~cells.quant.map(lambda q: parse_quantizer(q).counterfactual)
         return cells[keep].reset_index(drop=True)
 
@@ -274,9 +319,24 @@ class Study:
         """The scale table's bucket overlap: every unlearned run at ``scale.quant``."""
         if "scale" not in self.config:
             return []
-        runs = self.runs[~self.runs.method.isin(list(REFERENCES))]
+        runs = self.runs[self.runs.method.map(unlearned_here)]
         quant = self.config["scale"]["quant"]
         return [self.diagnostic_file(r.benchmark, r.run, quant) for r in runs.itertuples()]
+
+    def audit_metric_files(self) -> list[str]:
+        """The audit's inputs: every cell of each external checkpoint and of its target."""
+        cells = self.cells()
+        benches = cells[cells.method.map(is_external)].benchmark.unique()
+        keep = cells.benchmark.isin(benches) & (
+            cells.method.map(is_external) | (cells.method == "target")
+        )
+        return [self.metric_file(c.benchmark, c.run, c.quant) for c in cells[keep].itertuples()]
+
+    def audit_diagnostic_files(self) -> list[str]:
+        """The weight diagnostics of every external checkpoint against its target."""
+        cells = self.diagnostic_cells()
+        cells = cells[cells.method.map(is_external)]
+        return [self.diagnostic_file(c.benchmark, c.run, c.quant) for c in cells.itertuples()]
 
     def diagnostic_file(self, bench: str, run: str, quant: str) -> str:
         return str(self.results / "diagnostics" / bench / run / f"{quant}.parquet")
@@ -295,7 +355,9 @@ class Study:
         cell: dict[str, Any] = {"benchmark": {bench: self.benchmark(bench)}, "run": params}
         if self.trains_models(bench):
             cell["tiny_model"] = self.tiny_model(bench)
-        if params["method"] not in REFERENCES:
+        if is_external(params["method"]):  # its source: a new revision is a new cell
+            cell["external"] = self.external_checkpoints(bench)[external_name(params["method"])]
+        elif params["method"] not in REFERENCES:
             keys = ["batch_size", "max_len", "max_grad_norm"]
             if params["weight_dtype"] == "bf16":
                 keys.append("bf16_compute")
@@ -341,7 +403,10 @@ __all__ = [
     "Study",
     "config_owner",
     "expand_runs",
+    "external_method",
+    "is_external",
     "load_study",
     "load_study_file",
     "run_path",
+    "unlearned_here",
 ]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from quantunlearn.unlearning.methods import REFERENCES
+from quantunlearn.study.grid import unlearned_here
 
 BYTES_PER_PARAM = {"bf16": 2, "fp16": 2, "fp32": 4}
 # Parameter counts of the hub models the shipped configs name (their config.json, Llama-2-7B
@@ -77,7 +77,7 @@ def disk_estimate(study) -> pd.DataFrame:
     policy = study.config["storage"]["unlearned_models"]
     rows = []
     for bench in study.benchmarks:
-        runs = study.runs[(study.runs.benchmark == bench) & ~study.runs.method.isin(REFERENCES)]
+        runs = study.runs[(study.runs.benchmark == bench) & study.runs.method.map(unlearned_here)]
         params = model_params(study, bench)
         sizes = [
             params * BYTES_PER_PARAM[str(dtype)] if params is not None else float("nan")
@@ -102,6 +102,9 @@ def disk_summary(study) -> str:
     """The lines a dry run prints: per benchmark, what the unlearned checkpoints take."""
     lines = []
     for r in disk_estimate(study).itertuples():
+        if r.unlearning_runs == 0:  # an audit of external checkpoints only
+            lines.append(f"disk ({r.benchmark}): no unlearning runs, nothing written")
+            continue
         if r.params is None or pd.isna(r.params):
             lines.append(
                 f"disk ({r.benchmark}): {r.unlearning_runs} unlearned models of unknown size "

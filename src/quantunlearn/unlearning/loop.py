@@ -21,8 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from quantunlearn.data.documents import TextCorpus, pack_documents, read_documents
+from quantunlearn.data.provenance import code_state
 from quantunlearn.io import atomic_dir, write_json, write_parquet
-from quantunlearn.models.loading import load_model, load_tokenizer
+from quantunlearn.models.loading import copy_tokenizer, load_model, load_tokenizer
 from quantunlearn.models.training import IGNORE, check_finite, collate
 from quantunlearn.unlearning.hyperparameters import UnlearnSettings
 from quantunlearn.unlearning.methods import Method, Run, get_method
@@ -43,8 +44,9 @@ def unlearn(
     **provenance,
 ) -> dict:
     """Unlearn the forget corpus (a text file, or a `TextCorpus` / `RWKUCorpus`) from ``target``
-    with ``method`` at ``hyperparameters`` (a dict of config keys: the method's own are read);
-    save the model, tokenizer and ``unlearn_info.json`` to ``out_dir``, the log to ``log_path``."""
+    with ``method`` at ``hyperparameters`` (a dict of config keys: the method's own are read,
+    the rest ignored); save the model, a copy of the tokenizer's files and ``unlearn_info.json``
+    (``provenance``, the git state) to ``out_dir``, the per-step log to ``log_path``."""
     spec = get_method(method)
     run = spec.run(hyperparameters)
     if not isinstance(settings, UnlearnSettings):
@@ -82,22 +84,24 @@ def unlearn(
         "n_forget_sequences": len(forget),
         "n_retain_sequences": len(retain),
         **collapse(vocab, target_ce, after_ce),
+        **{f"git_{k}": v for k, v in code_state().items()},  # the code that unlearned
         **provenance,
     }
-    _save(trainable, tok, info, out_dir, emulate)
+    _save(trainable, tokenizer or target, info, out_dir, emulate)
     write_parquet(pd.DataFrame(log), log_path)
     return info
 
 
-def _save(trainable, tok, info: dict, out_dir, emulate: bool) -> None:
-    """The model (LoRA merged), tokenizer, the scope's extras and unlearn_info.json, atomically."""
+def _save(trainable, tokenizer: str, info: dict, out_dir, emulate: bool) -> None:
+    """The model (LoRA merged), a copy of its tokenizer source's files, the scope's extras and
+    unlearn_info.json, atomically."""
     with atomic_dir(out_dir) as tmp:
         trainable.save_extras(tmp)  # SURE's saliency, the LoRA adapter, RMU's control vector
         model = trainable.final_model()  # LoRA: W0 + (alpha / r) B A, what every quantizer sees
         if emulate:
             model.to(torch.bfloat16)  # stored as a bf16 model, as the native path stores it
         model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        copy_tokenizer(tokenizer, tmp)  # the source's files, not the padded object
         write_json(info, Path(tmp) / "unlearn_info.json")
 
 
