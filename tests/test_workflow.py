@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -179,9 +180,9 @@ def _set_synthetic(**values):
 
 def test_no_input_deletes_the_finished_benchmark(tmp_path):
     """An impossible split fails at parse time, before any job; a benchmark job that fails at
-    run time (a hub source without network) leaves the finished folder as it was (the rule's
-    output is update()d: backed up, restored); the documented recovery after reverting the
-    config (`--cleanup-metadata`) keeps it too."""
+    run time (a pinned hub snapshot that cannot be converted) leaves the finished folder as it
+    was (the rule's output is update()d: backed up, restored); the documented recovery after
+    reverting the config (`--cleanup-metadata`) keeps it too."""
     data = "results/data/micro"
     out = snakemake(tmp_path, "--cores", "1", data, config=MICRO)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -199,6 +200,14 @@ def test_no_input_deletes_the_finished_benchmark(tmp_path):
         config["tables_dir"] = "results/tables/hub"  # micro.yaml's run claimed results/tables
 
     hub = _write_config(tmp_path, "hub.yaml", from_hub)
+    # the download step's pin, as written for a snapshot that lost its files (a cleaned cache):
+    # the download is done, the conversion job fails
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    pin = {"spec": "muse-bench/x", "repo_type": "dataset", "commit": None, "path": str(snapshot)}
+    pin_path = tmp_path / "results" / "inputs" / "datasets" / "muse-bench--x.json"
+    pin_path.parent.mkdir(parents=True)
+    pin_path.write_text(json.dumps(pin))
     offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "1", data, "--configfile", hub]
     out = subprocess.run(cmd, capture_output=True, text=True, env=offline, timeout=600)

@@ -116,13 +116,10 @@ def greedy_generate(
     batched by the length of their own part and leave the batch when done.
 
     ``batch_invariant=False`` (the cell's `Quantizer.batch_invariant`: LLM.int8, whose outputs
-    depend on the other rows of a batch) takes the reference path itself. With ``return_ids``
-    also each row's generated ids (up to the token that ended it), for token-level tests.
-    """
+    depend on the other rows of a batch) takes the reference path itself. ``return_ids``: also
+    each row's generated ids (up to the token that ended it), for token-level tests."""
     check_positive(max_new_tokens=max_new_tokens, batch_size=batch_size)
-    stops = tuple(stop_strings or ())
-    if any(not stop for stop in stops):
-        raise ValueError("stop_strings must not contain the empty string")
+    stops = _stop_tuple(stop_strings)
     if not prompts:
         return ([], []) if return_ids else []
     if not batch_invariant:
@@ -131,10 +128,7 @@ def greedy_generate(
         return _greedy_generate_hf(
             model, tokenizer, prompts, max_new_tokens, batch_size, stop_strings, desc
         )
-    encoded = tokenizer(list(prompts))["input_ids"]
-    for i, ids in enumerate(encoded):
-        if not ids:
-            raise ValueError(f"prompts[{i}] tokenizes to no tokens")
+    encoded = _encode(tokenizer, prompts)
     # a cache that is not all full-attention layers (sliding windows, linear attention): no
     # shared prefix, transformers' own cache layers
     preallocate = supports_preallocation(model)
@@ -160,6 +154,22 @@ def greedy_generate(
     if stops:
         outputs = [cut_at_stop(text, stops) for text in outputs]
     return (outputs, generated) if return_ids else outputs
+
+
+def _stop_tuple(stop_strings: Sequence[str] | None) -> tuple[str, ...]:
+    stops = tuple(stop_strings or ())
+    if any(not stop for stop in stops):
+        raise ValueError("stop_strings must not contain the empty string")
+    return stops
+
+
+def _encode(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Each prompt's ids, whole (the tokenizer adds BOS); an empty one is an error."""
+    encoded = tokenizer(list(prompts))["input_ids"]
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise ValueError(f"prompts[{i}] tokenizes to no tokens")
+    return encoded
 
 
 def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
