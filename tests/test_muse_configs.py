@@ -72,7 +72,9 @@ def test_muse_config_has_the_seeds_settings(bench):
     evaluation = study.config["evaluation"]
     seeds = ["mmlu_rwku", "truthfulqa_rwku", "triviaqa_rwku", "fluency_rwku"]
     assert evaluation["utility"] == seeds and evaluation["chat_template"] == "llama2"
-    assert evaluation["utility_data"] == dict.fromkeys(seeds, "jinzhuoran/RWKU")
+    assert evaluation["utility_data"] == dict.fromkeys(
+        seeds, "jinzhuoran/RWKU@d72f493d481d1b0a9bdc6e869d32baeffad8904f"
+    )
     sure = every[every.method.str.endswith("_SURE")].set_index("method")
     assert {m: (sure.alpha[m], sure.gamma_pct[m]) for m in sure.index} == SURE[bench]
     assert (sure.lr == 1e-4).all()

@@ -222,6 +222,7 @@ def test_the_source_selects_the_benchmark_kind(hand_folder, tmp_path):
     assert benchmark_kind({"source": "synthetic"}).name == "synthetic"
     assert benchmark_kind({"source": "synthetic_rwku"}).name == "synthetic_rwku"
     assert benchmark_kind({"source": "jinzhuoran/RWKU"}).name == "rwku"
+    assert benchmark_kind({"source": rd.HUB_SPEC}).name == "rwku"  # at a revision
     assert benchmark_kind({"source": str(hand_folder)}).name == "rwku"  # All/intro.json
     assert benchmark_kind({"source": "muse-bench/MUSE-News"}).name == "muse"
     assert benchmark_kind({"source": "someone/RWKU-mirror"}).name == "muse"

@@ -59,7 +59,9 @@ def test_embedded_config_unlearns_each_target_once_per_method():
 def test_real_config_has_rwku_table1_settings():
     study = load_study_file(REAL)
     bench = study.benchmark("rwku")
-    assert bench["source"] == "jinzhuoran/RWKU" and bench["targets"] == list(range(1, 101))
+    assert bench["source"] == "jinzhuoran/RWKU@d72f493d481d1b0a9bdc6e869d32baeffad8904f" and bench[
+        "targets"
+    ] == list(range(1, 101))
     assert bench["models"] == {
         "target": "meta-llama/Meta-Llama-3-8B-Instruct",
         "retrain": None,
@@ -172,13 +174,19 @@ def test_real_rwku_dry_run_through_the_slurm_profile(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     log = out.stdout + out.stderr
     assert _job_counts(log) == {
+        "download": 2,  # the dataset at its revision and the model, fetched and pinned once
         "prepare_benchmark": 1,
         "unlearn": 300,
         "evaluate": 301 * 5,
         "table7": 1,
+        "provenance": 1,
         "all_tables": 1,
-        "total": 1808,
+        "total": 1811,
     }
+    assert (
+        "fetch dataset jinzhuoran/RWKU@d72f493d481d1b0a9bdc6e869d32baeffad8904f [benchmark:rwku]"
+        in log
+    )
     unlearn = _resources(log, "unlearn")
     assert len(unlearn) == 300 and all(r["gpu"] == "1" for r in unlearn)
     assert all(r["gpu"] == "1" and r["mem_mb"] == "48000" for r in _resources(log, "evaluate"))
@@ -190,12 +198,14 @@ def test_real_rwku_dry_run_through_the_slurm_profile(tmp_path):
 
 
 def test_an_unloadable_utility_source_fails_before_any_model(tmp_path):
-    """The utility data check is the first job: a source that cannot be loaded (here the
-    script-based hub dataset the MUSE configs used to name, offline) stops the study before any
-    benchmark is prepared or model trained."""
+    """The utility data check is the first job: a source that cannot be loaded (here a local
+    folder without the split's file; a hub id fails earlier, in the download step, which loads
+    it too) stops the study before any benchmark is prepared or model trained."""
     config = _load(MUSE_MICRO)
+    empty = tmp_path / "alpaca_eval"
+    empty.mkdir()
     config["evaluation"]["utility"] = ["fluency"]
-    config["evaluation"]["utility_data"] = {"fluency": "tatsu-lab/alpaca_eval"}
+    config["evaluation"]["utility_data"] = {"fluency": str(empty)}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     out = _snakemake(tmp_path, path, "--cores", "1", "all_tables", timeout=300)
@@ -203,7 +213,8 @@ def test_an_unloadable_utility_source_fails_before_any_model(tmp_path):
     assert out.returncode != 0
     assert "Error in rule check_utility_data" in log
     logs = "".join(p.read_text() for p in (tmp_path / "results" / "logs").rglob("*.log"))
-    assert "config key evaluation.utility_data.fluency: cannot load tatsu-lab/alpaca_eval" in logs
+    assert f"config key evaluation.utility_data.fluency: cannot load {empty}" in logs
+    assert "eval.json is missing" in logs
     assert not (tmp_path / "results" / "data" / "micro").exists()
     assert not (tmp_path / "results" / "models").exists()
 

@@ -39,6 +39,8 @@ HUB_ID = "jinzhuoran/RWKU"
 # The dataset card's last "Update README.md" commit seen on the hub (configs -> All/*.json); not
 # confirmed against the hub from this machine (no network): docs/rwku.md.
 HUB_REVISION = "d72f493d481d1b0a9bdc6e869d32baeffad8904f"
+#: The default source: the hub dataset at that revision (the download step fetches and pins it).
+HUB_SPEC = f"{HUB_ID}@{HUB_REVISION}"
 
 # ----------------------------------------------------------------------------------------------
 # Schema

@@ -9,8 +9,8 @@ Two protocols:
   zzwjames/FailureLLMUnlearning ships them as LLama_factory/data/utility/): 171 MMLU questions
   with their 5 shots (utility_general), 50 TruthfulQA questions (utility_truthfulness), 100
   TriviaQA questions (utility_factuality) and 50 AlpacaEval instructions (utility_fluency); the
-  rows are those of target 1 in the hub dataset jinzhuoran/RWKU (at the commit the download
-  step pins) or in a local folder in RWKU's layout;
+  rows are those of target 1 in the hub dataset jinzhuoran/RWKU (at ``rwku.HUB_REVISION``,
+  pinned by the download step) or in a local folder in RWKU's layout;
 * the full benchmarks (``mmlu``, ``truthfulqa_mc1``, ``triviaqa``, ``fluency``): cais/mmlu,
   truthfulqa/truthful_qa, mandarjoshi/trivia_qa, and the 805 AlpacaEval instructions read as the
   JSON file they are (the hub dataset tatsu-lab/alpaca_eval is a loading script, which current
@@ -57,25 +57,25 @@ class UtilityData:
 UTILITY_DATA: dict[str, UtilityData] = {
     # the seeds' protocol: RWKU's files of target 1
     "mmlu_rwku": UtilityData(
-        rwku.HUB_ID,
+        rwku.HUB_SPEC,
         "test",
         ("question", "task", "choices", "answer", "examples"),
         rwku_config="utility_general",
     ),
     "truthfulqa_rwku": UtilityData(
-        rwku.HUB_ID,
+        rwku.HUB_SPEC,
         "test",
         ("question", "mc1_targets", "mc2_targets"),
         rwku_config="utility_truthfulness",
     ),
     "triviaqa_rwku": UtilityData(
-        rwku.HUB_ID,
+        rwku.HUB_SPEC,
         "test",
         ("question", "answers"),
         rwku_config="utility_factuality",
     ),
     "fluency_rwku": UtilityData(
-        rwku.HUB_ID,
+        rwku.HUB_SPEC,
         "test",
         ("instruction",),
         rwku_config="utility_fluency",

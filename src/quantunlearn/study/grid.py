@@ -116,7 +116,7 @@ def expand_runs(config: dict) -> pd.DataFrame:
         for name in config["unlearn"]["methods"]:
             rows += _method_runs(config, bench, name)
     runs = pd.DataFrame(rows)
-    for col in HYPER_COLUMNS:
+    for col in [*HYPER_COLUMNS, "subject"]:
         if col not in runs:
             runs[col] = pd.NA
     runs = runs[["benchmark", "run", "method", *HYPER_COLUMNS, "subject"]]
