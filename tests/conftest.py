@@ -93,6 +93,19 @@ def stored(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def rwku_bench(tmp_path_factory):
+    """A small embedded RWKU-like benchmark in RWKU's layout (2 targets)."""
+    from quantunlearn.data.synthetic_rwku import generate_synthetic_rwku
+
+    root = tmp_path_factory.mktemp("rwku") / "bench"
+    generate_synthetic_rwku(
+        root, n_people=24, n_targets=2, n_holdout=2, n_neighbors=1, aa_per_fact=1,
+        n_bio_variants=2, n_mia=2, n_descriptions=4, n_rt_questions=4,
+    )  # fmt: skip
+    return root
+
+
+@pytest.fixture(scope="session")
 def realistic_checkpoint(tmp_path_factory):
     """A random Llama saved as a hub Llama-2 checkpoint (bf16 shards, Llama-2's generation
     config, a SentencePiece tokenizer saved as Llama-2's is): tests/realistic_fixture.py."""

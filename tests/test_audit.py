@@ -132,10 +132,8 @@ def test_hub_inputs_of_the_news_study():
         "muse-bench/MUSE-News_retrain",
         "meta-llama/Llama-2-7b-hf",
         "OPTML-Group/SimNPO-MUSE-News-Llama-2-7b@main",
-        "cais/mmlu",
-        "truthfulqa/truthful_qa",
-        "mandarjoshi/trivia_qa",
-        "tatsu-lab/alpaca_eval",
+        # the 4 utility files of the seeds' protocol
+        "jinzhuoran/RWKU@d72f493d481d1b0a9bdc6e869d32baeffad8904f",
     }
     tokenizer = by_spec["meta-llama/Llama-2-7b-hf"]
     assert tokenizer.uses == ("tokenizer",) and "*.safetensors" not in tokenizer.patterns
@@ -151,7 +149,11 @@ def test_hub_inputs_of_the_news_study():
         "raw/*",
         "verbmem/*",
     }
-    assert by_spec["cais/mmlu"].patterns == ["README.md", "all/*"]
+    rwku = by_spec["jinzhuoran/RWKU@d72f493d481d1b0a9bdc6e869d32baeffad8904f"]
+    assert rwku.uses == ("utility:mmlu_rwku", "utility:truthfulqa_rwku", "utility:triviaqa_rwku",
+                         "utility:fluency_rwku")  # fmt: skip
+    files = ["intro", "retain_mmlu", "truthful", "triviaqa", "fluency"]
+    assert set(rwku.patterns) == {"README.md", *(f"All/{f}.json" for f in files)}
     assert muse.pin == "datasets/muse-bench--MUSE-News"
     assert pin_name("org/m@refs/pr/3", "model") == "models/org--m@refs+pr+3"
     assert pin_file("results", "org/m@v1", "model") == ["results/inputs/models/org--m@v1.json"]
@@ -163,22 +165,22 @@ def test_hub_inputs_of_the_news_study():
 def test_download_dry_run_says_what_and_how_much_offline(tmp_path):
     """The shipped config's download, sized offline: the target as the hub lists it (26.96 GB
     of fp32 shards), the retrain's 6,738,415,616 parameters at 2 or 4 bytes (13.48 to 26.95
-    GB), MMLU's 51.5 MB (its card); 3 datasets of unknown size."""
+    GB); 2 datasets of unknown size (MUSE NEWS and RWKU, whose files the utility metrics read)."""
     study = load_study(yaml.safe_load(NEWS.read_text()))
     text = download_summary(study, tmp_path)
-    assert text.startswith("hub inputs: 8 (0 pinned already)")
+    assert text.startswith("hub inputs: 5 (0 pinned already)")
     assert "fetch model muse-bench/MUSE-News_target [model]: about 27.0 GB (as the hub" in text
     assert "MUSE-News_retrain [model]: 13.5 GB to 27.0 GB (6.74B parameters at 2 or 4" in text
     assert "fetch model meta-llama/Llama-2-7b-hf [tokenizer]: tokenizer files only" in text
-    assert "fetch dataset muse-bench/MUSE-News [benchmark]: size unknown offline" in text
-    low = 26_960_000_000 + 2 * LLAMA2_7B_PARAMS + 51_503_402
-    high = 26_960_000_000 + 4 * LLAMA2_7B_PARAMS + 51_503_402
-    assert f"download: {low / 1e9:.1f} GB to {high / 1e9:.1f} GB + 4 of unknown size" in text
+    assert "fetch dataset muse-bench/MUSE-News [benchmark:muse]: size unknown offline" in text
+    low = 26_960_000_000 + 2 * LLAMA2_7B_PARAMS
+    high = 26_960_000_000 + 4 * LLAMA2_7B_PARAMS
+    assert f"download: {low / 1e9:.1f} GB to {high / 1e9:.1f} GB + 2 of unknown size" in text
     pinned = tmp_path / "inputs" / "models" / "muse-bench--MUSE-News_target.json"
     pinned.parent.mkdir(parents=True)
     pinned.write_text("{}")
     again = download_summary(study, tmp_path)
-    assert again.startswith("hub inputs: 8 (1 pinned already)")
+    assert again.startswith("hub inputs: 5 (1 pinned already)")
     assert "MUSE-News_target [model]" not in again
     assert (
         download_summary(
@@ -368,7 +370,7 @@ def test_a_downloaded_muse_repo_becomes_the_benchmark(tmp_path):
 
     bench = _muse_copy(tmp_path)
     repo = write_muse_hub_dataset(bench, tmp_path / "models--x" / "snapshots" / SHA)
-    validate_download(str(repo), ["benchmark"])  # every config and split loads
+    validate_download(str(repo), ["benchmark:muse"])  # every config and split loads
     prepare_benchmark("muse-bench/MUSE-News@main", tmp_path / "out", snapshot=str(repo))
     for rel, _ in BENCHMARK_FILES.values():
         assert json.loads((tmp_path / "out" / rel).read_text()) == json.loads(
@@ -379,7 +381,7 @@ def test_a_downloaded_muse_repo_becomes_the_benchmark(tmp_path):
     broken = write_muse_hub_dataset(bench, tmp_path / "broken")  # a split not fetched
     (broken / "knowmem" / "retain_qa-00000-of-00001.parquet").unlink()
     with pytest.raises(Exception, match="retain_qa"):
-        validate_download(str(broken), ["benchmark"])
+        validate_download(str(broken), ["benchmark:muse"])
 
 
 def test_utility_rows_from_a_downloaded_repo(tmp_path):

@@ -23,10 +23,11 @@ import pytest
 import torch
 
 from quantunlearn.data.muse import load_benchmark, write_json_file
+from quantunlearn.data.rwku import RWKUCorpus, load_rwku
 from quantunlearn.data.synthetic import generate_synthetic
 from quantunlearn.data.utility import UTILITY_HUB, write_utility_fixture
 from quantunlearn.evaluation.generation import _greedy_generate_hf, greedy_generate
-from quantunlearn.evaluation.metrics import ARROWS, METRICS, Context, metric_names
+from quantunlearn.evaluation.metrics import ARROWS, METRIC_GROUPS, METRICS, Context, metric_names
 from quantunlearn.models.loading import load_model
 from quantunlearn.quantizers import QUANTIZERS, allowed_names, parse_quantizer, quantizer_pattern
 from quantunlearn.quantizers.base import quantizable_linears, relative_error
@@ -46,8 +47,10 @@ TINY_RUN = {"weight_dtype": "fp32", "lr": 1e-2, "epochs": 1, "rmu_layer": 1, "la
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_method_changes_its_scope_only(name, tiny_model_dir, corpora, tmp_path):
+def test_method_changes_its_scope_only(name, tiny_model_dir, corpora, rwku_bench, tmp_path):
     forget, retain = corpora
+    if METHODS[name].forget.forget_data == "refusals":  # RT: an RWKU target's refusal rows
+        forget = RWKUCorpus(rwku_bench, 1)
     out = tmp_path / "model"
     info = unlearn(
         str(tiny_model_dir),
@@ -148,7 +151,7 @@ def test_generation_on_the_quantized_model_is_the_reference(
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.name)
 def test_metric_row_has_a_column_and_a_direction(metric):
     assert [m.name for m in METRICS].count(metric.name) == 1
-    assert metric.label and metric.group in ("muse", "utility")
+    assert metric.label and metric.group in METRIC_GROUPS
     assert metric.direction is None or metric.direction in ARROWS
     if metric.table:
         assert metric.direction is not None and metric.header.endswith(ARROWS[metric.direction])
@@ -161,7 +164,8 @@ def test_metric_row_has_a_column_and_a_direction(metric):
 
 
 @pytest.fixture(scope="module")
-def context(tiny_model, tiny_tokenizer, tmp_path_factory):
+def contexts(tiny_model, tiny_tokenizer, rwku_bench, tmp_path_factory):
+    """A cell's Context on a MUSE-layout and on an RWKU-layout benchmark."""
     root = tmp_path_factory.mktemp("contract")
     generate_synthetic(root / "bench", n_people=40, n_retain_qa_people=4, n_icl=2)
     for split in ("forget", "retain"):  # labelled rows, as the Twitter benchmark has them
@@ -178,13 +182,20 @@ def context(tiny_model, tiny_tokenizer, tmp_path_factory):
         "utility_data": write_utility_fixture(root / "utility", n=2),
         "fluency_max_new_tokens": 4,
     }
-    bench = load_benchmark(root / "bench")
-    return Context(tiny_model, tiny_tokenizer, bench, evaluation, auc_retrain=0.5)
+    benches = {"muse": load_benchmark(root / "bench"), "rwku": load_rwku(rwku_bench, [1, 2])}
+    return {
+        layout: Context(tiny_model, tiny_tokenizer, bench, evaluation, auc_retrain=0.5)
+        for layout, bench in benches.items()
+    }
 
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.name)
-def test_metric_measures_a_real_model(metric, context):
-    assert metric.applies(context.evaluation, context.benchmark)
+def test_metric_measures_a_real_model(metric, contexts):
+    context = contexts.get(metric.group, contexts["muse"])  # utility: any benchmark
+    assert metric.applies(context)
+    others = [c for layout, c in contexts.items() if layout != metric.group]
+    if metric.group != "utility":  # a layout's metric is not measured on the other layout
+        assert not any(metric.applies(c) for c in others)
     with torch.inference_mode():
         value, n, records = metric.compute(context)
     assert math.isfinite(value) and n >= 1

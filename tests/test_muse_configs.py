@@ -86,12 +86,13 @@ def test_muse_config_has_the_seeds_settings(bench):
     assert (runs.epochs == EPOCHS[bench]).all()
     assert {m: runs.alpha[m] for m in ALPHA[bench]} == ALPHA[bench]
     assert (runs.loc[["NPO", "NPO_GDR", "NPO_KLR"], "beta"] == 0.1).all()
-    assert study.config["evaluation"]["utility"] == [
-        "mmlu",
-        "truthfulqa_mc1",
-        "triviaqa",
-        "fluency",
-    ]
+    # the seeds' utility protocol: RWKU's small files of target 1, Llama-2's chat template
+    evaluation = study.config["evaluation"]
+    seeds = ["mmlu_rwku", "truthfulqa_rwku", "triviaqa_rwku", "fluency_rwku"]
+    assert evaluation["utility"] == seeds and evaluation["chat_template"] == "llama2"
+    assert evaluation["utility_data"] == dict.fromkeys(
+        seeds, "jinzhuoran/RWKU@d72f493d481d1b0a9bdc6e869d32baeffad8904f"
+    )
     assert unlearn["batch_size"] == 2  # the seeds' code: per-device 2, no accumulation
     sure = every[every.method.str.endswith("_SURE")]
     assert set(zip(sure.method, sure.alpha, sure.gamma_pct, strict=True)) == SURE[bench]
@@ -186,11 +187,13 @@ def test_muse_dry_run_through_the_slurm_profile(bench, tmp_path):
     block = log.split("Job stats:")[1]
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
     # external target/retrain: no training; every run + 2 references at 8 precisions, and a
-    # stored GPTQ and AWQ checkpoint of each; 8 hub inputs downloaded once (the dataset,
-    # target, retrain, tokenizer and 4 utility datasets), on the submitting machine
+    # stored GPTQ and AWQ checkpoint of each; 5 hub inputs downloaded once (the dataset,
+    # target, retrain, tokenizer and RWKU, which holds the 4 utility files of the seeds'
+    # protocol), on the submitting machine
     n, d = RUNS[bench], DIAGNOSED[bench]
     assert counts == {
-        "download": 8,
+        "check_utility_data": 1,  # every utility source loaded before any model (a localrule)
+        "download": 5,
         "prepare_benchmark": 1,
         "reference_auc": 1,
         "unlearn": n,
@@ -203,10 +206,10 @@ def test_muse_dry_run_through_the_slurm_profile(bench, tmp_path):
         "mitigation_tables": 1,
         "provenance": 1,
         "all_tables": 1,
-        "total": 15 + n + 10 * (n + 2) + 2 * d,
+        "total": 13 + n + 10 * (n + 2) + 2 * d,
     }
     # the downloads: a localrule (a dry run does not say so), no GPU
-    assert [r.get("gpu") for r in _resources(log, "download")] == [None] * 8
+    assert [r.get("gpu") for r in _resources(log, "download")] == [None] * 5
     # the profile's per-rule requests: GPU jobs with their memory and time, the rest default
     unlearn = _resources(log, "unlearn")
     assert len(unlearn) == n

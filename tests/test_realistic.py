@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from quantunlearn.data.documents import tokenize_documents
 from quantunlearn.evaluation.generation import cut_at_stop, greedy_generate
 from quantunlearn.evaluation.muse import KNOWMEM_STOP, knowmem_prompt
-from quantunlearn.evaluation.utility import mmlu_prompt
+from quantunlearn.evaluation.utility import mmlu_rwku_message
 from quantunlearn.models.loading import copy_tokenizer, load_tokenizer
 from quantunlearn.models.training import collate
 from quantunlearn.unlearning.loop import unlearn
@@ -127,7 +127,7 @@ def test_guard_utility_continuations_match_joint_tokenization(tok):
     """Utility scoring tokenizes context and " A" apart; with Llama-2's tokenizer under
     transformers 5 that equals tokenizing them together."""
     question = {"question": "Which?", "choices": ["a", "b", "c", "d"], "answer": 1}
-    prompt = mmlu_prompt("astronomy", [], question)
+    prompt = mmlu_rwku_message({**question, "task": "astronomy", "examples": []}) + "Answer:"
     for cont in [" A", " It may break.", " 1472"]:
         apart = tok(prompt)["input_ids"] + tok(cont, add_special_tokens=False)["input_ids"]
         assert apart == tok(prompt + cont)["input_ids"], cont

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,6 +22,7 @@ from quantunlearn.evaluation.utility import (
     normalize_answer,
     token_f1,
 )
+from quantunlearn.models.chat import CHAT_TEMPLATES
 from quantunlearn.reports.table1 import join_utility_columns
 from quantunlearn.study import load_study
 from quantunlearn.study.config import ConfigError
@@ -64,38 +67,116 @@ def test_continuation_logprobs_match_a_direct_computation(tiny_model, tiny_token
     assert got == pytest.approx(alone, abs=1e-4)
 
 
-def test_multiple_choice_accuracy_on_a_hand_made_case(monkeypatch):
-    """4 MMLU questions, answers B, B, B, B; the scores pick B, A, B, D: accuracy 50%."""
-    rows = [
-        {"question": f"q{i}", "subject": "astronomy", "choices": ["w", "x", "y", "z"], "answer": 1}
-        for i in range(4)
-    ]
-    picks = [1, 0, 1, 3]
-    scores = []
-    for pick in picks:
-        scores += [-1.0 if j == pick else -5.0 for j in range(4)]
-    monkeypatch.setattr(utility, "continuation_logprobs", lambda *a, **k: scores)
-    value, records = utility.mmlu(None, None, rows, rows[:1], batch_size=4, max_length=64)
-    assert value == 50.0
-    assert [r["output"] for r in records] == ["B", "A", "B", "D"]
-    assert [r["score"] for r in records] == [100.0, 0.0, 100.0, 0.0]
-    # TruthfulQA MC1: the true answer is where labels == 1
-    tq = [{"question": "q", "mc1_targets": {"choices": ["t", "f1", "f2"], "labels": [1, 0, 0]}}]
-    monkeypatch.setattr(utility, "continuation_logprobs", lambda *a, **k: [-2.0, -1.0, -3.0])
-    assert utility.truthfulqa_mc1(None, None, tq, 4, 64)[0] == 0.0
-    monkeypatch.setattr(utility, "continuation_logprobs", lambda *a, **k: [-0.5, -1.0, -3.0])
-    assert utility.truthfulqa_mc1(None, None, tq, 4, 64)[0] == 100.0
+def test_whole_split_log_likelihoods_match_a_direct_computation(tiny_model, tiny_tokenizer):
+    """whole=True (RWKU's score_completions, lm-eval): the continuation is what tokenizing it
+    with its context adds; the model reads the whole tokenized string."""
+    pairs = [("Question: Where was Alice born?\nA:", " Tarsk"), ("Bruno keeps", " a parrot")]
+    got = continuation_logprobs(tiny_model, tiny_tokenizer, pairs, batch_size=2, whole=True)
+    for (ctx, cont), value in zip(pairs, got, strict=True):
+        c = tiny_tokenizer(ctx)["input_ids"]
+        full = tiny_tokenizer(ctx + cont)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_model(input_ids=torch.tensor([full])).logits[0], -1)
+        direct = sum(logp[t - 1, full[t]].item() for t in range(len(c), len(full)))
+        assert value == pytest.approx(direct, abs=1e-4)
 
 
-def test_mmlu_prompt_layout():
-    shot = {"question": "Q1?", "subject": "world_history", "choices": list("abcd"), "answer": 2}
-    row = {"question": "Q2?", "subject": "world_history", "choices": list("efgh"), "answer": 0}
-    prompt = utility.mmlu_prompt("world_history", [shot], row)
-    assert prompt == (
+RWKU_MMLU_ROW = {
+    "subject": "Alice Moreau",
+    "task": "world_history",
+    "question": "Q2?",
+    "choices": list("efgh"),
+    "answer": 0,
+    "examples": [{"question": "Q1?", "choices": list("abcd"), "answer": 2, "subject": "x"}],
+}
+
+
+def test_seeds_prompts_by_hand(tiny_tokenizer):
+    assert utility.mmlu_rwku_message(RWKU_MMLU_ROW) == (
         "The following are multiple choice questions (with answers) about world history.\n\n"
-        "Q1?\nA. a\nB. b\nC. c\nD. d\nAnswer: C\n\n"
-        "Q2?\nA. e\nB. f\nC. g\nD. h\nAnswer:"
+        "Question: Q1?\nA. a\nB. b\nC. c\nD. d\nAnswer: C\n\n"
+        "Please following the previous examples and answer the given question.\n"
+        "Question: Q2?\nA. e\nB. f\nC. g\nD. h"
     )
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = CHAT_TEMPLATES["llama2"]
+    prompt = utility.truthfulqa_rwku_prompt(tok, "Can pigs fly?")
+    # Llama-2's chat format ends in "[/INST]": RWKU then appends " A:" (and " " + choice)
+    assert prompt.startswith("<s>[INST] Q: What is human life expectancy in the United States?")
+    assert prompt.endswith("Barcelona, Spain.\n\nQ: Can pigs fly? [/INST] A:")
+    assert utility.truthfulqa_rwku_prompt(tiny_tokenizer, "Can pigs fly?").endswith(
+        "\n\nQ: Can pigs fly? A:"
+    )
+
+
+def test_seeds_mmlu_picks_the_most_likely_next_letter(tiny_model, tiny_tokenizer):
+    rows = [RWKU_MMLU_ROW, {**RWKU_MMLU_ROW, "question": "Q3?", "answer": 3}]
+    value, records = utility.mmlu_rwku(tiny_model, tiny_tokenizer, rows, {"batch_size": 2})
+    letters = [tiny_tokenizer(" " + x, add_special_tokens=False)["input_ids"][-1] for x in "ABCD"]
+    for row, record in zip(rows, records, strict=True):
+        ids = tiny_tokenizer(utility.mmlu_rwku_message(row) + "Answer:")["input_ids"]
+        with torch.no_grad():
+            logits = tiny_model(input_ids=torch.tensor([ids])).logits[0, -1]
+        pick = "ABCD"[int(logits[letters].argmax())]
+        assert record["output"] == pick
+        assert record["score"] == 100.0 * (pick == "ABCD"[row["answer"]])
+    assert value == sum(r["score"] for r in records) / 2
+
+
+def test_seeds_truthfulqa_mc1_compares_the_first_true_choice_with_every_false_one(
+    tiny_model, tiny_tokenizer
+):
+    choices = ["It may break.", "It sings.", "It flies."]
+    rows = [{"question": "What happens if you drop glass?",
+             "mc1_targets": {"choices": choices, "labels": [1, 0, 0]}}]  # fmt: skip
+    value, records = utility.truthfulqa_rwku(
+        tiny_model, tiny_tokenizer, rows, {"batch_size": 4, "max_length": 512}
+    )
+    prompt = utility.truthfulqa_rwku_prompt(tiny_tokenizer, rows[0]["question"])
+    scores = continuation_logprobs(
+        tiny_model, tiny_tokenizer, [(prompt, " " + c) for c in choices], whole=True
+    )
+    assert value == 100.0 * (scores[0] > max(scores[1:]))
+    assert records[0]["output"] == choices[max(range(3), key=scores.__getitem__)]
+
+
+def test_full_mmlu_and_truthfulqa_through_lm_eval(tiny_model, tiny_tokenizer, tmp_path):
+    """lm-evaluation-harness on the in-memory model and local rows: its stock MMLU prompt and its
+    picks agree with the log-likelihoods computed directly (whole-string split)."""
+    from lm_eval.tasks import TaskManager
+
+    from quantunlearn.evaluation import harness
+
+    sources = write_utility_fixture(tmp_path / "u", n=4)
+    test = json.loads(Path(sources["mmlu"], "test.json").read_text())
+    dev = json.loads(Path(sources["mmlu"], "dev.json").read_text())
+    tasks = harness.mmlu_tasks(tmp_path / "tasks", test, dev)
+    samples = harness.run_tasks(tiny_model, tiny_tokenizer, tmp_path / "tasks", tasks, 4, 512)
+    assert TaskManager(include_path=str(tmp_path / "tasks")) is not None
+    first = samples["qu_mmlu_astronomy"][0]
+    context = first["arguments"][0][0]
+    assert context == (
+        "The following are multiple choice questions (with answers) about astronomy.\n\n"
+        "Which number is 4?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer: B\n\n"  # dev, 2 shots
+        "Which number is 2?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer: B\n\n"
+        "Which number is 2?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer:"
+    )
+    assert [a[1] for a in first["arguments"]] == [" A", " B", " C", " D"]
+    direct = []  # lm-eval's split: the context's tokens + what tokenizing it whole adds
+    for ctx_text, cont_text in first["arguments"]:
+        ctx = tiny_tokenizer(ctx_text)["input_ids"]
+        ids = ctx + tiny_tokenizer(ctx_text + cont_text)["input_ids"][len(ctx) :]
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_model(input_ids=torch.tensor([ids])).logits[0], -1)
+        direct.append(sum(logp[t - 1, ids[t]].item() for t in range(len(ctx), len(ids))))
+    assert [float(r[0][0]) for r in first["resps"]] == pytest.approx(direct, abs=1e-4)
+    value, records = harness.harness_mmlu(tiny_model, tiny_tokenizer, test, dev, 4, 512)
+    assert len(records) == 4 and value == sum(r["score"] for r in records) / 4
+    assert {r["reference"] for r in records} == {"B"}
+    tq = json.loads(Path(sources["truthfulqa_mc1"], "validation.json").read_text())
+    value, records = harness.harness_truthfulqa_mc1(tiny_model, tiny_tokenizer, tq, 4, 512)
+    assert [r["reference"] for r in records] == ["It may break."] * 4
+    assert value == sum(r["score"] for r in records) / 4
 
 
 def test_evaluate_utility_on_fixture_files(tiny_model, tiny_tokenizer, tmp_path):
@@ -123,15 +204,17 @@ def test_evaluate_utility_on_fixture_files(tiny_model, tiny_tokenizer, tmp_path)
         values[name] = (value, n)
         records += recs
     for name, (value, n) in values.items():
-        assert n == 2 and 0.0 <= value <= (100.0 if name != "fluency" else 100.0 * math.log2(6))
-    assert len(records) == 4 * 2
+        top = 100.0 * math.log2(6) if name.startswith("fluency") else 100.0
+        assert n == 2 and 0.0 <= value <= top
+    assert len(records) == len(names) * 2
     assert {r["metric"] for r in records} == set(names)
     # the metric value is the mean of the per-item scores
     for name, (value, _) in values.items():
         scores = [r["score"] for r in records if r["metric"] == name]
         assert value == pytest.approx(sum(scores) / len(scores))
     # a utility metric is measured only when evaluation.utility names it
-    assert not any(BY_NAME[name].applies({"batch_size": 4}) for name in names)
+    unset = Context(tiny_model, tiny_tokenizer, None, {"batch_size": 4}, auc_retrain=0.5)
+    assert not any(BY_NAME[name].applies(unset) for name in names)
 
 
 def test_utility_columns_join_table1_rows():
@@ -172,6 +255,9 @@ def test_config_names_bad_utility_keys(tmp_path):
     }
     with pytest.raises(ConfigError, match="evaluation.utility_data.fluency: no folder"):
         load_study(missing)
+    template = {**MICRO, "evaluation": {**MICRO["evaluation"], "chat_template": "llama9"}}
+    with pytest.raises(ConfigError, match="evaluation.chat_template: 'llama9' is not 'none'"):
+        load_study(template)
     # the default (no utility) leaves every cell's config, and so its hash, as it was
     study = load_study(MICRO)
     cell = study.cell_config("micro", "method~target", "none")
@@ -193,7 +279,7 @@ def test_evaluation_cell_with_utility_gives_table3_columns(tiny_model_dir, tmp_p
         "mink_k": 0.4,
         "batch_size": 8,
         "max_length": 64,
-        "utility": ["mmlu", "fluency"],
+        "utility": ["mmlu", "fluency", "mmlu_rwku", "fluency_rwku"],
         "utility_data": write_utility_fixture(tmp_path / "utility", n=2),
         "fluency_max_new_tokens": 4,
     }
@@ -220,4 +306,26 @@ def test_evaluation_cell_with_utility_gives_table3_columns(tiny_model_dir, tmp_p
     table = pd.read_parquet(tmp_path / "tables" / "table1.parquet")
     assert table.mmlu.iloc[0] == frame.set_index("metric").loc["mmlu", "value"]
     md = (tmp_path / "tables" / "table1.md").read_text()
-    assert "| Gen ↑ | Flu ↑ |" in md
+    assert "| Gen ↑ | Flu ↑ | MMLU ↑ | Flu (AlpacaEval) ↑ |" in md  # the seeds' protocol first
+
+
+def test_check_utility_data_loads_every_source_and_names_a_bad_one(tmp_path):
+    from quantunlearn.data.utility import UtilityDataError, check_utility_data
+
+    sources = write_utility_fixture(tmp_path, n=3)
+    evaluation = {"utility": metric_names(group="utility"), "utility_data": sources}
+    manifest = check_utility_data(evaluation)
+    assert manifest["mmlu"] == {"source": sources["mmlu"], "rows": 3, "shots": 3}
+    assert manifest["fluency_rwku"] == {"source": str(tmp_path / "rwku"), "rows": 3, "shots": 0}
+    rows = json.loads((tmp_path / "triviaqa" / "validation.json").read_text())
+    del rows[1]["answer"]
+    (tmp_path / "triviaqa" / "validation.json").write_text(json.dumps(rows))
+    with pytest.raises(UtilityDataError, match=r"triviaqa: .* row 1 lacks \['answer'\]"):
+        check_utility_data(evaluation)
+    rwku_rows = json.loads((tmp_path / "rwku" / "All" / "truthful.json").read_text())
+    rwku_rows[0]["mc1_targets"]["labels"] = ["1", 0]
+    for path in (tmp_path / "rwku").rglob("truthful.json"):
+        path.write_text(json.dumps(rwku_rows))
+    only = {"utility": ["truthfulqa_rwku"], "utility_data": sources}
+    with pytest.raises(ValueError, match=r"mc1_targets.labels\[0\] must be an int"):
+        check_utility_data(only)

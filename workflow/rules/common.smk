@@ -95,6 +95,18 @@ def unlearned_model(path):
     return temp(path) if STUDY.config["storage"]["unlearned_models"] == "temp" else path
 
 
+def reference_auc_input(bench):
+    """PrivLeak's reference AUC, from a MUSE benchmark's retrain model; RWKU has none."""
+    if "retrain" not in STUDY.kind(bench).references:
+        return []
+    return [f"{RESULTS}/metrics/{bench}/retrain_auc.json"]
+
+
+def utility_check_input():
+    """The utility data check (check_utility_data) when the study measures utility metrics."""
+    return [STUDY.utility_check_file] if STUDY.config["evaluation"].get("utility") else []
+
+
 def benchmark_dir(bench):
     return f"{RESULTS}/data/{bench}"
 

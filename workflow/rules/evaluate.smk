@@ -1,6 +1,6 @@
 # One evaluation job per (run, quantizer). bitsandbytes, RTN and GGUF quantize at load time,
 # inside the job; GPTQ/AWQ read their stored checkpoint (quantize.smk). PrivLeak's reference
-# AUC (full-precision retrain) is computed once per benchmark.
+# AUC (full-precision retrain) is computed once per MUSE benchmark (RWKU has no retrain model).
 
 
 rule reference_auc:
@@ -29,7 +29,7 @@ rule evaluate:
     input:
         model=lambda wc: model_input(wc.bench, wc.run),
         data=lambda wc: benchmark_dir(wc.bench),
-        auc=f"{RESULTS}/metrics/{{bench}}/retrain_auc.json",
+        auc=lambda wc: reference_auc_input(wc.bench),
         quantized=lambda wc: quantized_input(wc.bench, wc.run, wc.quant),
         target=lambda wc: noflip_target_input(wc.bench, wc.quant),
         # the hub inputs' pins: this cell's model, the target, the benchmark and utility data
@@ -55,5 +55,8 @@ rule evaluate:
         cell_config=lambda wc: STUDY.cell_config(wc.bench, wc.run, wc.quant),
         quant_dir=lambda wc: quantized_dir(wc.bench, wc.run, wc.quant),
         target_model=lambda wc: model_path(wc.bench, "method~target"),
+        auc=lambda wc: (reference_auc_input(wc.bench) or [None])[0],
+        kind=lambda wc: STUDY.kind(wc.bench).name,
+        subjects=lambda wc: STUDY.eval_subjects(wc.bench, wc.run),
     script:
         "../scripts/evaluate.py"

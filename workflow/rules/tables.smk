@@ -4,7 +4,7 @@
 
 rule table1:
     input:
-        STUDY.metric_files(),
+        STUDY.metric_files(layout="muse"),
     output:
         **report_outputs("table1"),
     log:
@@ -22,7 +22,7 @@ rule table1:
 
 rule quant_tables:
     input:
-        metrics=STUDY.metric_files(),
+        metrics=STUDY.metric_files(layout="muse"),
         diagnostics=STUDY.diagnostic_files(),
         quail_table=STUDY.quail_table_files(),
     output:
@@ -44,7 +44,7 @@ rule quant_tables:
 # of every grid (config `selection`), the full grid, and the summary table + scatter figure.
 rule mitigation_tables:
     input:
-        STUDY.metric_files(),
+        STUDY.metric_files(layout="muse"),
     output:
         **report_outputs("mitigation_tables"),
     log:
@@ -104,6 +104,25 @@ rule twitter_table:
         low_bit=STUDY.low_bit_quantizer,
     script:
         "../scripts/make_twitter_table.py"
+
+
+# Zhang et al. Table 7: GA, NPO and RT on RWKU (config/rwku.yaml, config/rwku_synthetic.yaml).
+rule table7:
+    input:
+        STUDY.metric_files(layout="rwku"),
+    output:
+        **report_outputs("table7"),
+    log:
+        f"{RESULTS}/logs/tables/{TABLES_TAG}table7.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{TABLES_TAG}table7.tsv"
+    localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        quantizers=STUDY.quantizers,
+    script:
+        "../scripts/make_table7.py"
 
 
 # Audit mode: one report per external checkpoint (benchmarks.<b>.models.unlearned), from its

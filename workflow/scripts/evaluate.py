@@ -27,7 +27,7 @@ with logged(snakemake.log[0], snakemake.threads):
         pins.local(model),
         snakemake.wildcards.quant,
         snakemake.input.data,
-        snakemake.input.auc,
+        snakemake.params.auc,
         snakemake.output.metrics,
         snakemake.output.records,
         cell=dict(snakemake.params.cell),
@@ -37,5 +37,7 @@ with logged(snakemake.log[0], snakemake.threads):
         tokenizer=pins.local(tokenizer),
         quant_dir=snakemake.params.quant_dir,
         target_model=pins.local(target),
+        kind=snakemake.params.kind,
+        subjects=snakemake.params.subjects,
         inputs=inputs,
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 _BLANK_LINES = re.compile(r"\n[ \t\r]*\n")
+IGNORE = -100  # label of positions that carry no loss (transformers convention)
 
 
 def read_documents(path: str | os.PathLike) -> list[str]:
@@ -74,3 +75,26 @@ def pack_token_lists(token_lists: Sequence[Sequence[int]], max_len: int) -> list
 def pack_documents(docs: Sequence[str], tokenizer, max_len: int) -> list[list[int]]:
     """Tokenize each document as BOS + tokens + EOS and pack them greedily into sequences."""
     return pack_token_lists(tokenize_documents(docs, tokenizer), max_len)
+
+
+class TextCorpus:
+    """A raw text file as unlearning data (MUSE): its documents packed into sequences of at
+    most ``max_len`` tokens, each document BOS + tokens + EOS, every token labelled."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"TextCorpus({str(self.path)!r})"
+
+    def texts(self) -> list[str]:
+        return read_documents(self.path)
+
+    def document_examples(self, tokenizer, max_len: int) -> list[list[int]]:
+        return pack_documents(self.texts(), tokenizer, max_len)
+
+    def refusal_pairs(self) -> list[tuple[str, str]]:
+        raise ValueError(
+            f"{self.path} is a text corpus: it has no (question, refusal) pairs for rejection "
+            "tuning (an RWKU-layout benchmark has them)"
+        )

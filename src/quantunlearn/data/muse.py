@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
@@ -70,6 +70,7 @@ OPTIONAL_FILES: dict[str, tuple[str, str]] = {
 class Benchmark:
     """The evaluation files of one MUSE-layout folder (raw corpora are read with read_documents)."""
 
+    layout: ClassVar[str] = "muse"
     root: Path
     verbmem_forget: list[dict]
     knowmem_forget_qa: list[dict]

@@ -17,12 +17,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from quantunlearn.data import BY_NAME as BENCHMARKS_BY_NAME
 from quantunlearn.data import provenance
 from quantunlearn.data.muse import load_benchmark
 from quantunlearn.data.provenance import Pins
 from quantunlearn.evaluation import metrics
 from quantunlearn.evaluation.metrics import Context
 from quantunlearn.io import config_hash, write_json, write_parquet
+from quantunlearn.models.chat import use_chat_template
 from quantunlearn.models.loading import load_model, load_tokenizer
 from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.unlearning.hyperparameters import all_fields, column_dtype
@@ -43,6 +45,7 @@ PACKAGES = (
     "optimum",
     "datasets",
     "rouge-score",
+    "lm-eval",
     "pandas",
     "pyarrow",
     "numpy",
@@ -101,6 +104,26 @@ def reference_auc(
     return auc
 
 
+def _reference(reference_auc_json) -> dict:
+    """PrivLeak's reference (`reference_auc`'s file); {} for a benchmark without a retrain model
+    (RWKU), whose cells have no PrivLeak."""
+    if reference_auc_json is None:
+        return {}
+    return json.loads(Path(reference_auc_json).read_text())
+
+
+def _measure(context: Context) -> tuple[dict, list[dict]]:
+    """Every metric of the METRICS table that applies to the cell: {name: (value, n)}, records."""
+    values, records = {}, []
+    with torch.inference_mode():
+        for metric in metrics.METRICS:
+            if metric.applies(context):
+                value, n, recs = metric.compute(context)
+                values[metric.name] = (value, n)
+                records += recs
+    return values, records
+
+
 def evaluate_cell(
     model_path: str,
     quant: str,
@@ -116,22 +139,27 @@ def evaluate_cell(
     tokenizer: str | None = None,
     quant_dir: str | Path | None = None,
     target_model: str | None = None,
+    kind: str = "muse",
+    subjects: list[int] | None = None,
     inputs: dict | None = None,
 ) -> pd.DataFrame:
     """Quantize (at load time, or decode a stored checkpoint) and evaluate one model; `cell`
     holds the row's parameters. quant_dir: the stored checkpoint of a GPTQ/AWQ quantizer;
-    target_model: the target, which the noflip counterfactual needs; inputs: role ->
-    {"source", "commit"} of every input (`provenance.Pins.record`), else the folders'."""
+    target_model: the target, which the noflip counterfactual needs; kind: the benchmark's row
+    of quantunlearn.data.BENCHMARKS; subjects: the RWKU targets the cell evaluates;
+    reference_auc_json: None without a retrain model (RWKU); inputs: role -> {"source",
+    "commit"} of every input (`provenance.Pins.record`), else the folders'."""
+    # long: a cell's every input is a keyword (the rule's params); the body is one straight line
     quantizer = parse_quantizer(quant)
-    bench = load_benchmark(bench_dir)
-    reference = json.loads(Path(reference_auc_json).read_text())
-    auc_retrain = reference["auc_retrain"]
+    bench = BENCHMARKS_BY_NAME[kind].load(bench_dir, subjects)
+    reference = _reference(reference_auc_json)
+    auc_retrain = reference.get("auc_retrain", float("nan"))
     if inputs is None:
         inputs = local_inputs(
             model=model_path, tokenizer=tokenizer or model_path, target=target_model
         )
     inputs = {**_reference_inputs(reference), **inputs}
-    tok = load_tokenizer(tokenizer or model_path)
+    tok = use_chat_template(load_tokenizer(tokenizer or model_path), evaluation)
     start = time.time()
     model = quantizer.load(
         model_path, compute_dtype=bnb_compute_dtype, quant_dir=quant_dir, target_path=target_model
@@ -151,6 +179,8 @@ def evaluate_cell(
         "quantize_seconds": quantize_seconds,
         **provenance.provenance_columns(inputs),
     }
+    if subjects is not None:  # RWKU: how many targets the cell's values average
+        shared["n_targets"] = len(subjects)
     rows = [{**shared, "metric": m, "value": float(v), "n": n} for m, (v, n) in values.items()]
     frame = pd.DataFrame(rows)
     hyper = [key for key in all_fields() if key in frame.columns]
@@ -180,15 +210,3 @@ def _records_frame(records: list[dict], reference: dict, cell: dict, quant: str)
     frame.insert(0, "run", cell["run"])
     frame.insert(0, "benchmark", cell["benchmark"])
     return frame
-
-
-def _measure(context: Context) -> tuple[dict[str, tuple[float, int]], list[dict]]:
-    """Every metric of the METRICS table that applies: {name: (value, n)} and the records."""
-    values, records = {}, []
-    with torch.inference_mode():
-        for metric in metrics.METRICS:
-            if metric.applies(context.evaluation, context.benchmark):
-                value, n, recs = metric.compute(context)
-                values[metric.name] = (value, n)
-                records += recs
-    return values, records

@@ -58,6 +58,15 @@ def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     return text[:cut]
 
 
+def end_token_ids(tokenizer) -> list[int]:
+    """The tokens that end an answer: EOS, and Llama-3's end of turn <|eot_id|> where the
+    vocabulary has it (RWKU's evaluation stops at both: eval_forget.py's terminators)."""
+    ids = [tokenizer.eos_token_id]
+    if "<|eot_id|>" in tokenizer.get_vocab():
+        ids.append(tokenizer.convert_tokens_to_ids("<|eot_id|>"))
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
 def _greedy_config(tokenizer, max_new_tokens: int) -> GenerationConfig:
     """Plain greedy decoding, whatever sampling defaults the checkpoint's generation_config has.
 
@@ -74,7 +83,7 @@ def _greedy_config(tokenizer, max_new_tokens: int) -> GenerationConfig:
         no_repeat_ngram_size=0,
         use_cache=True,
         pad_token_id=pad,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=_one_or_list(end_token_ids(tokenizer)),
         bos_token_id=tokenizer.bos_token_id,
     )
 
@@ -293,6 +302,7 @@ def _generate_batch(
         cache = DynamicCache(config=model.config)
     alive = list(range(batch))  # batch row of each row still decoding
     out: list[list[int]] = [[] for _ in range(batch)]
+    ends = end_token_ids(tokenizer)
     for step in range(max_new_tokens):
         logits = model(
             input_ids=step_ids,
@@ -306,7 +316,7 @@ def _generate_batch(
         keep = []
         for j, token in enumerate(tokens):
             out[alive[j]].append(token)
-            done = token == tokenizer.eos_token_id or step + 1 == max_new_tokens
+            done = token in ends or step + 1 == max_new_tokens
             if not done and not (stops and _has_stop(tokenizer, out[alive[j]], stops)):
                 keep.append(j)
         if not keep:
@@ -394,7 +404,13 @@ class _StopOnStrings:
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+def _one_or_list(ids: list[int]):
+    """One id as an int (what the config held before Llama-3's end of turn was added)."""
+    return ids[0] if len(ids) == 1 else (ids or None)
+
+
 def _decode_until_eos(tokenizer, ids: list[int]) -> str:
-    if tokenizer.eos_token_id in ids:
-        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    ends = [ids.index(end) for end in end_token_ids(tokenizer) if end in ids]
+    if ends:
+        ids = ids[: min(ends)]
     return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)

@@ -2,12 +2,13 @@
 and the function that measures it.
 
 The MUSE metrics (Zhang et al., ICLR 2025, section 4.1 and appendix C; Shi et al. 2024b) are
-measured in every cell; the utility metrics of Zhang et al. section 6.2 (Table 3's Gen, Tru, Fac,
-Flu) when ``evaluation.utility`` names them. A row's ``compute`` takes the cell's `Context` and
-returns (value, number of items, per-item records). The tables take their columns, headers and
-arrows from this table; a new metric is one function and one row. This module reads without
-torch (the workflow validates ``evaluation.utility`` against it); the measuring code is imported
-when a metric is computed.
+measured in every cell of a MUSE-layout benchmark, RWKU's probes (Jin et al., NeurIPS 2024;
+Zhang et al. Table 7) in every cell of an RWKU-layout one; the utility metrics of Zhang et al.
+section 6.2 (Tables 3 and 8: Gen, Tru, Fac, Flu) when ``evaluation.utility`` names them. A
+row's ``compute`` takes the cell's `Context` and returns (value, number of items, per-item
+records). The tables take their columns, headers and arrows from this table; a new metric is
+one function and one row. This module reads without torch (the workflow validates
+``evaluation.utility`` against it); the measuring code is imported when a metric is computed.
 """
 
 from __future__ import annotations
@@ -63,13 +64,19 @@ class Context:
         return self.membership[0]
 
 
+#: The metric groups: a benchmark layout (its metrics read that layout's evaluation data and are
+#: measured in every cell of such a benchmark) or "utility" (any benchmark, when
+#: ``evaluation.utility`` names the metric).
+METRIC_GROUPS = ("muse", "rwku", "utility")
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str  # the value's key in the metric files (column ``metric``)
     label: str  # the column header of the paper's tables
     direction: str | None  # lower | higher | zero (closer to 0 is better) | None
     compute: Callable[[Context], tuple[float, int, list[dict]]]
-    group: str = "muse"  # muse: every cell; utility: when evaluation.utility names it
+    group: str = "muse"  # muse | rwku: the layout whose data it reads; utility: configured
     table: bool = True  # shown in the paper-style tables
     #: a Benchmark field the metric reads that some benchmarks leave empty (the Twitter
     #: benchmark has no question-answer pairs, the MUSE corpora no labels): skipped there
@@ -83,12 +90,15 @@ class Metric:
         """The label with the paper's arrow: "VerbMem_f ↓"."""
         return f"{self.label} {ARROWS[self.direction]}" if self.direction else self.label
 
-    def applies(self, evaluation: dict, benchmark=None) -> bool:
-        """Whether a cell measures it: muse metrics always (unless ``benchmark`` lacks what it
-        needs), utility metrics when ``evaluation.utility`` names them."""
-        if self.group != "muse":
-            return self.name in (evaluation.get("utility") or [])
-        return benchmark is None or self.needs is None or bool(getattr(benchmark, self.needs))
+    def applies(self, ctx: Context) -> bool:
+        """Measured in this cell: a layout's metric on a benchmark of that layout (MUSE has no
+        FB probes, RWKU no VerbMem) that has what it ``needs`` (the Twitter set no KnowMem
+        questions), a utility metric when the config names it."""
+        if self.group == "utility":
+            return self.name in (ctx.evaluation.get("utility") or [])
+        if self.group != ctx.benchmark.layout:
+            return False
+        return self.needs is None or bool(getattr(ctx.benchmark, self.needs))
 
 
 def _verbmem(ctx: Context):
@@ -152,23 +162,53 @@ def _accuracy(split: str) -> Callable[[Context], tuple[float, int, list[dict]]]:
     return compute
 
 
+def _probe(probe_set: str, kind: str) -> Callable[[Context], tuple]:
+    """RWKU's ``kind`` probes (FB, QA, AA) of ``probe_set`` (forget, neighbor): fb_forget, ..."""
+    name = f"{kind.lower()}_{probe_set}"
+
+    def compute(ctx: Context):
+        from quantunlearn.evaluation.rwku import probe_metric
+
+        ev = ctx.evaluation
+        value, records = probe_metric(
+            ctx.model, ctx.tokenizer, ctx.benchmark, probe_set, kind, name, ev["batch_size"]
+        )
+        return value, len(records), records
+
+    return compute
+
+
+def _mia(which: str) -> Callable[[Context], tuple]:
+    """RWKU's MIA LOSS of the ``which`` texts (mia_forget, mia_retain), the metric's name."""
+
+    def compute(ctx: Context):
+        from quantunlearn.evaluation.rwku import mia_loss
+
+        ev, bench = ctx.evaluation, ctx.benchmark
+        batch, length = ev["batch_size"], ev["max_length"]
+        value, records = mia_loss(ctx.model, ctx.tokenizer, bench, which, which, batch, length)
+        return value, len(records), records
+
+    return compute
+
+
 def _mmlu(ctx: Context):
-    from quantunlearn.evaluation import utility
+    from quantunlearn.evaluation.harness import harness_mmlu
 
     test, dev = benchmark_rows("mmlu", ctx.evaluation)
     ev = ctx.evaluation
-    value, records = utility.mmlu(
+    value, records = harness_mmlu(
         ctx.model, ctx.tokenizer, test, dev, ev["batch_size"], ev["max_length"]
     )
     return value, len(test), records
 
 
 def _truthfulqa_mc1(ctx: Context):
-    from quantunlearn.evaluation import utility
+    from quantunlearn.evaluation.harness import harness_truthfulqa_mc1
 
     rows, _ = benchmark_rows("truthfulqa_mc1", ctx.evaluation)
     ev = ctx.evaluation
-    value, records = utility.truthfulqa_mc1(
+    value, records = harness_truthfulqa_mc1(
         ctx.model, ctx.tokenizer, rows, ev["batch_size"], ev["max_length"]
     )
     return value, len(rows), records
@@ -206,6 +246,19 @@ def _fluency(ctx: Context):
     return value, len(rows), records
 
 
+def _seeds(name: str) -> Callable[[Context], tuple]:
+    """The seeds' protocol on RWKU's utility files: evaluation/utility.py's function ``name``."""
+
+    def compute(ctx: Context):
+        from quantunlearn.evaluation import utility
+
+        rows, _ = benchmark_rows(name, ctx.evaluation)
+        value, records = getattr(utility, name)(ctx.model, ctx.tokenizer, rows, ctx.evaluation)
+        return value, len(rows), records
+
+    return compute
+
+
 METRICS: tuple[Metric, ...] = (
     Metric("verbmem_f", "VerbMem_f", "lower", _verbmem),
     Metric("knowmem_f", "KnowMem_f", "lower", _knowmem("forget"), needs="knowmem_forget_qa"),
@@ -222,11 +275,28 @@ METRICS: tuple[Metric, ...] = (
     Metric(
         "acc_r", "Acc_r", "higher", _accuracy("retain"), table=False, needs="classification_retain"
     ),  # fmt: skip
-    # Zhang et al. section 6.2 (Table 3): general knowledge, truthfulness, factuality, fluency
-    Metric("mmlu", "Gen", "higher", _mmlu, group="utility"),
-    Metric("truthfulqa_mc1", "Tru", "higher", _truthfulqa_mc1, group="utility"),
-    Metric("triviaqa", "Fac", "higher", _triviaqa, group="utility"),
-    Metric("fluency", "Flu", "higher", _fluency, group="utility"),
+    # RWKU (Jin et al., NeurIPS 2024; Zhang et al. Table 7): the forget probes at three levels and
+    # the neighbor probes, ROUGE-L recall of the answer x 100 (evaluation/rwku.py)
+    Metric("fb_forget", "FB", "lower", _probe("forget", "FB"), group="rwku"),
+    Metric("qa_forget", "QA", "lower", _probe("forget", "QA"), group="rwku"),
+    Metric("aa_forget", "AA", "lower", _probe("forget", "AA"), group="rwku"),
+    Metric("fb_neighbor", "Neighbor FB", "higher", _probe("neighbor", "FB"), group="rwku"),
+    Metric("qa_neighbor", "Neighbor QA", "higher", _probe("neighbor", "QA"), group="rwku"),
+    # RWKU's membership-inference sets: LOSS x 100 of forget members (FM, should rise) and of
+    # retain members (RM, should not)
+    Metric("mia_forget", "MIA FM", "higher", _mia("mia_forget"), group="rwku", table=False),
+    Metric("mia_retain", "MIA RM", "lower", _mia("mia_retain"), group="rwku", table=False),
+    # Zhang et al. section 6.2 (Table 3): general knowledge, truthfulness, factuality, fluency, as
+    # the seeds measured them: RWKU's code on RWKU's small utility files of target 1
+    Metric("mmlu_rwku", "Gen", "higher", _seeds("mmlu_rwku"), group="utility"),
+    Metric("truthfulqa_rwku", "Tru", "higher", _seeds("truthfulqa_rwku"), group="utility"),
+    Metric("triviaqa_rwku", "Fac", "higher", _seeds("triviaqa_rwku"), group="utility"),
+    Metric("fluency_rwku", "Flu", "higher", _seeds("fluency_rwku"), group="utility"),
+    # the same four on the full public benchmarks (MMLU and TruthfulQA through lm-eval)
+    Metric("mmlu", "MMLU", "higher", _mmlu, group="utility"),
+    Metric("truthfulqa_mc1", "TruthfulQA MC1", "higher", _truthfulqa_mc1, group="utility"),
+    Metric("triviaqa", "TriviaQA F1", "higher", _triviaqa, group="utility"),
+    Metric("fluency", "Flu (AlpacaEval)", "higher", _fluency, group="utility"),
 )
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
 

@@ -1,21 +1,31 @@
 """General utility beyond KnowMem on retain: Zhang et al. section 6.2 (Table 3: Gen, Tru, Fac,
-Flu).
+Flu), in two protocols (the data: `quantunlearn.data.utility`).
 
-* ``mmlu`` (Gen): MMLU, 5-shot accuracy; each answer letter scored by its log-likelihood after the
-  few-shot prompt (the lm-evaluation-harness `mmlu` prompt: the subject's first 5 dev questions).
-* ``truthfulqa_mc1`` (Tru): TruthfulQA MC1, the 6-shot QA prompt of the TruthfulQA paper (as in
-  lm-evaluation-harness), accuracy of the highest-likelihood answer.
-* ``triviaqa`` (Fac): TriviaQA (rc.nocontext), 6-shot, greedy answer, SQuAD token F1 against
-  the best alias.
-* ``fluency`` (Flu): greedy answers to the AlpacaEval instructions, scored by the weighted mean
-  of their bi- and tri-gram entropies (Meng et al. 2022, weights 2/3 and 4/3), x 100 as
-  Zhang et al. Table 3 reports it (values around 500-600).
+The seeds' protocol (``*_rwku``), RWKU's evaluation code (Jin et al., GitHub jinzhuoran/RWKU,
+LLaMA-Factory/src/llmtuner/eval/eval_{mmlu,truthfulqa,triviaqa,fluency}.py) as Zhang et al.
+ran it on MUSE's models, on RWKU's small utility files of target 1. Every prompt is one user
+message through the tokenizer's chat template (``evaluation.chat_template``; the MUSE configs
+name Llama-2's, which the seeds' transformers 4.40 applied by default), then a cue:
 
-All four are reported x 100. The data come from the hub in real runs (``UTILITY_HUB``) or from
-a local folder holding one JSON list per split in the same row schema (what
-``write_utility_fixture`` writes for the tests). Our own code rather than lm-evaluation-harness:
-its tasks read only from the hub (no local files for tests without rewriting its task YAMLs),
-and the model here is the one quantized in memory by the evaluation job.
+* ``mmlu_rwku`` (Gen): the subject line, the row's 5 examples ("Question: ...\nA. ...\nAnswer:
+  X"), "Please following the previous examples and answer the given question." (sic), the
+  question; after the template "Answer:". The prediction is the arg max of the next-token
+  distribution over the last tokens of " A", " B", " C", " D"; accuracy x 100.
+* ``truthfulqa_rwku`` (Tru): the TruthfulQA paper's 6-pair QA primer and "\n\nQ: {question}";
+  after the template "A:"; each MC choice scored by its summed log-likelihood after the prompt
+  (the continuation: the tokens of prompt + " " + choice beyond those of the prompt); MC1 = 1
+  when the first true choice scores strictly above every false one; x 100.
+* ``triviaqa_rwku`` (Fac): five fixed Q/A pairs (eval_triviaqa.py's few-shot prompt), "Please
+  briefly answer the following question:", "Q: {question}"; after the template "A:"; greedy, 30
+  new tokens, stopping at EOS / end of turn; SQuAD token F1 against the best of the answers,
+  x 100.
+* ``fluency_rwku`` (Flu): "Instruction: {instruction}"; greedy, 256 new tokens; Meng et al.'s
+  weighted bi-/tri-gram entropy (weights 2/3, 4/3), x 100 (Tables 3 and 8: about 500-670).
+
+The full benchmarks: ``mmlu`` and ``truthfulqa_mc1`` through lm-evaluation-harness
+(`quantunlearn.evaluation.harness`); ``triviaqa`` (rc.nocontext, 6-shot, token F1) and
+``fluency`` (the 805 AlpacaEval instructions) with the code below, which the harness has no
+equivalent of. Fluency tokenizes words with a regex instead of nltk's punkt (a download).
 """
 
 from __future__ import annotations
@@ -28,11 +38,13 @@ from collections.abc import Sequence
 
 import torch
 
+from quantunlearn.data.rwku import chat_prompt
 from quantunlearn.evaluation.generation import greedy_generate
 
 LETTERS = "ABCD"
-MMLU_SHOTS, TRIVIAQA_SHOTS = 5, 6
-# TruthfulQA's fixed 6-shot "QA prompt" (Lin et al. 2022), as lm-evaluation-harness uses it
+TRIVIAQA_SHOTS = 6
+# TruthfulQA's fixed 6-shot "QA prompt" (Lin et al. 2022), as RWKU's code and lm-evaluation-harness
+# use it
 TRUTHFULQA_PROMPT = (
     "Q: What is human life expectancy in the United States?\n"
     "A: Human life expectancy in the United States is 78 years.\n\n"
@@ -62,24 +74,42 @@ def _require(rows: list[dict], keys: Sequence[str], where: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def _encode_pairs(tokenizer, pairs, whole: bool, max_length: int):
+    """(token sequence, continuation length) of each (context, continuation)."""
+    seqs, n_cont = [], []
+    for context, continuation in pairs:
+        ctx = tokenizer(context)["input_ids"]
+        if whole:  # RWKU (and lm-eval): the continuation is what tokenizing it with its context
+            full = tokenizer(context + continuation)["input_ids"]  # adds beyond the context
+            cont = full[len(ctx) :]
+            seq = full
+        else:
+            cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            seq = ctx + cont
+        if not cont:
+            raise ValueError(f"empty continuation after {context[-40:]!r}")
+        seqs.append(seq[-max_length:])
+        n_cont.append(len(cont))
+    return seqs, n_cont
+
+
 @torch.no_grad()
 def continuation_logprobs(
-    model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 16, max_length=2048
+    model,
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int = 16,
+    max_length=2048,
+    whole: bool = False,
 ) -> list[float]:
     """Sum of log p(continuation tokens | context) for each (context, continuation).
 
     Context and continuation are tokenized apart (the context with BOS, the continuation without
-    special tokens) and concatenated, as lm-evaluation-harness does; sequences longer than
-    ``max_length`` lose tokens on the left.
+    special tokens) and concatenated; with ``whole``, context + continuation is tokenized as one
+    string and the continuation is the tokens beyond those of the context alone (RWKU's
+    score_completions). Sequences longer than ``max_length`` lose tokens on the left.
     """
-    seqs, n_cont = [], []
-    for context, continuation in pairs:
-        ctx = tokenizer(context)["input_ids"]
-        cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
-        if not cont:
-            raise ValueError(f"empty continuation after {context[-40:]!r}")
-        seqs.append((ctx + cont)[-max_length:])
-        n_cont.append(len(cont))
+    seqs, n_cont = _encode_pairs(tokenizer, pairs, whole, max_length)
     device = model.device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[float] = [0.0] * len(seqs)
@@ -100,6 +130,25 @@ def continuation_logprobs(
             # the token at position t is predicted by the logits at position t - 1
             out[i] = logp[row, n - k - 1 : n - 1].gather(1, targets[:, None]).sum().item()
     return out
+
+
+@torch.no_grad()
+def next_token_choice(model, tokenizer, prompts: Sequence[str], candidates: Sequence[int],
+                      batch_size: int) -> list[int]:  # fmt: skip
+    """For each prompt, the index in ``candidates`` (token ids) of the most likely next token
+    (RWKU's get_next_word_predictions: the prompt tokenized with special tokens, left-padded)."""
+    picks: list[int] = []
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(prompts), batch_size):
+            enc = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt",
+                            padding=True).to(model.device)  # fmt: skip
+            logits = model(**enc).logits[:, -1, :].float()
+            picks += logits[:, list(candidates)].argmax(dim=-1).tolist()
+    finally:
+        tokenizer.padding_side = padding_side
+    return picks
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -147,56 +196,6 @@ def fluency_entropy(text: str) -> float:
 # ----------------------------------------------------------------------------------------------
 # The four benchmarks: (score x 100, per-item records)
 # ----------------------------------------------------------------------------------------------
-
-
-def mmlu_prompt(subject: str, shots: list[dict], row: dict) -> str:
-    def block(r: dict, answer: str | None) -> str:
-        lines = [r["question"].strip()]
-        lines += [f"{LETTERS[i]}. {c}" for i, c in enumerate(r["choices"])]
-        return "\n".join(lines) + "\nAnswer:" + (f" {answer}\n\n" if answer else "")
-
-    head = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"  # noqa: E501
-    return head + "".join(block(s, LETTERS[s["answer"]]) for s in shots) + block(row, None)
-
-
-def mmlu(model, tok, test: list[dict], dev: list[dict], batch_size: int, max_length: int):
-    _require(test + dev, ("question", "subject", "choices", "answer"), "mmlu")
-    by_subject: dict[str, list[dict]] = {}
-    for row in dev:
-        by_subject.setdefault(row["subject"], []).append(row)
-    pairs, records = [], []
-    for row in test:
-        prompt = mmlu_prompt(row["subject"], by_subject.get(row["subject"], [])[:MMLU_SHOTS], row)
-        pairs += [(prompt, f" {LETTERS[i]}") for i in range(len(row["choices"]))]
-    scores = continuation_logprobs(model, tok, pairs, batch_size, max_length)
-    at, correct = 0, 0
-    for i, row in enumerate(test):
-        k = len(row["choices"])
-        pick = max(range(k), key=lambda j: scores[at + j])
-        at += k
-        correct += pick == row["answer"]
-        records.append(_record("mmlu", i, row["question"], LETTERS[row["answer"]], LETTERS[pick]))
-        records[-1]["score"] = 100.0 * (pick == row["answer"])
-    return 100.0 * correct / len(test), records
-
-
-def truthfulqa_mc1(model, tok, rows: list[dict], batch_size: int, max_length: int):
-    _require(rows, ("question", "mc1_targets"), "truthfulqa_mc1")
-    pairs = []
-    for row in rows:
-        prompt = f"{TRUTHFULQA_PROMPT}\n\nQ: {row['question']}\nA:"
-        pairs += [(prompt, f" {c}") for c in row["mc1_targets"]["choices"]]
-    scores = continuation_logprobs(model, tok, pairs, batch_size, max_length)
-    at, correct, records = 0, 0, []
-    for i, row in enumerate(rows):
-        choices, labels = row["mc1_targets"]["choices"], row["mc1_targets"]["labels"]
-        pick = max(range(len(choices)), key=lambda j: scores[at + j])
-        at += len(choices)
-        truth = labels.index(1)
-        correct += pick == truth
-        records.append(_record("truthfulqa_mc1", i, row["question"], choices[truth], choices[pick]))
-        records[-1]["score"] = 100.0 * (pick == truth)
-    return 100.0 * correct / len(rows), records
 
 
 def triviaqa_prompt(shots: list[dict], question: str) -> str:
@@ -256,3 +255,105 @@ def fluency(
 def _record(metric: str, index: int, prompt: str, reference: str, output: str) -> dict:
     return {"metric": metric, "index": index, "prompt": prompt, "reference": reference,
             "output": output}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# The seeds' protocol: RWKU's evaluation of its small utility files (module doc)
+# ----------------------------------------------------------------------------------------------
+
+#: eval_triviaqa.py's few-shot prompt (five fixed question/answer pairs and the instruction).
+TRIVIAQA_RWKU_SHOTS = (
+    "\nQ: When did men's figure skating become a summer Olympic sport?\nA: 1908\n"
+    "Q: When did the all india workers and peasants party came in to existence?\nA: November 1925\n"
+    "Q: Flight that went down in the hudson river?\nA: US Airways Flight 1549\n"
+    "Q: Where are most of the world's earthquakes located?\nA: Rim of Fire\n"
+    "Q: Csi when do grissom and sara reunite?\nA: series finale\n"
+    "Please briefly answer the following question:\n"
+)
+MMLU_RWKU_INSTRUCTION = "Please following the previous examples and answer the given question.\n"
+
+
+def _mmlu_block(row: dict, answer: bool) -> str:
+    text = "Question: " + row["question"]
+    text += "".join(f"\n{LETTERS[j]}. {c}" for j, c in enumerate(row["choices"]))
+    return text + (f"\nAnswer: {LETTERS[row['answer']]}\n\n" if answer else "")
+
+
+def mmlu_rwku_message(row: dict) -> str:
+    """The user message of one RWKU MMLU row: subject line, its 5 examples, the question."""
+    head = (
+        "The following are multiple choice questions (with answers) about "
+        f"{row['task'].replace('_', ' ')}.\n\n"
+    )
+    shots = "".join(_mmlu_block(shot, True) for shot in row["examples"])
+    return head + shots + MMLU_RWKU_INSTRUCTION + _mmlu_block(row, False)
+
+
+def mmlu_rwku(model, tok, rows: list[dict], ev: dict):
+    """Gen: accuracy x 100 of the next-token arg max over " A" .. " D" (module doc)."""
+    prompts = [chat_prompt(tok, mmlu_rwku_message(row)) + "Answer:" for row in rows]
+    candidates = [
+        tok(" " + letter, add_special_tokens=False)["input_ids"][-1] for letter in LETTERS
+    ]
+    picks = next_token_choice(model, tok, prompts, candidates, ev["batch_size"])
+    records = []
+    for i, (row, pick) in enumerate(zip(rows, picks, strict=True)):
+        records.append(_record("mmlu_rwku", i, row["question"], LETTERS[row["answer"]],
+                               LETTERS[pick]))  # fmt: skip
+        records[-1]["score"] = 100.0 * (pick == row["answer"])
+    return sum(r["score"] for r in records) / len(records), records
+
+
+def truthfulqa_rwku_prompt(tok, question: str) -> str:
+    prompt = chat_prompt(tok, f"{TRUTHFULQA_PROMPT}\n\nQ: {question}")
+    return prompt + ("A:" if prompt[-1:] in ("\n", " ") else " A:")
+
+
+def truthfulqa_rwku(model, tok, rows: list[dict], ev: dict):
+    """Tru: MC1 accuracy x 100; every MC1 choice scored after the prompt (module doc)."""
+    pairs, spans = [], []
+    for row in rows:
+        prompt = truthfulqa_rwku_prompt(tok, row["question"])
+        sep = "" if prompt[-1:] in ("\n", " ") else " "
+        spans.append((len(pairs), len(row["mc1_targets"]["choices"])))
+        pairs += [(prompt, sep + choice) for choice in row["mc1_targets"]["choices"]]
+    scores = continuation_logprobs(
+        model, tok, pairs, ev["batch_size"], ev["max_length"], whole=True
+    )
+    records = []
+    for i, (row, (at, k)) in enumerate(zip(rows, spans, strict=True)):
+        choices, labels = row["mc1_targets"]["choices"], row["mc1_targets"]["labels"]
+        true = [scores[at + j] for j in range(k) if labels[j] == 1]
+        false = [scores[at + j] for j in range(k) if labels[j] != 1]
+        correct = bool(true) and (not false or true[0] > max(false))
+        pick = max(range(k), key=lambda j: scores[at + j])
+        records.append(_record("truthfulqa_rwku", i, row["question"],
+                               choices[labels.index(1)], choices[pick]))  # fmt: skip
+        records[-1]["score"] = 100.0 * correct
+    return sum(r["score"] for r in records) / len(records), records
+
+
+def triviaqa_rwku(model, tok, rows: list[dict], ev: dict):
+    """Fac: the best token F1 x 100 of the greedy answer against the row's answers."""
+    prompts = [
+        chat_prompt(tok, TRIVIAQA_RWKU_SHOTS + f"Q: {row['question']}\n") + "A:" for row in rows
+    ]
+    outputs = greedy_generate(model, tok, prompts, 30, ev["batch_size"], desc="triviaqa")
+    records = []
+    for i, (row, out) in enumerate(zip(rows, outputs, strict=True)):
+        records.append(_record("triviaqa_rwku", i, row["question"], row["answers"][0], out))
+        records[-1]["score"] = 100.0 * max(token_f1(out, a) for a in row["answers"])
+    return sum(r["score"] for r in records) / len(records), records
+
+
+def fluency_rwku(model, tok, rows: list[dict], ev: dict):
+    """Flu: the mean generation entropy x 100 of the greedy answers to the instructions (at most
+    ``fluency_max_new_tokens``, RWKU: 256)."""
+    max_new_tokens = ev.get("fluency_max_new_tokens", 256)
+    prompts = [chat_prompt(tok, f"Instruction: {row['instruction']}\n") for row in rows]
+    outputs = greedy_generate(model, tok, prompts, max_new_tokens, ev["batch_size"], desc="fluency")
+    records = []
+    for i, (row, out) in enumerate(zip(rows, outputs, strict=True)):
+        records.append(_record("fluency_rwku", i, row["instruction"], "", out))
+        records[-1]["score"] = 100.0 * fluency_entropy(out)
+    return sum(r["score"] for r in records) / len(records), records

@@ -12,20 +12,30 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from quantunlearn.data.documents import pack_token_lists
-
-IGNORE = -100  # label of positions that carry no loss (transformers convention)
+from quantunlearn.data.documents import IGNORE, pack_token_lists
 
 
-def collate(seqs: Sequence[Sequence[int]], pad_id: int, device="cpu") -> dict[str, torch.Tensor]:
-    """Right-pad token lists; padded positions get attention 0 and label IGNORE."""
-    width = max(len(s) for s in seqs)
+def collate(seqs: Sequence, pad_id: int, device="cpu") -> dict[str, torch.Tensor]:
+    """Right-pad a batch; padded positions get attention 0 and label IGNORE.
+
+    An example is a token list (every token labelled: language modelling on text) or a dict of
+    ``input_ids`` and ``labels`` (IGNORE where a token carries no loss: RT's prompt, the
+    unlabelled EOS of RWKU's forget texts).
+    """
+    token_lists = [s["input_ids"] if isinstance(s, dict) else s for s in seqs]
+    width = max(len(s) for s in token_lists)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
+    for i, s in enumerate(token_lists):
         ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
         mask[i, : len(s)] = 1
     labels = ids.masked_fill(mask == 0, IGNORE)
+    for i, s in enumerate(seqs):
+        if isinstance(s, dict):
+            if len(s["labels"]) != len(s["input_ids"]):
+                n_ids, n_labels = len(s["input_ids"]), len(s["labels"])
+                raise ValueError(f"example {i}: {n_ids} input ids but {n_labels} labels")
+            labels[i, : len(s["labels"])] = torch.as_tensor(s["labels"], dtype=torch.long)
     return {
         "input_ids": ids.to(device),
         "attention_mask": mask.to(device),

@@ -18,6 +18,7 @@ from quantunlearn.reports import (
     quantizers,
     scale,
     table1,
+    table7,
     twitter,
 )
 
@@ -52,9 +53,13 @@ class Report:
 
 REPORTS: tuple[Report, ...] = (
     # Zhang et al. 2025 Table 1 (+ Table 3's utility columns) and the section 4.2 retention
-    Report("table1", table1.FILES, lambda study: True),
+    Report("table1", table1.FILES, lambda study: "muse" in study.layouts),
     # Table 2 (4-bit quantizers), the RTN bit sweep, noflip and QUAIL's Table I layout
-    Report("quant_tables", quantizers.FILES, lambda study: study.has_quant_tables),
+    Report(
+        "quant_tables",
+        quantizers.FILES,
+        lambda study: study.has_quant_tables and "muse" in study.layouts,
+    ),
     # SURE / LoRA / QUAIL tables of the papers, the grid, the selection and the summary
     Report(
         "mitigation_tables",
@@ -75,6 +80,8 @@ REPORTS: tuple[Report, ...] = (
     ),
     # the code commit, input revisions and package versions of every metric file
     Report("provenance", provenance.FILES, lambda study: True, category="Provenance"),
+    # Zhang et al. 2025 Table 7: GA, NPO and RT on RWKU, full precision and quantized
+    Report("table7", table7.FILES, lambda study: "rwku" in study.layouts),
 )
 BY_NAME = {report.name: report for report in REPORTS}
 

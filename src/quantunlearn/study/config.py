@@ -20,7 +20,16 @@ from typing import Any
 
 import jsonschema
 
+from quantunlearn.data import (
+    MUSE_ENTRY_DEFAULTS,
+    SYNTHETIC_DEFAULTS,
+    TEXT_KEYS,
+    TWITTER_DEFAULTS,
+    BenchmarkKind,
+    benchmark_kind,
+)
 from quantunlearn.data.provenance import is_hub_spec
+from quantunlearn.data.rwku import DOCUMENT_CONFIGS, REFUSAL_CONFIGS
 from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.unlearning.hyperparameters import HyperparameterError, RMUParams
 from quantunlearn.unlearning.hyperparameters import defaults as hyperparameter_defaults
@@ -83,11 +92,6 @@ DEFAULTS: dict[str, Any] = {
         "min_survival_pct": 80.0,
     },
 }
-BENCHMARK_DEFAULTS: dict[str, Any] = {
-    "forget_corpus": "raw/forget.txt",
-    "retain_corpus": "raw/retain.txt",
-    "models": {"target": None, "retrain": None, "tokenizer": None},
-}
 #: The scale study's table (config/scale.yaml): the 4-bit column it compares with full
 #: precision, and the memorisation a target needs before its size counts (else it is flagged).
 SCALE_DEFAULTS: dict[str, Any] = {
@@ -108,36 +112,19 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "gradient_checkpointing": True,
     "seed": 0,
 }
-SYNTHETIC_DEFAULTS: dict[str, Any] = {
-    "n_people": 120,
-    "forget_frac": 0.1,
-    "holdout_frac": 0.1,
-    "n_bio_variants": 2,
-    "n_retain_qa_people": 12,
-    "n_icl": 10,
-    "seed": 0,
-}
-
-#: The Twitter misinformation benchmark (source "twitter", `quantunlearn.data.twitter`): its data
-#: (synthetic, a local folder in the hub's schema, or the hub id with a pinned revision) and the
-#: size of the embedded stand-in.
-TWITTER_DEFAULTS: dict[str, Any] = {
-    "data": "synthetic",
-    "revision": None,
-    "n_forget": 40,
-    "n_retain": 80,
-    "seed": 0,
-}
-#: Keys of those sections that are text even when they look like numbers (a commit sha).
-TEXT_KEYS = ("data", "revision")
-#: The kinds of benchmark a source names besides a MUSE-layout folder or hub id, each with a
-#: section of its own name and its defaults.
-GENERATED_SOURCES = {"synthetic": SYNTHETIC_DEFAULTS, "twitter": TWITTER_DEFAULTS}
-
 # Sections whose values are numbers or lists of numbers: YAML 1.1 (PyYAML) reads `1e-5`
 # (no dot) as the *string* "1e-5", so numeric-looking strings there are converted.
 _NUMERIC_SECTIONS = ("unlearn", "tiny_model", "evaluation", "calibration", "selection", "audit")
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+#: The defaults of a MUSE benchmark's entry (other kinds: their row's, quantunlearn.data).
+BENCHMARK_DEFAULTS = MUSE_ENTRY_DEFAULTS
+__all__ = [
+    "BENCHMARK_DEFAULTS",
+    "SYNTHETIC_DEFAULTS",
+    "TWITTER_DEFAULTS",
+    "ConfigError",
+    "normalize_config",
+]
 
 
 class ConfigError(ValueError):
@@ -311,22 +298,7 @@ def normalize_config(user: dict) -> dict:
             config[section] = _coerce_numbers(config[section])
     for name, bench in (config.get("benchmarks") or {}).items():
         if isinstance(bench, dict):
-            merged = deep_merge(BENCHMARK_DEFAULTS, bench)
-            kind = merged.get("source")
-            if kind in GENERATED_SOURCES:
-                section = deep_merge(GENERATED_SOURCES[kind], merged.get(kind) or {})
-                text = {k: section[k] for k in TEXT_KEYS if k in section}  # a sha stays text
-                merged[kind] = {**_coerce_numbers(section), **text}
-            if "tiny_model" in merged:
-                merged["tiny_model"] = _coerce_numbers(merged["tiny_model"])
-            if merged["models"].get("base") is not None:
-                merged["finetune"] = _coerce_numbers(
-                    deep_merge(FINETUNE_DEFAULTS, merged.get("finetune") or {})
-                )
-                merged["models"]["tokenizer"] = (
-                    merged["models"]["tokenizer"] or merged["models"]["base"]
-                )
-            config["benchmarks"][name] = merged
+            config["benchmarks"][name] = _normalize_benchmark(bench)
     if "scale" in config:
         config["scale"] = _coerce_numbers(deep_merge(SCALE_DEFAULTS, config["scale"] or {}))
     errors = _schema_errors(config)
@@ -337,6 +309,28 @@ def normalize_config(user: dict) -> dict:
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
     return _select_benchmarks(config)
+
+
+def _normalize_benchmark(bench: dict) -> dict:
+    """A benchmark entry with its kind's defaults (quantunlearn.data.BENCHMARKS): the entry's
+    own, its generator's (embedded benchmarks) and, for RWKU, the list of targets."""
+    kind = benchmark_kind(bench)
+    merged = deep_merge(kind.entry_defaults, bench)
+    if kind.generator:
+        section = deep_merge(dict(kind.generator_defaults), merged.get(kind.generator) or {})
+        text = {k: section[k] for k in TEXT_KEYS if k in section}  # a sha stays text
+        merged[kind.generator] = {**_coerce_numbers(section), **text}
+    if "tiny_model" in merged:
+        merged["tiny_model"] = _coerce_numbers(merged["tiny_model"])
+    if merged["models"].get("base") is not None:  # fine-tuned into target and retrain
+        merged["finetune"] = _coerce_numbers(
+            deep_merge(FINETUNE_DEFAULTS, merged.get("finetune") or {})
+        )
+        merged["models"]["tokenizer"] = merged["models"]["tokenizer"] or merged["models"]["base"]
+    targets = kind.targets(merged)
+    if targets is not None:
+        merged["targets"] = targets
+    return merged
 
 
 def _expand_home(config: dict) -> dict:
@@ -394,6 +388,7 @@ def _semantic_errors(config: dict) -> list[str]:
     errors = _folder_errors(config)
     errors += _quantizer_errors(config)
     errors += _benchmark_errors(config)
+    errors += _method_benchmark_errors(config)
     errors += _hyperparameter_errors(config)
     errors += _rmu_layer_errors(config)
     errors += _scale_errors(config)
@@ -497,6 +492,7 @@ def _benchmark_errors(config: dict) -> list[str]:
     errors = []
     for name, bench in config["benchmarks"].items():
         key = f"benchmarks.{name}"
+        kind = benchmark_kind(bench)
         tiny = benchmark_tiny_model(config, name)
         if tiny["hidden_size"] % tiny["num_heads"]:
             where = f"{key}.tiny_model" if "tiny_model" in bench else "tiny_model"
@@ -510,11 +506,11 @@ def _benchmark_errors(config: dict) -> list[str]:
                 "is trained; remove the key"
             )
         errors += _base_errors(bench, key)
-        errors += _source_errors(key, bench)
+        errors += [f"config key {key}.{sub}: {message}" for sub, message in kind.check(bench)]
+        errors += [
+            f"config key {key}.{sub}: {message}" for sub, message in _kind_errors(kind, bench)
+        ]
         models = bench["models"]
-        given = [models["target"] is not None, models["retrain"] is not None]
-        if any(given) and not all(given):
-            errors.append(f"config key {key}.models: give both target and retrain, or neither")
         named = {which: models[which] for which in ("target", "retrain", "tokenizer")}
         named |= {f"unlearned.{k}": v for k, v in (models.get("unlearned") or {}).items()}
         for which, value in named.items():
@@ -552,62 +548,60 @@ def _base_errors(bench: dict, key: str) -> list[str]:
     return []
 
 
-def _twitter_errors(spec: dict, key: str) -> list[str]:
-    """The Twitter data: synthetic (sizes the generator can honour), a local folder in the hub's
-    schema, or a hub id pinned to a revision."""
-    from quantunlearn.data.synthetic import SyntheticError
-    from quantunlearn.data.twitter import check_synthetic_twitter, split_files
-
-    data = spec["data"]
-    if data == "synthetic":
-        try:
-            check_synthetic_twitter(spec["n_forget"], spec["n_retain"])
-        except SyntheticError as err:
-            return [f"config key {key}" + (f".{err.key}" if err.key else "") + f": {err}"]
-        return []
-    if Path(data).is_dir():
-        try:
-            split_files(data)
-        except ValueError as err:
-            return [f"config key {key}.data: not the hub dataset's layout: {err}"]
-        return []
-    if not is_hub_spec(data):
-        return [f"config key {key}.data: no folder {data!r} (nor a hub id, nor synthetic)"]
-    if not spec["revision"]:
-        return [
-            f"config key {key}.revision: the hub dataset {data} needs a pinned revision (a "
-            "commit sha), so that the study's data cannot change under it"
+def _kind_errors(kind: BenchmarkKind, bench: dict) -> list[tuple[str, str]]:
+    """Keys that the benchmark's kind does not take or whose values it cannot use."""
+    what = f"this is a {kind.name} benchmark ({kind.describe})"
+    models = bench["models"]
+    if kind.layout == "muse":
+        problems = [
+            (extra, f"only an RWKU-layout benchmark takes it; {what}")
+            for extra in ("targets", "refusal_corpus", "synthetic_rwku")
+            if extra in bench
         ]
-    return []
+        given = [models["target"] is not None, models["retrain"] is not None]
+        if any(given) and not all(given):
+            problems.append(("models", "give both target and retrain, or neither"))
+        return problems
+    problems = []
+    if "synthetic" in bench:
+        problems.append(("synthetic", f"only the embedded MUSE benchmark takes it; {what}"))
+    if models["retrain"] is not None:
+        problems.append(("models.retrain", "RWKU has no retrain model (zero-shot unlearning)"))
+    if bench.get("retain_corpus") is not None:
+        problems.append(("retain_corpus", "RWKU has no retain corpus: leave it null"))
+    for sub, allowed in (("forget_corpus", DOCUMENT_CONFIGS), ("refusal_corpus", REFUSAL_CONFIGS)):
+        if bench[sub] not in allowed:
+            problems.append((sub, f"{bench[sub]!r} is not one of the RWKU configs {list(allowed)}"))
+    targets = bench["targets"]
+    if len(set(targets)) != len(targets):
+        problems.append(("targets", f"repeats a target: {targets}"))
+    if kind.generator:
+        n = bench[kind.generator]["n_targets"]
+        if any(t > n for t in targets):
+            bad = [t for t in targets if t > n]
+            problems.append(("targets", f"{bad} do not exist: {kind.generator}.n_targets is {n}"))
+    return problems
 
 
-def _source_errors(key: str, bench: dict) -> list[str]:
-    """What the `prepare_benchmark` job would reject, checked before it runs (the job's output
-    is the folder every cell of the benchmark depends on): the generator's constraints on the
-    split sizes, a local folder's MUSE layout (or the Twitter data's)."""
-    from quantunlearn.data.muse import load_benchmark
-    from quantunlearn.data.synthetic import SyntheticError, check_synthetic
-
-    source = bench["source"]
-    if source == "twitter":
-        return _twitter_errors(bench["twitter"], f"{key}.twitter")
-    if source == "synthetic":
-        settings = {k: v for k, v in bench["synthetic"].items() if k != "seed"}
-        try:
-            check_synthetic(**settings)
-        except SyntheticError as err:
-            where = f"{key}.synthetic" + (f".{err.key}" if err.key else "")
-            return [f"config key {where}: {err}"]
-        return []
-    if Path(source).is_dir():
-        try:
-            load_benchmark(source)
-        except (OSError, ValueError) as err:
-            return [f"config key {key}.source: not a benchmark in the MUSE layout: {err}"]
-        return []
-    if not is_hub_spec(source):
-        return [f"config key {key}.source: no folder {source!r} (nor a hub id owner/name[@rev])"]
-    return []
+def _method_benchmark_errors(config: dict) -> list[str]:
+    """Each method's data must exist in each benchmark: RT's refusals, a retain term's corpus."""
+    errors = []
+    for name in config["unlearn"]["methods"]:
+        method = get_method(name)
+        for bench_name, bench in config["benchmarks"].items():
+            kind = benchmark_kind(bench)
+            if method.forget.forget_data not in kind.forget_data:
+                errors.append(
+                    f"config key unlearn.methods.{name}: {name} trains on "
+                    f"{method.forget.forget_data}, which benchmark {bench_name} ({kind.name}) "
+                    f"does not have (it has {sorted(kind.forget_data)})"
+                )
+            if method.retain is not None and not kind.has_retain:
+                errors.append(
+                    f"config key unlearn.methods.{name}: {name} has a retain term, but benchmark "
+                    f"{bench_name} ({kind.name}) has no retain corpus"
+                )
+    return errors
 
 
 def as_list(value: Any) -> list:
@@ -784,18 +778,24 @@ def _scale_errors(config: dict) -> list[str]:
 
 
 def _utility_errors(evaluation: dict) -> list[str]:
-    """Every utility benchmark named under evaluation.utility needs a hub id or a local folder."""
-    from quantunlearn.data.utility import utility_sources
+    """Every utility benchmark named under evaluation.utility needs a source of a form it can
+    load (a hub id, a JSON file, a local folder); the chat template must exist. The sources are
+    loaded and checked by the workflow's first job (check_utility_data), not here."""
+    from quantunlearn.data.utility import source_problem, utility_sources
+    from quantunlearn.models.chat import CHAT_TEMPLATES
 
     errors = []
     sources = utility_sources(evaluation)
     for name in evaluation.get("utility") or []:
-        source = sources[name]
-        if not Path(source).is_dir() and not is_hub_spec(source):
-            errors.append(
-                f"config key evaluation.utility_data.{name}: no folder {source!r} (nor a hub id "
-                "owner/name[@revision])"
-            )
+        problem = source_problem(name, sources[name])
+        if problem:
+            errors.append(f"config key evaluation.utility_data.{name}: {problem}")
+    template = evaluation.get("chat_template")
+    if template is not None and template != "none" and template not in CHAT_TEMPLATES:
+        errors.append(
+            f"config key evaluation.chat_template: {template!r} is not 'none' nor one of "
+            f"{sorted(CHAT_TEMPLATES)}"
+        )
     return errors
 
 

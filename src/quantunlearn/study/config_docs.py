@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from quantunlearn.data import RWKU_ENTRY_DEFAULTS, SYNTHETIC_DEFAULTS, TWITTER_DEFAULTS
+from quantunlearn.data.synthetic_rwku import SYNTHETIC_RWKU_DEFAULTS
 from quantunlearn.data.utility import UTILITY_HUB
 from quantunlearn.study.config import (
     BENCHMARK_DEFAULTS,
     DEFAULTS,
-    GENERATED_SOURCES,
     SCALE_DEFAULTS,
     deep_merge,
 )
@@ -54,7 +55,10 @@ method's section. Every method takes `weight_dtype`, `lr`, `epochs` and `seed`.
 
 def documented_defaults() -> dict:
     """The defaults of every key, in the shape of a config (a benchmark under ``<name>``)."""
-    benchmark = {**BENCHMARK_DEFAULTS, **GENERATED_SOURCES}
+    benchmark = {**BENCHMARK_DEFAULTS, "synthetic": SYNTHETIC_DEFAULTS, "twitter": TWITTER_DEFAULTS}
+    # the RWKU layout's own keys (its forget_corpus default is in the key's description)
+    benchmark["synthetic_rwku"] = SYNTHETIC_RWKU_DEFAULTS
+    benchmark["refusal_corpus"] = RWKU_ENTRY_DEFAULTS["refusal_corpus"]
     extra = {"benchmarks": {NAME: benchmark}, "scale": SCALE_DEFAULTS}
     # evaluation.utility_data: where the utility benchmarks come from when it is not set
     extra["evaluation"] = {"utility_data": UTILITY_HUB}

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from quantunlearn.data import benchmark_kind
 from quantunlearn.io import write_json
 from quantunlearn.quantizers import FullPrecision, parse_quantizer
 from quantunlearn.quantizers.bnb import BitsAndBytes
@@ -71,42 +72,56 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def run_path(method: str, params: dict) -> str:
-    """The run's folder name, Paramspace style: method~NPO_GDR/weight_dtype~bf16/lr~1e-05/..."""
+def run_path(method: str, params: dict, subject: int | None = None) -> str:
+    """The run's folder name, Paramspace style: method~NPO_GDR/weight_dtype~bf16/lr~1e-05/...;
+    an RWKU run ends in the number of its unlearning target (``/subject~3``)."""
     if is_external(method):
         return f"method~external/checkpoint~{external_name(method)}"
     parts = [f"method~{method}"]
     if method not in REFERENCES:
         parts += [f"{k}~{format_value(params[k])}" for k in get_method(method).hyperparameters]
+    if subject is not None:
+        parts.append(f"subject~{subject}")
     return "/".join(parts)
 
 
-def expand_runs(config: dict) -> pd.DataFrame:
-    """One row per (benchmark, run): the two references, then every cell of every method's grid."""
+def _method_runs(config: dict, bench: str, name: str) -> list[dict]:
+    """Every cell of one method's grid on one benchmark (times its targets, for RWKU)."""
+    method = get_method(name)
+    subjects = benchmark_kind(config["benchmarks"][bench]).subjects(config["benchmarks"][bench])
     rows = []
-    for bench in config["benchmarks"]:
-        for ref in REFERENCES:
+    for params in method_grids(config, name):  # one grid per section of the method
+        if "quail_delta" in params:  # a number or a quantizer name: one text column
+            params["quail_delta"] = [format_value(v) for v in as_list(params["quail_delta"])]
+        axes = {k: as_list(params[k]) for k in method.hyperparameters}
+        for combo in itertools.product(*axes.values()):
+            row = dict(zip(axes, combo, strict=True))
+            for subject in subjects or [None]:
+                run = run_path(name, row, subject)
+                rows.append({"benchmark": bench, "method": name, "run": run, "subject": subject,
+                             **row})  # fmt: skip
+    return rows
+
+
+def expand_runs(config: dict) -> pd.DataFrame:
+    """One row per (benchmark, run): the references of the benchmark's kind (MUSE: target and
+    retrain; RWKU: the original model), then every cell of every method's grid (RWKU: one run
+    per unlearning target, column ``subject``)."""
+    rows = []
+    for bench, entry in config["benchmarks"].items():
+        for ref in benchmark_kind(entry).references:
             rows.append({"benchmark": bench, "method": ref, "run": run_path(ref, {})})
         for name in config["benchmarks"][bench]["models"].get("unlearned") or {}:
             method = external_method(name)
             rows.append({"benchmark": bench, "method": method, "run": run_path(method, {})})
         for name in config["unlearn"]["methods"]:
-            method = get_method(name)
-            for params in method_grids(config, name):
-                if "quail_delta" in params:  # a number or a quantizer name: one text column
-                    deltas = as_list(params["quail_delta"])
-                    params["quail_delta"] = [format_value(v) for v in deltas]
-                axes = {k: as_list(params[k]) for k in method.hyperparameters}
-                for combo in itertools.product(*axes.values()):
-                    row = dict(zip(axes, combo, strict=True))
-                    path = run_path(name, row)
-                    rows.append({"benchmark": bench, "method": name, "run": path, **row})
+            rows += _method_runs(config, bench, name)
     runs = pd.DataFrame(rows)
-    for col in HYPER_COLUMNS:
+    for col in [*HYPER_COLUMNS, "subject"]:
         if col not in runs:
             runs[col] = pd.NA
-    runs = runs[["benchmark", "run", "method", *HYPER_COLUMNS]]
-    runs = runs.astype({key: column_dtype(key) for key in HYPER_COLUMNS})
+    runs = runs[["benchmark", "run", "method", *HYPER_COLUMNS, "subject"]]
+    runs = runs.astype({key: column_dtype(key) for key in HYPER_COLUMNS} | {"subject": "Int64"})
     dupes = runs[runs.duplicated(["benchmark", "run"])]
     if len(dupes):
         raise ConfigError(f"config key unlearn: the grid repeats runs {sorted(set(dupes.run))}")
@@ -195,7 +210,18 @@ class Study:
     @property
     def twitter_benchmarks(self) -> list[str]:
         """The benchmarks of the Twitter misinformation study (source twitter)."""
-        return [b for b in self.benchmarks if self.benchmark(b)["source"] == "twitter"]
+        return [b for b in self.benchmarks if self.kind(b).name == "twitter"]
+
+    @property
+    def utility_check_file(self) -> str:
+        """The manifest of the utility data check, named by the hash of the sources it checks."""
+        from quantunlearn.data.utility import utility_sources
+        from quantunlearn.io import config_hash
+
+        names = self.config["evaluation"].get("utility") or []
+        sources = utility_sources(self.config["evaluation"])
+        tag = config_hash({name: sources[name] for name in names})
+        return str(self.results / "data" / f"utility_check_{tag}.json")
 
     def benchmark(self, bench: str) -> dict:
         """The benchmark's entry without its external checkpoints (`external_checkpoints`):
@@ -203,6 +229,27 @@ class Study:
         entry = dict(self.config["benchmarks"][bench])
         entry["models"] = {k: v for k, v in entry["models"].items() if k != "unlearned"}
         return entry
+
+    def kind(self, bench: str):
+        """The benchmark's row of quantunlearn.data.BENCHMARKS."""
+        return benchmark_kind(self.benchmark(bench))
+
+    def layout(self, bench: str) -> str:
+        """muse | rwku: the benchmark's folder layout."""
+        return self.kind(bench).layout
+
+    @property
+    def layouts(self) -> set[str]:
+        return {self.layout(b) for b in self.benchmarks}
+
+    def eval_subjects(self, bench: str, run: str) -> list[int] | None:
+        """The RWKU targets a cell evaluates: its run's target, or every target for the original
+        model; None for a MUSE benchmark."""
+        subjects = self.kind(bench).subjects(self.benchmark(bench))
+        if subjects is None:
+            return None
+        subject = self.run_params(bench, run).get("subject")
+        return subjects if subject is None else [subject]
 
     def trains_models(self, bench: str) -> bool:
         return self.benchmark(bench)["models"]["target"] is None
@@ -215,13 +262,8 @@ class Study:
         """The hub dataset the benchmark's data are read from (``owner/name[@revision]``: its
         source, or a Twitter benchmark's ``twitter.data`` at its revision); None for generated
         data and local folders."""
-        from quantunlearn.data.provenance import is_hub_spec
-        from quantunlearn.data.twitter import hub_spec
-
         entry = self.benchmark(bench)
-        if entry["source"] == "twitter":
-            return hub_spec(entry["twitter"])
-        return entry["source"] if is_hub_spec(entry["source"]) else None
+        return benchmark_kind(entry).hub_dataset(entry)
 
     def data_spec(self, bench: str) -> dict:
         """The benchmark's entry without its model size: what its data depends on."""
@@ -241,6 +283,8 @@ class Study:
         method = row["method"]
         takes = get_method(method).hyperparameters if unlearned_here(method) else ()
         keep = set(BASE_HYPER_COLUMNS) | set(takes) | {"benchmark", "run", "method"}
+        if not pd.isna(row["subject"]):  # an RWKU run's target (MUSE runs: no key, same hash)
+            keep.add("subject")
         return {k: _plain(v) for k, v in row.items() if k in keep}
 
     def cells(self) -> pd.DataFrame:
@@ -255,8 +299,13 @@ class Study:
     def metric_file(self, bench: str, run: str, quant: str) -> str:
         return str(self.results / "metrics" / bench / run / f"{quant}.parquet")
 
-    def metric_files(self) -> list[str]:
-        return [self.metric_file(c.benchmark, c.run, c.quant) for c in self.cells().itertuples()]
+    def metric_files(self, layout: str | None = None) -> list[str]:
+        """Every cell's metric file, or those of the benchmarks of one layout (muse | rwku)."""
+        return [
+            self.metric_file(c.benchmark, c.run, c.quant)
+            for c in self.cells().itertuples()
+            if layout is None or self.layout(c.benchmark) == layout
+        ]
 
     @property
     def has_quant_tables(self) -> bool:

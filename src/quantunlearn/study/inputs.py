@@ -17,14 +17,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantunlearn.data.muse import HUB_PATTERNS as MUSE_PATTERNS
+from quantunlearn.data import BY_NAME, benchmark_kind
 from quantunlearn.data.provenance import (
     MODEL_PATTERNS,
     TOKENIZER_PATTERNS,
     is_hub_spec,
     parse_source,
 )
-from quantunlearn.data.twitter import HUB_PATTERNS as TWITTER_PATTERNS
 from quantunlearn.data.utility import hub_patterns, utility_sources
 from quantunlearn.study.storage import KNOWN_PARAMS
 
@@ -50,7 +49,7 @@ class HubInput:
 
     spec: str  # as configured: owner/name[@revision]
     repo_type: str  # model | dataset
-    uses: tuple[str, ...]  # model, tokenizer, benchmark, utility:<name>
+    uses: tuple[str, ...]  # model, tokenizer, benchmark:<kind>, utility:<name>
 
     @property
     def pin(self) -> str:
@@ -67,10 +66,8 @@ class HubInput:
                 patterns += MODEL_PATTERNS
             elif use == "tokenizer":
                 patterns += TOKENIZER_PATTERNS
-            elif use == "benchmark":
-                patterns += MUSE_PATTERNS
-            elif use == "twitter":
-                patterns += TWITTER_PATTERNS
+            elif use.startswith("benchmark:"):
+                patterns += BY_NAME[use.removeprefix("benchmark:")].hub_patterns
             else:
                 patterns += hub_patterns(use.removeprefix("utility:"))
         return sorted(set(patterns))
@@ -116,8 +113,8 @@ def hub_inputs(study) -> dict[str, HubInput]:
             uses.setdefault((spec, repo_type), []).append(use)
 
     for bench in study.benchmarks:
-        twitter = study.benchmark(bench)["source"] == "twitter"
-        add(study.hub_dataset(bench), "dataset", "twitter" if twitter else "benchmark")
+        entry = study.benchmark(bench)
+        add(study.hub_dataset(bench), "dataset", f"benchmark:{benchmark_kind(entry).name}")
         models = study.benchmark(bench)["models"]
         for which in ("target", "retrain", "base"):
             add(models.get(which), "model", "model")
@@ -209,14 +206,8 @@ def validate_download(folder: str, uses: Iterable[str]) -> None:
             check_checkpoint(folder)
         elif use == "tokenizer":
             load_tokenizer(folder)
-        elif use == "benchmark":
-            from quantunlearn.data.muse import check_hub_folder
-
-            check_hub_folder(folder)
-        elif use == "twitter":
-            from quantunlearn.data.twitter import load_twitter
-
-            load_twitter(folder)
+        elif use.startswith("benchmark:"):
+            BY_NAME[use.removeprefix("benchmark:")].check_snapshot(folder)
         else:
             from quantunlearn.data.utility import benchmark_rows
 

@@ -62,7 +62,10 @@ def _config_schema() -> dict:
     utility = metric_names(group="utility")
     evaluation["utility"]["items"] = {"enum": utility}
     evaluation["utility_data"]["properties"] = {
-        name: {"type": "string", "description": f"Hub id or local folder of the {name} data."}
+        name: {
+            "type": "string",
+            "description": f"Hub id, JSON file or local folder of the {name} data.",
+        }
         for name in utility
     }
     return schema

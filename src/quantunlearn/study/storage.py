@@ -26,6 +26,9 @@ KNOWN_PARAMS = {
     "muse-bench/MUSE-Books_target": LLAMA2_7B_PARAMS,
     "muse-bench/MUSE-Books_retrain": LLAMA2_7B_PARAMS,
     "meta-llama/Llama-2-7b-hf": LLAMA2_7B_PARAMS,
+    # Llama-3-8B(-Instruct): 32 layers, hidden 4096, MLP 14336, 8 key/value heads of 128
+    # (kv 1024), vocabulary 128256 (config/rwku.yaml)
+    "meta-llama/Meta-Llama-3-8B-Instruct": 8_030_261_248,
 }
 
 

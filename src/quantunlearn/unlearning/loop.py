@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from quantunlearn.data.documents import pack_documents, read_documents
+from quantunlearn.data.documents import TextCorpus, pack_documents, read_documents
 from quantunlearn.data.provenance import code_state
 from quantunlearn.io import atomic_dir, write_json, write_parquet
 from quantunlearn.models.loading import copy_tokenizer, load_model, load_tokenizer
@@ -34,8 +34,8 @@ from quantunlearn.unlearning.objectives import Step
 
 def unlearn(
     target: str,
-    forget_corpus: str | Path,
-    retain_corpus: str | Path,
+    forget_corpus,
+    retain_corpus,
     out_dir: str | Path,
     log_path: str | Path,
     *,
@@ -45,10 +45,10 @@ def unlearn(
     tokenizer: str | None = None,
     **provenance,
 ) -> dict:
-    """Unlearn the forget corpus from ``target`` with ``method`` at ``hyperparameters`` (a dict
-    of config keys: the method's own are read, the rest ignored); save the model (and tokenizer
-    and ``unlearn_info.json``: ``provenance`` and the git state) to ``out_dir`` and the per-step
-    log to ``log_path``. The tokenizer saved is a copy of its source's files."""
+    """Unlearn the forget corpus (a text file, or a `TextCorpus` / `RWKUCorpus`) from ``target``
+    with ``method`` at ``hyperparameters`` (a dict of config keys: the method's own are read,
+    the rest ignored); save the model, a copy of the tokenizer's files and ``unlearn_info.json``
+    (``provenance``, the git state) to ``out_dir``, the per-step log to ``log_path``."""
     spec = get_method(method)
     run = spec.run(hyperparameters)
     if not isinstance(settings, UnlearnSettings):
@@ -113,9 +113,10 @@ PROBE_SEQUENCES = 32
 
 
 def probe_sequences(retain_corpus, tok, max_len: int) -> list:
-    """The first `PROBE_SEQUENCES` packed sequences of the retain corpus ([] without one)."""
-    path = Path(retain_corpus)
-    if not path.is_file():
+    """The first `PROBE_SEQUENCES` packed sequences of the retain corpus (a text file or a
+    `TextCorpus`); [] without one (RWKU has no retain corpus)."""
+    path = getattr(_corpus(retain_corpus), "path", None) if retain_corpus is not None else None
+    if path is None or not Path(path).is_file():
         return []
     docs = read_documents(path)[: 4 * PROBE_SEQUENCES]
     return pack_documents(docs, tok, max_len)[:PROBE_SEQUENCES]
@@ -164,13 +165,23 @@ def collapse(vocab: int, target_ce: float | None, unlearned_ce: float | None) ->
     }
 
 
+def _corpus(corpus):
+    """A text file path as a `TextCorpus` (MUSE); a corpus object as it is."""
+    return TextCorpus(corpus) if isinstance(corpus, str | Path) else corpus
+
+
 def _sequences(method: Method, forget_corpus, retain_corpus, tok, max_len: int):
-    """The packed forget sequences, and the retain ones when the method has a retain term."""
-    forget = pack_documents(read_documents(forget_corpus), tok, max_len)
-    retain = pack_documents(read_documents(retain_corpus), tok, max_len) if method.retain else []
+    """The forget examples of the method's forget term (texts or refusals: the term says which),
+    and the retain ones when the method has a retain term."""
+    forget = method.forget.examples(_corpus(forget_corpus), tok, max_len)
     if not forget:
         raise ValueError(f"the forget corpus {forget_corpus} holds no text")
-    if method.retain and not retain:
+    if not method.retain:
+        return forget, []
+    if retain_corpus is None:
+        raise ValueError(f"{method.name} needs a retain set, but there is no retain corpus")
+    retain = _corpus(retain_corpus).document_examples(tok, max_len)
+    if not retain:
         raise ValueError(f"{method.name} needs a retain set, but {retain_corpus} holds no text")
     return forget, retain
 

@@ -34,6 +34,7 @@ from quantunlearn.unlearning.objectives import (
     KLR,
     NPO,
     QUAILHinge,
+    RejectionTuning,
     RMUForget,
     RMURetain,
     Term,
@@ -210,6 +211,9 @@ METHODS: dict[str, Method] = {
         Method("GA_KLR_LORA", GA(), KLR(), LoRA(), defaults=_SURE_LR),
         Method("NPO_GDR_LORA", NPO(), GDR(), LoRA(), defaults=_SURE_LR),
         Method("NPO_KLR_LORA", NPO(), KLR(), LoRA(), defaults=_SURE_LR),
+        # RT, rejection tuning (Jin et al., "RWKU", section 4.2; Zhang et al. Table 7): the LM loss
+        # on refusals to questions about the target (an RWKU-layout benchmark's refusal corpus).
+        Method("RT", RejectionTuning()),
         # RMU (Zhang et al. appendix J): the WMDP code's lr 5e-5 (the top of Zhang et al.'s grid
         # {5e-6, 1e-5, 5e-5}) and retain weight alpha 1200.
         Method("RMU", RMUForget(), RMURetain(), RMU_SCOPE(), defaults=_RMU_DEFAULTS),

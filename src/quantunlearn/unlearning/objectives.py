@@ -103,6 +103,14 @@ class Term:
     needs_reference: ClassVar[bool] = False
     #: its column in the training log (``{name}_loss``)
     name: ClassVar[str] = "forget"
+    #: what a forget term trains on: "documents" (the forget texts, language-modelled) or
+    #: "refusals" ((question, refusal) pairs); a benchmark kind says which it provides
+    forget_data: ClassVar[str] = "documents"
+
+    def examples(self, corpus, tokenizer, max_len: int) -> list:
+        """The forget examples this term trains on, from a corpus of `quantunlearn.data`
+        (`TextCorpus`, `RWKUCorpus`): token lists or ``{input_ids, labels}`` dicts."""
+        return corpus.document_examples(tokenizer, max_len)
 
     def loss(self, step: Step, run) -> torch.Tensor:
         raise NotImplementedError
@@ -131,6 +139,28 @@ class GA(Term):
         from quantunlearn.models.training import IGNORE
 
         return int((step.forget["labels"][:, 1:] != IGNORE).sum())
+
+
+class RejectionTuning(Term):
+    """RT, rejection tuning (Jin et al., "RWKU", section 4.2 and appendix H): fine-tune on
+    questions about the target paired with a refusal ("I do not know the answer."), with the
+    ordinary LM loss (mean NLL) on the answer tokens only; the prompt carries no loss."""
+
+    forget_data = "refusals"
+
+    def examples(self, corpus, tokenizer, max_len: int) -> list:
+        from quantunlearn.data.rwku import refusal_example
+
+        return [refusal_example(tokenizer, q, a, max_len) for q, a in corpus.refusal_pairs()]
+
+    def loss(self, step, run):
+        from quantunlearn.unlearning import losses
+
+        return losses.nll(step.forget_logits, step.forget["labels"])
+
+    def batch_weight(self, step, run) -> int:
+        """A token mean, as GA's."""
+        return GA().batch_weight(step, run)
 
 
 class NPO(Term):
