@@ -59,7 +59,7 @@ def test_tables_nine_ten_eleven_by_hand(tmp_path):
     assert three["mmlu"].tolist() == [40, 35, 34, 31, 32]
     make_appendix_tables(t, sel, tmp_path, "q4", "rule")
     md = (tmp_path / "table_rmu.md").read_text()
-    assert "| RMU_LAT + Quan. |" in md and "Gen ↑" in md and "Table 11" in md
+    assert "| RMU_LAT + Quan. |" in md and "MMLU ↑" in md and "Table 11" in md
     assert "Table 10" in (tmp_path / "table_sure_s.md").read_text()
 
 

@@ -24,7 +24,7 @@ from quantunlearn.data.twitter import (
     write_fixture,
 )
 from quantunlearn.evaluation.classification import LABEL_WORDS, PROMPT, accuracy, classify
-from quantunlearn.evaluation.metrics import BY_NAME
+from quantunlearn.evaluation.metrics import BY_NAME, Context
 from quantunlearn.reports.twitter import twitter_table
 from quantunlearn.study import ConfigError, load_study
 
@@ -88,8 +88,9 @@ def test_benchmark_folder_in_the_muse_layout(tmp_path):
     meta = json.loads((tmp_path / "bench" / "meta.json").read_text())
     assert meta["rows"] == {"forget": 2, "retain1": 2, "retain2": 1}
     # KnowMem has no items on tweets; the accuracies and VerbMem (M1) apply
-    assert not BY_NAME["knowmem_f"].applies({}, bench) and BY_NAME["acc_f"].applies({}, bench)
-    assert BY_NAME["verbmem_f"].applies({}, bench)
+    cell = Context(None, None, bench, {}, auc_retrain=0.5)
+    assert not BY_NAME["knowmem_f"].applies(cell) and BY_NAME["acc_f"].applies(cell)
+    assert BY_NAME["verbmem_f"].applies(cell)
 
 
 def test_synthetic_stand_in():
@@ -175,7 +176,7 @@ def test_hub_twitter_data_and_base_model_go_through_the_download_step():
     assert study.hub_dataset("tw") == spec
     inputs = {item.spec: item for item in hub_inputs(study).values()}
     assert set(inputs) == {spec, base}
-    assert inputs[spec].uses == ("twitter",) and "data/*.parquet" in inputs[spec].patterns
+    assert inputs[spec].uses == ("benchmark:twitter",) and "data/*.parquet" in inputs[spec].patterns
     assert set(inputs[base].uses) == {"model", "tokenizer"}
 
 
