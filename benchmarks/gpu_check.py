@@ -445,8 +445,8 @@ def section_step7b(ctx: dict) -> dict:
     """NPO_KLR steps of the project's METHODS row on a 7B-shaped model, as its loop runs them."""
     from transformers import LlamaForCausalLM
 
+    from quantunlearn.models.training import set_checkpointing
     from quantunlearn.unlearning.hyperparameters import UnlearnSettings
-    from quantunlearn.unlearning.loop import _checkpointing
     from quantunlearn.unlearning.methods import get_method
 
     news = news_settings()
@@ -469,7 +469,7 @@ def section_step7b(ctx: dict) -> dict:
     reset_peak()
     trainable = method.scope.build(model, method, run, [], tok.pad_token_id, settings.batch_size)
     if settings.gradient_checkpointing:
-        _checkpointing(model, True)
+        set_checkpointing(model, True)
     times, losses = _time_steps(ctx, method, run, trainable, settings, vocab, tok.pad_token_id)
     step_s = min(times[1:])  # the first is a warm-up (allocator, kernel selection)
     out = {
@@ -489,7 +489,7 @@ def section_step7b(ctx: dict) -> dict:
         f"MFU {out['mfu'] or 0:.1%}, {peak_memory()}",
     )
     del trainable
-    _checkpointing(model, False)
+    set_checkpointing(model, False)
     start = time.time()
     model.eval().save_pretrained(ctx["tmp"] / "llama7b_shaped")
     tok.save_pretrained(ctx["tmp"] / "llama7b_shaped")
@@ -625,7 +625,7 @@ def section_cell4bit(ctx: dict) -> dict:
     items = {}
     with torch.inference_mode():
         for metric in metrics.METRICS:
-            if metric.applies(evaluation):
+            if metric.applies(context):
                 start = time.time()
                 _, items[metric.name], _ = metric.compute(context)
                 stages[metric.name] = time.time() - start
