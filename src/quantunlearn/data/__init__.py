@@ -80,7 +80,8 @@ class BenchmarkKind:
     prepare: Callable[[dict, Path, str | None], None]
     #: ``check(entry)``: parse-time problems as (sub-key, message); no download
     check: Callable[[dict], list[tuple[str, str]]]
-    #: an embedded benchmark: the ``source`` keyword, also the name of its generator section
+    #: a benchmark named by a keyword (the embedded generators, the Twitter set): the
+    #: ``source`` keyword, also the name of its config section
     generator: str | None = None
     generator_defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: hub dataset ids of this kind
