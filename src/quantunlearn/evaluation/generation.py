@@ -61,9 +61,8 @@ def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
 def end_token_ids(tokenizer) -> list[int]:
     """The tokens that end an answer: EOS, and Llama-3's end of turn <|eot_id|> where the
     vocabulary has it (RWKU's evaluation stops at both: eval_forget.py's terminators)."""
-    ids = [tokenizer.eos_token_id]
-    if "<|eot_id|>" in tokenizer.get_vocab():
-        ids.append(tokenizer.convert_tokens_to_ids("<|eot_id|>"))
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")  # a token not in the vocabulary: unk
+    ids = [tokenizer.eos_token_id, None if eot == tokenizer.unk_token_id else eot]
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 
