@@ -1,8 +1,8 @@
 from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0], snakemake.threads):
+    from quantunlearn.data import benchmark_kind
     from quantunlearn.data.provenance import Pins
-    from quantunlearn.data.twitter import benchmark_source
     from quantunlearn.data.utility import utility_sources
     from quantunlearn.evaluation.cell import evaluate_cell
 
@@ -11,7 +11,7 @@ with logged(snakemake.log[0], snakemake.threads):
     model, tokenizer = snakemake.params.model, snakemake.params.tokenizer
     target = snakemake.params.target_model
     # the benchmark's data: its source (a Twitter benchmark's: its dataset at its revision)
-    (source,) = (benchmark_source(entry) for entry in cell_config["benchmark"].values())
+    (source,) = (benchmark_kind(b).data_source(b) for b in cell_config["benchmark"].values())
     evaluation = dict(cell_config["evaluation"])
     named, utility = evaluation.get("utility") or [], utility_sources(evaluation)
     if named:  # hub datasets: their pinned snapshots

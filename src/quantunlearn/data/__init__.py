@@ -105,6 +105,10 @@ class BenchmarkKind:
         the download step pins); None for generated data and local folders."""
         return entry["source"] if is_hub_spec(entry["source"]) else None
 
+    def data_source(self, entry: dict) -> str:
+        """What the benchmark's data come from, as its metric rows record it."""
+        return entry["source"]
+
     def subjects(self, entry: dict) -> list[int] | None:
         """The unlearning targets (one run each), or None: one run for the whole forget set."""
         return None
@@ -150,6 +154,9 @@ class TwitterKind(MuseKind):
 
     def hub_dataset(self, entry: dict) -> str | None:
         return twitter.hub_spec(entry["twitter"])
+
+    def data_source(self, entry: dict) -> str:
+        return twitter.data_source(entry["twitter"])
 
     def check_snapshot(self, folder: str) -> None:
         twitter.load_twitter(folder)

@@ -58,12 +58,9 @@ def hub_spec(spec: dict) -> str | None:
     return f"{data}@{spec['revision']}" if spec.get("revision") else data
 
 
-def benchmark_source(bench: dict) -> str:
-    """What a benchmark's data come from, as its metric rows record it: its ``source``, and
-    for a Twitter benchmark its hub dataset (``owner/name@revision``), folder, or "synthetic"."""
-    if bench["source"] != "twitter":
-        return bench["source"]
-    spec = bench["twitter"]
+def data_source(spec: dict) -> str:
+    """What the ``twitter`` section's data come from, as the metric rows record it: the hub
+    dataset (``owner/name@revision``), the local folder, or "twitter:synthetic"."""
     return hub_spec(spec) or ("twitter:synthetic" if spec["data"] == "synthetic" else spec["data"])
 
 

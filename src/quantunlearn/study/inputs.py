@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantunlearn.data import BY_NAME, benchmark_kind
+from quantunlearn.data import BY_NAME
 from quantunlearn.data.provenance import (
     MODEL_PATTERNS,
     TOKENIZER_PATTERNS,
@@ -113,8 +113,7 @@ def hub_inputs(study) -> dict[str, HubInput]:
             uses.setdefault((spec, repo_type), []).append(use)
 
     for bench in study.benchmarks:
-        entry = study.benchmark(bench)
-        add(study.hub_dataset(bench), "dataset", f"benchmark:{benchmark_kind(entry).name}")
+        add(study.hub_dataset(bench), "dataset", f"benchmark:{study.kind(bench).name}")
         models = study.benchmark(bench)["models"]
         for which in ("target", "retrain", "base"):
             add(models.get(which), "model", "model")
