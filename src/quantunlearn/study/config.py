@@ -63,6 +63,8 @@ DEFAULTS: dict[str, Any] = {
         "max_grad_norm": 1.0,
         "bf16_compute": "native",
         "gradient_checkpointing": False,
+        "lr_schedule": "constant",
+        "warmup_steps": 0,
     },
     "bnb_compute_dtype": "fp32",
     # keep | temp: unlearned models deleted once all their evaluation cells are done
