@@ -330,3 +330,45 @@ def test_recovery_after_snakemake_itself_is_killed(tmp_path):
     assert not [p for p in (tmp_path / "results").rglob("*") if ".tmp-" in p.name]
     plan = snakemake(tmp_path, "-n", model, config=MICRO)
     assert "Nothing to be done" in plan.stdout + plan.stderr
+
+
+# ------------------------------------------------ issue 21: the training settings are identity
+
+
+def _only_ga_gdr(batch_size: int):
+    def change(config):
+        config["unlearn"]["methods"] = {"GA_GDR": {}}
+        config["unlearn"]["batch_size"] = batch_size
+        config["quantizers"] = ["none"]
+        config["tables_dir"] = f"results/tables/batch{batch_size}"
+
+    return change
+
+
+@pytest.mark.slow
+def test_two_batch_sizes_keep_their_own_models_in_one_results_dir(tmp_path):
+    """Two configs that differ only in unlearn.batch_size plan disjoint run paths; training the
+    second leaves every file of the first as it was (bytes and mtime), and the first study still
+    finds its model up to date."""
+    from quantunlearn.study import load_study_file
+
+    first = _write_config(tmp_path, "first.yaml", _only_ga_gdr(4))
+    second = _write_config(tmp_path, "second.yaml", _only_ga_gdr(2))
+    runs = [load_study_file(c).runs.query("method == 'GA_GDR'").run.item() for c in (first, second)]
+    assert runs[0] != runs[1] and all("/train~" in r for r in runs)
+    models = [f"results/unlearn/micro/{run}/model" for run in runs]
+    out = snakemake(tmp_path, "--cores", "2", models[0], config=first)
+    assert out.returncode == 0, out.stderr[-3000:]
+    before = _snapshot(tmp_path / "results" / "unlearn")
+    assert before
+    out = snakemake(tmp_path, "--cores", "2", models[1], config=second)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Params have changed" not in out.stdout + out.stderr
+    after = _snapshot(tmp_path / "results" / "unlearn")
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert any(k.startswith(runs[1]) for k in after)
+    for run, batch in zip(runs, (4, 2), strict=True):
+        info = tmp_path / "results" / "unlearn" / "micro" / run / "model" / "unlearn_info.json"
+        assert json.loads(info.read_text())["batch_size"] == batch
+    plan = snakemake(tmp_path, "-n", models[0], config=first)
+    assert "Nothing to be done" in plan.stdout + plan.stderr, plan.stdout[-2000:]
