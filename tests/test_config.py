@@ -370,11 +370,6 @@ def test_check_command_reports_what_snakemake_cannot(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_give_no_warnings(path):
-    if path.name == "twitter.yaml":  # shipped without its dataset's revision (its comment)
-        config = yaml.safe_load(path.read_text())
-        config["benchmarks"]["twitter"]["twitter"]["revision"] = "0" * 40
-        assert load_study(config).warnings == []
-        return
     assert load_study_file(path).warnings == []
 
 

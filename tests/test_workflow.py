@@ -366,7 +366,7 @@ def test_two_batch_sizes_keep_their_own_models_in_one_results_dir(tmp_path):
     assert "Params have changed" not in out.stdout + out.stderr
     after = _snapshot(tmp_path / "results" / "unlearn")
     assert {k: v for k, v in after.items() if k in before} == before
-    assert any(k.startswith(runs[1]) for k in after)
+    assert any(k.startswith(f"micro/{runs[1]}/model/") for k in after)
     for run, batch in zip(runs, (4, 2), strict=True):
         info = tmp_path / "results" / "unlearn" / "micro" / run / "model" / "unlearn_info.json"
         assert json.loads(info.read_text())["batch_size"] == batch

@@ -113,6 +113,8 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "weight_dtype": "bf16",
     "gradient_checkpointing": True,
     "seed": 0,
+    "adam_beta2": 0.999,
+    "packing": "stream",
 }
 # Sections whose values are numbers or lists of numbers: YAML 1.1 (PyYAML) reads `1e-5`
 # (no dot) as the *string* "1e-5", so numeric-looking strings there are converted.
