@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from quantunlearn.study import load_study_file
+
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "tests" / "configs" / "micro.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
@@ -138,7 +140,7 @@ def test_failed_unlearning_leaves_no_model(tmp_path):
     config["unlearn"]["methods"] = {"GA": {"lr": 1e30}}
     bad = tmp_path / "nan.yaml"
     bad.write_text(yaml.safe_dump(config))
-    run = "method~GA/weight_dtype~fp32/lr~1e+30/epochs~1/seed~0"
+    run = load_study_file(bad).runs.query("method == 'GA'").run.item()
     out = snakemake(tmp_path, "--cores", "2", f"results/unlearn/micro/{run}/model", config=bad)
     assert out.returncode != 0
     assert "non-finite loss" in out.stdout + out.stderr
@@ -154,7 +156,7 @@ def test_failed_unlearning_leaves_no_model(tmp_path):
 # ------------------------------------------- issue 12: no input costs finished work; recovery
 
 
-GA_GDR = "method~GA_GDR/weight_dtype~fp32/lr~0.0001/epochs~1/alpha~1/seed~0"
+GA_GDR = load_study_file(MICRO).runs.query("method == 'GA_GDR'").run.item()  # .../train~<hash>
 
 
 def _write_config(folder: Path, name: str, change) -> Path:
@@ -350,8 +352,6 @@ def test_two_batch_sizes_keep_their_own_models_in_one_results_dir(tmp_path):
     """Two configs that differ only in unlearn.batch_size plan disjoint run paths; training the
     second leaves every file of the first as it was (bytes and mtime), and the first study still
     finds its model up to date."""
-    from quantunlearn.study import load_study_file
-
     first = _write_config(tmp_path, "first.yaml", _only_ga_gdr(4))
     second = _write_config(tmp_path, "second.yaml", _only_ga_gdr(2))
     runs = [load_study_file(c).runs.query("method == 'GA_GDR'").run.item() for c in (first, second)]
