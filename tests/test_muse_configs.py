@@ -29,8 +29,11 @@ ALPHA = {
     "news": {"GA_GDR": 1, "GA_KLR": 1, "NPO_GDR": 1, "NPO_KLR": 1},
     "books": {"GA_GDR": 100, "GA_KLR": 2, "NPO_GDR": 300, "NPO_KLR": 2},
 }
+# both papers' bitsandbytes formats: Zhang et al.'s FP4 with fp32 compute, Abitante et al.'s NF4
+# with bf16 compute
 QUANTIZERS = [
-    "none", "rtn_w8", "rtn_w4", "bnb_int8", "bnb_fp4", "bnb_nf4", "gptq_w4g128", "awq_w4g128"
+    "none", "rtn_w8", "rtn_w4", "bnb_int8", "bnb_fp4_fp32", "bnb_nf4_bf16", "gptq_w4g128",
+    "awq_w4g128"
 ]  # fmt: skip
 BASE = ["GA", "GA_GDR", "GA_KLR", "NPO", "NPO_GDR", "NPO_KLR"]
 # unlearning runs: 6 base methods; 4 LoRA methods x 48 (Abitante et al.: 4 ranks x 3 lora_alpha
