@@ -103,16 +103,12 @@ def train_lm(
     adam_beta2: float = 0.98,
     packing: str = "documents",
 ) -> pd.DataFrame:
-    """Causal-LM training: AdamW (0.9, ``adam_beta2``), cosine schedule with warm-up.
+    """Causal-LM training of tokenized ``docs``: AdamW (0.9, ``adam_beta2``), cosine schedule.
 
-    ``docs`` are tokenized documents. ``packing: documents``: every epoch shuffles them and packs
-    them afresh into sequences of at most ``max_len`` tokens. Static packing let the model recall
-    a fact from the documents that happened to share its sequence rather than from the person's
-    name (measured: training loss 0.04 but 25 % zero-shot recall); fresh neighbours every epoch
-    remove that cue, and long mixed sequences teach the positions a 10-shot KnowMem prompt uses.
-    ``packing: stream``: the documents joined into one token stream cut into ``max_len`` chunks
-    once (`stream_chunks`, the HF run_clm recipe of the Twitter study's notebook), the chunks
-    shuffled every epoch.
+    ``packing: documents`` packs the shuffled documents afresh every epoch into sequences of at
+    most ``max_len`` tokens (static packing let the model recall a fact from its sequence's
+    neighbours rather than from the person's name: loss 0.04 but 25 % zero-shot recall);
+    ``stream``: `stream_chunks` once (the Twitter notebook's recipe), shuffled every epoch.
     """
     if not docs:
         raise ValueError("no training documents: is the corpus empty?")

@@ -33,6 +33,10 @@ from quantunlearn.unlearning.methods import Method, Run, get_method
 from quantunlearn.unlearning.objectives import Step
 
 
+#: The study-wide settings unlearn_info.json records (with gradient_checkpointing).
+RECORDED_SETTINGS = ("batch_size", "max_len", "max_grad_norm", "lr_schedule", "warmup_steps")
+
+
 def unlearn(
     target: str,
     forget_corpus,
@@ -79,8 +83,7 @@ def unlearn(
         **state,
         **trainable.info,
         "trained_parameters": sorted(trainable.may_change),
-        **{k: getattr(settings, k) for k in ("batch_size", "max_len", "max_grad_norm")},
-        **{k: getattr(settings, k) for k in ("lr_schedule", "warmup_steps")},
+        **{k: getattr(settings, k) for k in RECORDED_SETTINGS},
         "gradient_checkpointing": settings.gradient_checkpointing,
         "steps": len(log),
         "seconds": round(seconds, 2),
