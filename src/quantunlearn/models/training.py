@@ -105,10 +105,9 @@ def train_lm(
 ) -> pd.DataFrame:
     """Causal-LM training of tokenized ``docs``: AdamW (0.9, ``adam_beta2``), cosine schedule.
 
-    ``packing: documents`` packs the shuffled documents afresh every epoch into sequences of at
-    most ``max_len`` tokens (static packing let the model recall a fact from its sequence's
-    neighbours rather than from the person's name: loss 0.04 but 25 % zero-shot recall);
-    ``stream``: `stream_chunks` once (the Twitter notebook's recipe), shuffled every epoch.
+    ``packing: documents`` packs the shuffled documents afresh every epoch into ``max_len``
+    sequences (static packing let the model recall facts from its sequence's neighbours, not the
+    name); ``stream``: `stream_chunks` once (the Twitter notebook's), shuffled every epoch.
     """
     if not docs:
         raise ValueError("no training documents: is the corpus empty?")

@@ -32,7 +32,6 @@ from quantunlearn.unlearning.hyperparameters import UnlearnSettings, lr_factor
 from quantunlearn.unlearning.methods import Method, Run, get_method
 from quantunlearn.unlearning.objectives import Step
 
-
 #: The study-wide settings unlearn_info.json records (with gradient_checkpointing).
 RECORDED_SETTINGS = ("batch_size", "max_len", "max_grad_norm", "lr_schedule", "warmup_steps")
 
