@@ -45,7 +45,7 @@ class BitsAndBytes(Quantizer):
         "bnb_int8, bnb_nf4, bnb_fp4, or a 4-bit one with its compute dtype: bnb_nf4_bf16, "
         "bnb_fp4_fp32, ... (fp32, bf16, fp16)"
     )
-    EXAMPLE: ClassVar[str] = "bnb_nf4_bf16"
+    EXAMPLE: ClassVar[str] = "bnb_nf4"  # fp32 compute: the contract compares logits at 1e-5
 
     @classmethod
     def parse(cls, name: str) -> BitsAndBytes | None:
@@ -62,8 +62,8 @@ class BitsAndBytes(Quantizer):
                 f"unknown quantizer {name!r}: the compute dtype of {four_bit[1]} is one of "
                 f"{', '.join(COMPUTE_DTYPES)} ({four_bit[1]}_bf16), got {four_bit[2]!r}"
             )
-        if _BNB_BITS_RE.match(name):
-            raise ValueError(f"unknown quantizer {name!r}: {BNB_BITS_MESSAGE}; {cls.SYNTAX}")
+        if _BNB_BITS_RE.fullmatch(name):
+            raise ValueError(f"unknown quantizer {name!r}: {BNB_BITS_MESSAGE}")
         return None
 
     @property
