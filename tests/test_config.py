@@ -1,5 +1,6 @@
 """Config validation at parse time, and the grid of runs."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import yaml
 from quantunlearn.io import config_hash
 from quantunlearn.study import load_study, load_study_file
 from quantunlearn.study.config import ConfigError
+from quantunlearn.study.grid import PLAIN_TRAINING, training_tag, unlearned_here
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "config" / "config.yaml"
@@ -99,7 +101,7 @@ def test_hub_ids_and_local_folders_are_accepted(tmp_path):
 
 def test_cell_hash_ignores_unrelated_config_changes():
     base = load_study(_config())
-    run = "method~GA/weight_dtype~bf16/lr~1e-05/epochs~10/seed~0"
+    run = base.runs[base.runs.method == "GA"].run.iloc[0]
     grown = load_study(
         _config(
             **{"quantizers": ["none", "rtn_w8", "rtn_w3"], "unlearn.methods": {"GA": {}, "NPO": {}}}
@@ -109,8 +111,59 @@ def test_cell_hash_ignores_unrelated_config_changes():
         grown.cell_config("synthetic", run, "none")
     )
     changed = load_study(_config(**{"unlearn.batch_size": 8}))
+    moved = run.split("/train~")[0] + "/train~" + training_tag(changed.config, "bf16")
+    assert moved in set(changed.runs.run)
     assert config_hash(base.cell_config("synthetic", run, "none")) != config_hash(
-        changed.cell_config("synthetic", run, "none")
+        changed.cell_config("synthetic", moved, "none")
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"unlearn.batch_size": 8},
+        {"unlearn.max_len": 32},
+        {"unlearn.max_grad_norm": None},
+        {"unlearn.lr_schedule": "cosine"},
+        {"unlearn.warmup_steps": 20},
+    ],
+)
+def test_a_setting_that_changes_the_weights_changes_every_unlearning_run_path(change):
+    """Two studies that differ only in a training setting write disjoint run folders (the
+    references, which they do not train, are shared)."""
+    base, other = load_study(_config()), load_study(_config(**change))
+    (mine, theirs), (my_refs, their_refs) = (
+        [set(s.runs.run[s.runs.method.map(unlearned_here) == trained]) for s in (base, other)]
+        for trained in (True, False)
+    )
+    assert len(mine) == len(theirs) > 0
+    assert not mine & theirs
+    assert my_refs == their_refs == {"method~target", "method~retrain"}
+
+
+def test_bf16_compute_is_part_of_a_bf16_runs_identity_only():
+    change = {"unlearn.common.weight_dtype": ["bf16", "fp32"]}
+    a = load_study(_config(**change, **{"unlearn.bf16_compute": "emulated"}))
+    b = load_study(_config(**change, **{"unlearn.bf16_compute": "native"}))
+    for dtype, same in (("fp32", True), ("bf16", False)):
+        runs_a = set(a.runs.run[a.runs.weight_dtype == dtype])
+        runs_b = set(b.runs.run[b.runs.weight_dtype == dtype])
+        assert (runs_a == runs_b) is same
+
+
+def test_the_plain_training_settings_keep_plain_run_paths():
+    """At `PLAIN_TRAINING` (the default study's settings when the train~ segment came) a run's
+    path is its method and hyperparameters, as before: those cells keep their config hashes."""
+    study = load_study(_config(**{f"unlearn.{k}": v for k, v in PLAIN_TRAINING.items()}))
+    assert training_tag(study.config, "bf16") is None
+    assert training_tag(study.config, "fp32") is None
+    assert "method~GA/weight_dtype~bf16/lr~1e-05/epochs~10/seed~0" in set(study.runs.run)
+    assert not any("train~" in r for r in study.runs.run)
+    other = load_study(_config(**{"unlearn.batch_size": 2}))
+    tag = training_tag(other.config, "bf16")
+    assert re.fullmatch("[0-9a-f]{8}", tag)
+    assert f"method~GA/weight_dtype~bf16/lr~1e-05/epochs~10/seed~0/train~{tag}" in set(
+        other.runs.run
     )
 
 
@@ -317,11 +370,6 @@ def test_check_command_reports_what_snakemake_cannot(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_give_no_warnings(path):
-    if path.name == "twitter.yaml":  # shipped without its dataset's revision (its comment)
-        config = yaml.safe_load(path.read_text())
-        config["benchmarks"]["twitter"]["twitter"]["revision"] = "0" * 40
-        assert load_study(config).warnings == []
-        return
     assert load_study_file(path).warnings == []
 
 

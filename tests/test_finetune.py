@@ -9,16 +9,44 @@ import torch
 import yaml
 from test_contracts import ROOT
 
+from quantunlearn.data.documents import read_documents, tokenize_documents
 from quantunlearn.data.twitter import prepare_twitter
 from quantunlearn.models.finetune import finetune_reference
 from quantunlearn.models.loading import load_model
+from quantunlearn.models.training import stream_chunks
 from quantunlearn.study import ConfigError, load_study
 
 # max_len 256: every tweet fits one sequence (a tweet one token over max_len leaves a 1-token
 # piece, and a batch of such pieces has no next token to predict)
 SPEC = {"epochs": 2, "lr": 1e-3, "batch_size": 2, "max_len": 256, "warmup_steps": 0,
         "weight_decay": 0.0, "weight_dtype": "fp32", "gradient_checkpointing": True,
-        "seed": 0}  # fmt: skip
+        "seed": 0, "adam_beta2": 0.999, "packing": "stream"}  # fmt: skip
+
+
+def test_stream_chunks_join_the_documents_and_cut_every_max_len_tokens():
+    docs = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    assert stream_chunks(docs, 4) == [[1, 2, 3, 4], [5, 6, 7, 8], [9]]
+    assert stream_chunks(docs, 9) == [[1, 2, 3, 4, 5, 6, 7, 8, 9]]
+    with pytest.raises(ValueError, match="max_len must be >= 1"):
+        stream_chunks(docs, 0)
+
+
+def test_the_notebooks_recipe_trains_on_stream_chunks(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """packing stream (the Twitter notebook): as many steps as ceil(chunks / batch) per epoch,
+    the chunks being the forget + retain1 tweets joined and cut every max_len tokens; packing
+    documents packs whole tweets instead (here: fewer, shorter sequences than max_len 16 cuts)."""
+    spec = {"data": "synthetic", "n_forget": 4, "n_retain": 6, "seed": 0}
+    prepare_twitter(spec, tmp_path / "bench")
+    docs = [d for s in ("forget", "retain") for d in read_documents(tmp_path / "bench" / "raw" /
+            f"{s}.txt")]  # fmt: skip
+    chunks = stream_chunks(tokenize_documents(docs, tiny_tokenizer), 16)
+    stream = {**SPEC, "max_len": 16, "epochs": 1}
+    model = str(tiny_model_dir)
+    info = finetune_reference(
+        "target", tmp_path / "bench", model, model, tmp_path / "s", tmp_path / "s.parquet", stream
+    )
+    assert info["steps"] == -(-len(chunks) // 2)
+    assert len(chunks) > len(docs)  # tweets are longer than 16 tokens: cut across documents
 
 
 @pytest.mark.parametrize("which", ["target", "retrain"])

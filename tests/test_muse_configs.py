@@ -6,6 +6,7 @@ disk use; the MUSE files in ../shared/muse (when present) stand in for the hub d
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import subprocess
@@ -28,8 +29,11 @@ ALPHA = {
     "news": {"GA_GDR": 1, "GA_KLR": 1, "NPO_GDR": 1, "NPO_KLR": 1},
     "books": {"GA_GDR": 100, "GA_KLR": 2, "NPO_GDR": 300, "NPO_KLR": 2},
 }
+# both papers' bitsandbytes formats: Zhang et al.'s FP4 with fp32 compute, Abitante et al.'s NF4
+# with bf16 compute
 QUANTIZERS = [
-    "none", "rtn_w8", "rtn_w4", "bnb_int8", "bnb_fp4", "bnb_nf4", "gptq_w4g128", "awq_w4g128"
+    "none", "rtn_w8", "rtn_w4", "bnb_int8", "bnb_fp4_fp32", "bnb_nf4_bf16", "gptq_w4g128",
+    "awq_w4g128"
 ]  # fmt: skip
 BASE = ["GA", "GA_GDR", "GA_KLR", "NPO", "NPO_GDR", "NPO_KLR"]
 # unlearning runs: 6 base methods; 4 LoRA methods x 48 (Abitante et al.: 4 ranks x 3 lora_alpha
@@ -245,7 +249,7 @@ def test_temp_storage_deletes_unlearned_models_after_their_evaluations(tmp_path)
     path = tmp_path / "temp.yaml"
     path.write_text(yaml.safe_dump(config))
     log = _dry_run(tmp_path, path)
-    run = "method~GA_GDR/weight_dtype~fp32/lr~0.0001/epochs~1/alpha~1/seed~0"
+    run = load_study(config).runs.query("method == 'GA_GDR'").run.item()  # ends in train~<hash>
     assert f"Would remove temporary output results/unlearn/micro/{run}/model" in log
     assert "temp: each deleted once its evaluation cells are done" in log
 
@@ -268,13 +272,24 @@ def test_muse_config_runs_on_a_local_folder_in_the_muse_layout(shared_muse, benc
     assert prompt.count("Question: ") == 11
 
 
-def test_twitter_config_needs_its_revision_and_dry_runs_through_the_slurm_profile(tmp_path):
+def test_twitter_config_names_main_and_dry_runs_through_the_slurm_profile(tmp_path):
+    """config/twitter.yaml as shipped: the dataset at @main (the download step pins the commit),
+    the target fine-tuned as the authors' notebook does, a dry run through the SLURM profile."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
     config = yaml.safe_load((ROOT / "config" / "twitter.yaml").read_text())
+    unpinned = copy.deepcopy(config)
+    unpinned["benchmarks"]["twitter"]["twitter"]["revision"] = None
     with pytest.raises(ValueError, match="benchmarks.twitter.twitter.revision: the hub dataset"):
-        load_study(config)  # shipped without a sha: the hub was unreachable (config comment)
-    config["benchmarks"]["twitter"]["twitter"]["revision"] = "0123456789abcdef" * 2 + "01234567"
+        load_study(unpinned)  # a hub dataset is never loaded without a revision
     study = load_study(config)
+    assert study.hub_dataset("twitter") == (
+        "kanwal-mehreen18/twitter-misinformation-unlearning-eval@main"
+    )
+    finetune = study.benchmark("twitter")["finetune"]
+    assert {k: finetune[k] for k in ("epochs", "batch_size", "lr", "warmup_steps",
+            "weight_decay", "adam_beta2", "packing", "max_len")} == {
+        "epochs": 5, "batch_size": 3, "lr": 1e-5, "warmup_steps": 0, "weight_decay": 0.0,
+        "adam_beta2": 0.999, "packing": "stream", "max_len": 2048}  # fmt: skip
     every = study.runs[~study.runs.method.isin(["target", "retrain"])]
     # Mishra and Mehreen Table III: GA_GDR alpha 5, GA_GDR + hinge alpha 5 gamma 8
     assert set(zip(every.method, every.alpha, every.quail_gamma.fillna(0), strict=True)) == {

@@ -50,6 +50,31 @@ def test_grids_and_degenerate_tensors():
         grid_of([t(1.0)], 0)
 
 
+def test_the_symmetric_reading_of_section_five_a():
+    """[-1, 0.5, 0.25] at 2 bits: eq. 2's min-max range [-1, 0.5] has Delta 0.375 and puts
+    0.25 at -1 + round(3.33) x 0.375 = 0.125; the symmetric range [-1, 1] has Delta 0.5 and puts
+    it at -1 + round(2.5) x 0.5 = 0.5 (halves up)."""
+    w = t(-1.0, 0.5, 0.25)
+    assert grid_of([w], 2) == Grid(-1.0, 0.5, 2)
+    assert grid_of([w], 2, symmetric=True) == Grid(-1.0, 1.0, 2)
+    assert quantize(w, grid_of([w], 2))[1].tolist() == [-1.0, 0.5, 0.125]
+    assert quantize(w, grid_of([w], 2, symmetric=True))[1].tolist() == [-1.0, 0.5, 0.5]
+    assert grid_of([t(0.5, 2.0), t(-3.0, 1.0)], 4, symmetric=True) == Grid(-3.0, 3.0, 4)
+    sym = parse_quantizer("quail_w4_tensor_sym")
+    assert (sym.bits, sym.granularity, sym.symmetric) == (4, "tensor", True)
+    assert not parse_quantizer("quail_w4").symmetric and parse_quantizer("quail_w8_sym").symmetric
+
+
+def test_symmetric_quantizer_uses_the_symmetric_global_range(tiny_model_dir):
+    plain = quantizable_linears(load_model(str(tiny_model_dir)).requires_grad_(False))
+    top = max(float(m.weight.abs().max()) for m in plain.values())
+    model = parse_quantizer("quail_w3_sym").load(str(tiny_model_dir))
+    for key, module in quantizable_linears(model).items():
+        w, step = plain[key].weight.double(), 2 * top / 8
+        expected = torch.floor((w + top) / step + 0.5) * step - top
+        torch.testing.assert_close(module.weight.double(), expected.float().double())
+
+
 REF = {"a": t(0.0, 0.25, 0.625, 1.0), "b": t(2.0, 2.0, 2.0, 2.0), "ids": torch.arange(4)}
 NEW = {"a": t(0.0625, 0.25, 1.125, 1.0), "b": t(2.0, 2.0, 2.0, 2.5), "ids": torch.arange(4)}
 

@@ -437,6 +437,24 @@ def test_bf16_compute_and_generation(tiny_model_dir, tiny_tokenizer, batch):
         spec.load(tiny_model_dir, compute_dtype="fp64")
 
 
+def test_a_bnb_name_can_fix_its_compute_dtype(tiny_model_dir, batch):
+    """bnb_nf4_bf16 computes in bf16 whatever the study-wide bnb_compute_dtype says (Abitante et
+    al.'s format beside Zhang et al.'s FP4 with fp32); a bare bnb_nf4 still takes the study's."""
+    named = parse_quantizer("bnb_nf4_bf16")
+    assert (named.bnb_type, named.bits, named.compute_dtype) == ("nf4", 4, "bf16")
+    assert not named.uses_compute_dtype and parse_quantizer("bnb_nf4").uses_compute_dtype
+    assert parse_quantizer("bnb_fp4_fp32").compute_dtype == "fp32"
+    bare = parse_quantizer("bnb_nf4").load(tiny_model_dir, compute_dtype="bf16")
+    fixed = named.load(tiny_model_dir, compute_dtype="fp32")  # the name wins
+    assert torch.equal(_logits(bare, batch), _logits(fixed, batch))
+    assert not torch.equal(
+        _logits(parse_quantizer("bnb_nf4_fp32").load(tiny_model_dir), batch), _logits(fixed, batch)
+    )
+    for bad in ("bnb_nf4_fp64", "bnb_int8_bf16", "bnb_nf4bf16"):
+        with pytest.raises(ValueError, match="unknown quantizer"):
+            parse_quantizer(bad)
+
+
 def test_int8_forward_does_not_spam_cast_warning(tiny_model_dir, batch, caplog):
     model = parse_quantizer("bnb_int8").load(tiny_model_dir)
     with caplog.at_level("WARNING"):

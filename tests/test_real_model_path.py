@@ -30,12 +30,14 @@ from quantunlearn.data.documents import read_documents
 from quantunlearn.data.muse import BENCHMARK_FILES, write_documents, write_json_file
 from quantunlearn.data.utility import write_utility_fixture
 from quantunlearn.reports.audit import VERDICTS
+from quantunlearn.study import load_study_file
 from quantunlearn.unlearning.loop import unlearn
 
 ROOT = Path(__file__).resolve().parents[1]
 N_ITEMS = 4  # items of each MUSE evaluation file
 N_DOCS = 24  # paragraphs of each raw corpus
-RUN = (
+#: the unlearning run's path (batch 4, max_len 64 and the config's bf16_compute: a train~ hash)
+RUN_PREFIX = (
     "method~NPO_GDR/weight_dtype~bf16/lr~0.0001/epochs~1/alpha~1/beta~0.1/npo_klr_form~paper/seed~0"
 )
 
@@ -151,6 +153,8 @@ def _snakemake(world, *args):
 @pytest.mark.muse
 def test_muse_news_micro_runs_end_to_end_offline(world):
     root, commits = world["root"], world["commits"]
+    run_path = load_study_file(world["config"]).runs.query("method == 'NPO_GDR'").run.item()
+    assert run_path.startswith(RUN_PREFIX + "/train~")
     plan = _snakemake(world, "-n", "download_inputs")
     assert plan.returncode == 0, plan.stderr[-3000:]
     assert "hub inputs: 5 (0 pinned already)" in plan.stderr
@@ -163,7 +167,7 @@ def test_muse_news_micro_runs_end_to_end_offline(world):
     for pin in (results / "inputs").rglob("*.json"):
         record = json.loads(pin.read_text())
         assert record["commit"] == commits[record["repo_id"]], record
-    check_metric_rows(results, commits)
+    check_metric_rows(results, commits, run_path)
     check_privleak_recomputes(results)
     check_tables(results)
     check_audit(results)
@@ -173,7 +177,7 @@ def test_muse_news_micro_runs_end_to_end_offline(world):
     page = (root / "report.html").read_text(errors="replace")
     assert "audit_news_npo.md" in page and "provenance.md" in page
     # the unlearned model's tokenizer is the target's own files (F2), its info has the pins
-    model = results / "unlearn" / "news" / RUN / "model"
+    model = results / "unlearn" / "news" / run_path / "model"
     info = json.loads((model / "unlearn_info.json").read_text())
     assert info["inputs"]["target"]["commit"] == commits["muse-bench/MUSE-News_target"]
     assert info["gradient_checkpointing"] is True and info["weight_dtype"] == "bf16"
@@ -183,7 +187,7 @@ def test_muse_news_micro_runs_end_to_end_offline(world):
         assert (model / name).read_bytes() == (tokenizer / name).read_bytes(), name
 
 
-def check_metric_rows(results: Path, commits: dict) -> None:
+def check_metric_rows(results: Path, commits: dict, run: str) -> None:
     """Every metrics row: the model, tokenizer, target, retrain and benchmark revisions, the
     code's git commit and the package versions."""
     files = sorted((results / "metrics" / "news").rglob("*.parquet"))
@@ -197,7 +201,7 @@ def check_metric_rows(results: Path, commits: dict) -> None:
     by_run = rows.groupby("run")["model_commit"].first()
     assert by_run["method~target"] == commits["muse-bench/MUSE-News_target"]
     assert by_run["method~external/checkpoint~npo"] == commits["example-org/NPO-MUSE-News-micro"]
-    assert pd.isna(by_run[RUN])  # this workflow's own model: a local folder, no commit
+    assert pd.isna(by_run[run])  # this workflow's own model: a local folder, no commit
     head = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()

@@ -18,6 +18,7 @@ import yaml
 from quantunlearn.io import config_hash
 from quantunlearn.study import load_study, load_study_file
 from quantunlearn.study.config import ConfigError
+from quantunlearn.study.grid import training_tag
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = ROOT / "config" / "rwku_synthetic.yaml"
@@ -192,7 +193,8 @@ def test_real_rwku_dry_run_through_the_slurm_profile(tmp_path):
     assert all(r["gpu"] == "1" and r["mem_mb"] == "48000" for r in _resources(log, "evaluate"))
     runs = set(re.findall(r"results/rwku/unlearn/rwku/(method~\w+/\S+?/subject~\d+)/model", log))
     assert len(runs) == 300
-    assert "method~GA/weight_dtype~fp32/lr~6e-08/epochs~3/seed~0/subject~100" in runs
+    tag = training_tag(load_study_file(REAL).config, "fp32")  # RWKU's batch, cutoff and schedule
+    assert f"method~GA/weight_dtype~fp32/lr~6e-08/epochs~3/seed~0/train~{tag}/subject~100" in runs
     assert "results/rwku/tables/table7.md" in log
     assert "disk (rwku): 300 unlearned models x 32.1 GB (8.03B parameters)" in log
 
@@ -235,7 +237,8 @@ def test_micro_embedded_rwku_study_runs_end_to_end(tmp_path):
     records = pd.read_parquet(results / "records" / "micro_rwku" / "method~target" / "none.parquet")
     assert set(records.metric) == {*columns, "mia_forget", "mia_retain"}
     assert set(records.target.dropna()) and set(records.subject.dropna()) == {1, 2}
-    run = "method~RT/weight_dtype~fp32/lr~0.0001/epochs~1/seed~0/subject~2"
+    study = load_study_file(MICRO)
+    run = study.runs.query("method == 'RT' and subject == 2").run.item()
     cell = pd.read_parquet(results / "metrics" / "micro_rwku" / run / "rtn_w4.parquet")
     assert (cell.n_targets == 1).all() and (cell.subject == 2).all()
     assert not (results / "models" / "micro_rwku" / "retrain").exists()

@@ -115,3 +115,44 @@ def test_make_mitigation_tables_from_metric_files(tmp_path):
     grid = pd.read_parquet(out / "grid.parquet")
     # GA_GDR (50) is over the threshold 40 but is its group's only run: selected, flagged
     assert set(grid.loc[grid.selected, "run"]) == {"base", "sure"}
+
+
+def _cell_files(rows, folder):
+    from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS
+
+    files = []
+    for i, (bench, method, dtype, run, quant, kf, kr) in enumerate(rows):
+        hyper = dict.fromkeys(BASE_HYPER_COLUMNS)
+        if method != "target":
+            hyper.update(weight_dtype=dtype, lr=1e-4, epochs=10, alpha=1.0, seed=0)
+        extra = {"lora_rank": 16, "lora_alpha": 32.0} if method.endswith("LORA") else {}
+        frame_rows = [
+            {"benchmark": bench, "run": run, "method": method, "quant": quant, **hyper, **extra,
+             "metric": m, "value": float(v), "n": 10, "config_hash": "h", "versions": "{}"}
+            for m, v in (("knowmem_f", kf), ("knowmem_r", kr), ("verbmem_f", kf / 2),
+                         ("privleak", -50.0))
+        ]  # fmt: skip
+        path = folder / f"cell{i}.parquet"
+        pd.DataFrame(frame_rows).to_parquet(path)
+        files.append(path)
+    return files
+
+
+def test_the_lora_table_shows_abitante_et_als_4_bit_format(tmp_path):
+    """Where the study holds bnb_nf4_bf16 (NF4 with bf16 compute), table_lora's "4 bit" rows are
+    that quantizer's cells, while the other tables keep selection.low_bit_quantizer (RTN)."""
+    quants = ("none", "rtn_w4g128", "bnb_nf4_bf16")
+    values = {"none": (50, 70), "rtn_w4g128": (58, 65), "bnb_nf4_bf16": (61, 64)}
+    rows = [("s", "target", None, "method~target", q, 74, 66) for q in quants]
+    for method, run in (("GA_GDR", "base"), ("GA_GDR_LORA", "lora")):
+        rows += [("s", method, "fp32", run, q, *values[q]) for q in quants]
+    out = tmp_path / "tables"
+    sel = {"rule": "max_knowmem_r_under_forget_threshold", "threshold": 100.0}
+    sel |= {"forget_metric": "knowmem_f", "utility_metric": "knowmem_r"}
+    make_mitigation_tables(_cell_files(rows, tmp_path), out, list(quants), sel, "rtn_w4g128")
+    lora = pd.read_parquet(out / "table_lora.parquet")
+    four = lora[lora.precision == "4 bit"]
+    assert set(four.quant) == {"bnb_nf4_bf16"} and set(four.knowmem_f) == {61}
+    assert "'4 bit' is bnb_nf4_bf16" in (out / "table_lora.md").read_text()
+    summary = pd.read_parquet(out / "summary.parquet")
+    assert set(summary.d_knowmem_f.dropna()) == {8.0, 0.0}  # RTN: 58 - 50; the target 74 - 74

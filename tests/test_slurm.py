@@ -25,6 +25,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from quantunlearn.study import load_study_file
+
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "tests" / "configs" / "slurm.yaml"
 SLURM_DIR = ROOT / "tests" / "slurm"
@@ -42,7 +44,11 @@ CI_OVERRIDES = [
     "--jobs",
     "4",
 ]
-GA_GDR = "method~GA_GDR/weight_dtype~fp32/lr~0.0001/epochs~1/alpha~1/seed~0"
+GA_GDR = (
+    load_study_file(ROOT / "tests" / "configs" / "slurm.yaml")
+    .runs.query("method == 'GA_GDR'")
+    .run.item()
+)  # the slurm config's batch 4: .../seed~0/train~<hash>
 
 pytestmark = pytest.mark.slurm
 

@@ -22,6 +22,7 @@ from quantunlearn.reports.table1 import (
     make_table1,
     plot_retention,
     retention_summary,
+    table1_markdown,
     write_table,
 )
 from quantunlearn.unlearning.hyperparameters import HYPER_COLUMNS
@@ -359,7 +360,18 @@ def test_write_table_files(tmp_path, table):
     assert body[0] == "| Target | 40.0 | 80.0 | 0.0 | 1000.0 |"
     assert body[7] == "| GA_GDR [bf16, lr 1e-05, α 1] + rtn_w8 | 3.0 | 10.0 | -211.0 | 1211.0 |"
     assert "Retrain + rtn_w4g128" in body[5]
-    assert f"`{HASH}`: 18 rows" in md
+    # 6 runs (target, retrain, 2 methods x 2 dtypes) x 3 quantizers, no train~ segment
+    assert (
+        "- news: 18 cells, 6 runs x 3 quantizers; unlearning runs' training settings: the "
+        "default study's" in md
+    )
+    assert "config hash `" not in md  # not one line per hash
+
+
+def test_table1_names_the_training_settings_of_its_runs(table):
+    tagged = table.assign(run=[r + "/train~0123abcd" if "GA_GDR" in r else r for r in table["run"]])
+    md = table1_markdown(tagged, "t")
+    assert "training settings: `train~0123abcd`, the default study's" in md
 
 
 # --------------------------------------------------------------------------- retention

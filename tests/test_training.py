@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -266,3 +267,53 @@ def test_retain_ce_of_a_uniform_model_is_ln_vocabulary(tiny_tokenizer):
         math.log(vocab), abs=1e-5
     )
     assert retain_ce(model, [], tiny_tokenizer.pad_token_id, 1) is None
+
+
+def test_lr_factor_by_hand_and_as_the_hf_trainer_computes_it():
+    """Cosine after 20 warm-up steps of 120 (RWKU's schedule): 0 at step 0, 0.5 at step 10, 1 at
+    step 20, 0.5 (cos(pi/2) = 0) half-way through the decay at step 70, 0 at the end; constant
+    after a warm-up of 10: 0.5 at step 5, then 1. transformers' own schedules agree everywhere."""
+    from transformers.optimization import (
+        _get_constant_schedule_with_warmup_lr_lambda as hf_constant,
+    )
+    from transformers.optimization import _get_cosine_schedule_with_warmup_lr_lambda as hf_cosine
+
+    from quantunlearn.unlearning.hyperparameters import UnlearnSettings, lr_factor
+
+    by_hand = {0: 0.0, 10: 0.5, 20: 1.0, 70: 0.5, 120: 0.0}
+    for step, want in by_hand.items():
+        assert lr_factor("cosine", 20, 120, step) == pytest.approx(want, abs=1e-12)
+    assert lr_factor("constant", 10, 100, 5) == 0.5 and lr_factor("constant", 10, 100, 50) == 1
+    assert all(lr_factor("constant", 0, 9, s) == 1.0 for s in range(9))
+    for step in range(121):
+        hf = hf_cosine(step, num_warmup_steps=20, num_training_steps=120, num_cycles=0.5)
+        assert lr_factor("cosine", 20, 120, step) == pytest.approx(hf, abs=1e-12)
+        assert lr_factor("constant", 20, 120, step) == hf_constant(step, num_warmup_steps=20)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        UnlearnSettings(lr_schedule="linear")
+    with pytest.raises(ValueError, match="warmup_steps"):
+        UnlearnSettings(warmup_steps=-1)
+
+
+def test_the_loop_follows_the_schedule(tiny_model_dir, corpora, tmp_path):
+    """Every optimizer step's lr (the training log) is lr x lr_factor at that step; the constant
+    default logs lr throughout."""
+    from quantunlearn.unlearning.hyperparameters import lr_factor
+
+    forget, retain = corpora
+    logs = {}
+    for schedule, warmup in (("cosine", 2), ("constant", 0)):
+        info = unlearn(
+            str(tiny_model_dir), forget, retain, tmp_path / schedule, tmp_path / f"{schedule}.pq",
+            method="GA_GDR", hyperparameters=dict(weight_dtype="fp32", lr=1e-3, epochs=3, alpha=1),
+            settings=dict(batch_size=1, max_len=64, lr_schedule=schedule, warmup_steps=warmup),
+        )  # fmt: skip
+        assert (info["lr_schedule"], info["warmup_steps"]) == (schedule, warmup)
+        logs[schedule] = pd.read_parquet(tmp_path / f"{schedule}.pq")
+    cosine = logs["cosine"]
+    total = len(cosine)
+    assert total >= 4
+    want = [1e-3 * lr_factor("cosine", 2, total, s) for s in range(total)]
+    assert cosine["lr"].tolist() == pytest.approx(want)
+    assert cosine["lr"].iloc[0] == 0.0 and cosine["lr"].iloc[2] == pytest.approx(1e-3)
+    assert (logs["constant"]["lr"] == 1e-3).all()

@@ -51,7 +51,7 @@ def test_fixture_round_trip_in_the_hub_layout(tmp_path):
 
 
 def test_loader_errors_name_the_problem(tmp_path):
-    with pytest.raises(ValueError, match="needs a pinned revision"):
+    with pytest.raises(ValueError, match=r"needs a revision \(commit or branch\)"):
         load_twitter("kanwal-mehreen18/twitter-misinformation-unlearning-eval")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"no parquet file for split\(s\) \['forget'"):
@@ -145,7 +145,7 @@ def test_config_takes_the_twitter_kind():
     assert study.benchmark("tw")["twitter"] == spec
     assert study.twitter_benchmarks == ["tw"]
     with pytest.raises(ConfigError, match=r"benchmarks.tw.twitter.revision: the hub dataset .* "
-                       "needs a pinned revision"):  # fmt: skip
+                       "needs a revision: a 40-hex commit, or a branch"):  # fmt: skip
         load_study(twitter_config(data="kanwal-mehreen18/twitter-misinformation-unlearning-eval"))
     with pytest.raises(ConfigError, match="benchmarks.tw.twitter.data: no folder 'nowhere'"):
         load_study(twitter_config(data="nowhere"))

@@ -123,21 +123,59 @@ def test_seeds_mmlu_picks_the_most_likely_next_letter(tiny_model, tiny_tokenizer
     assert value == sum(r["score"] for r in records) / 2
 
 
-def test_seeds_truthfulqa_mc1_compares_the_first_true_choice_with_every_false_one(
-    tiny_model, tiny_tokenizer
-):
-    choices = ["It may break.", "It sings.", "It flies."]
-    rows = [{"question": "What happens if you drop glass?",
-             "mc1_targets": {"choices": choices, "labels": [1, 0, 0]}}]  # fmt: skip
+def test_mc2_is_the_normalized_probability_mass_of_the_true_choices():
+    """Hand-computed: probabilities 0.5, 0.3, 0.2 with the first two true give 0.8; log-
+    likelihoods -1, -2, -3 with the middle one true give e^-2 / (e^-1 + e^-2 + e^-3) =
+    0.135335 / 0.553001 = 0.244728; -1000 and -1001 (exp underflows to 0) give 1 / (1 + e^-1)
+    = 0.731059."""
+    row = {"choices": ["a", "b", "c"], "labels": [1, 1, 0]}
+    scores = {"a": math.log(0.5), "b": math.log(0.3), "c": math.log(0.2)}
+    assert utility.mc2_mass(scores, row) == pytest.approx(0.8)
+    row = {"choices": ["a", "b", "c"], "labels": [0, 1, 0]}
+    assert utility.mc2_mass({"a": -1.0, "b": -2.0, "c": -3.0}, row) == pytest.approx(
+        0.244728, abs=1e-6
+    )
+    row = {"choices": ["a", "b"], "labels": [1, 0]}
+    assert utility.mc2_mass({"a": -1000.0, "b": -1001.0}, row) == pytest.approx(0.731059, 1e-6)
+    # MC1 on the same scores: the first true choice must beat every false one strictly
+    assert utility.mc1_correct({"a": -1000.0, "b": -1001.0}, row)
+    assert not utility.mc1_correct({"a": -2.0, "b": -2.0}, row)
+
+
+def test_seeds_truthfulqa_is_mc2_times_100_and_records_mc1(tiny_model, tiny_tokenizer):
+    """Tru = mean MC2 x 100 over the rows, each row's MC2 recomputed here from the model's
+    log-likelihoods of its mc2 choices; MC1 from its mc1 choices (a subset, as in TruthfulQA)."""
+    rows = [
+        {"question": "What happens if you drop glass?",
+         "mc1_targets": {"choices": ["It may break.", "It sings."], "labels": [1, 0]},
+         "mc2_targets": {"choices": ["It may break.", "It can shatter.", "It sings."],
+                         "labels": [1, 1, 0]}},
+        {"question": "Can pigs fly?",
+         "mc1_targets": {"choices": ["No.", "Yes.", "Often."], "labels": [1, 0, 0]},
+         "mc2_targets": {"choices": ["No.", "Yes.", "Often."], "labels": [1, 0, 0]}},
+    ]  # fmt: skip
     value, records = utility.truthfulqa_rwku(
         tiny_model, tiny_tokenizer, rows, {"batch_size": 4, "max_length": 512}
     )
-    prompt = utility.truthfulqa_rwku_prompt(tiny_tokenizer, rows[0]["question"])
-    scores = continuation_logprobs(
-        tiny_model, tiny_tokenizer, [(prompt, " " + c) for c in choices], whole=True
-    )
-    assert value == 100.0 * (scores[0] > max(scores[1:]))
-    assert records[0]["output"] == choices[max(range(3), key=scores.__getitem__)]
+    mc2s = []
+    for row, record in zip(rows, records, strict=True):
+        prompt = utility.truthfulqa_rwku_prompt(tiny_tokenizer, row["question"])
+        choices = row["mc2_targets"]["choices"]
+        logps = continuation_logprobs(
+            tiny_model, tiny_tokenizer, [(prompt, " " + c) for c in choices], whole=True
+        )
+        probs = [math.exp(lp) for lp in logps]
+        true = sum(p for p, y in zip(probs, row["mc2_targets"]["labels"], strict=True) if y)
+        mc2s.append(true / sum(probs))
+        assert record["mc2"] == pytest.approx(mc2s[-1], rel=1e-6)
+        by = dict(zip(choices, logps, strict=True))
+        mc1 = by[row["mc1_targets"]["choices"][0]] > max(
+            by[c] for c in row["mc1_targets"]["choices"][1:]
+        )
+        assert record["mc1"] == float(mc1)
+        assert record["output"] == max(row["mc1_targets"]["choices"], key=by.__getitem__)
+    assert 0 < mc2s[0] < 1 and 0 < mc2s[1] < 1
+    assert value == pytest.approx(100.0 * sum(mc2s) / 2, rel=1e-6)
 
 
 def test_full_mmlu_and_truthfulqa_through_lm_eval(tiny_model, tiny_tokenizer, tmp_path):

@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from quantunlearn.study import load_study_file
+
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "tests" / "configs" / "micro.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
@@ -138,7 +140,7 @@ def test_failed_unlearning_leaves_no_model(tmp_path):
     config["unlearn"]["methods"] = {"GA": {"lr": 1e30}}
     bad = tmp_path / "nan.yaml"
     bad.write_text(yaml.safe_dump(config))
-    run = "method~GA/weight_dtype~fp32/lr~1e+30/epochs~1/seed~0"
+    run = load_study_file(bad).runs.query("method == 'GA'").run.item()
     out = snakemake(tmp_path, "--cores", "2", f"results/unlearn/micro/{run}/model", config=bad)
     assert out.returncode != 0
     assert "non-finite loss" in out.stdout + out.stderr
@@ -154,7 +156,7 @@ def test_failed_unlearning_leaves_no_model(tmp_path):
 # ------------------------------------------- issue 12: no input costs finished work; recovery
 
 
-GA_GDR = "method~GA_GDR/weight_dtype~fp32/lr~0.0001/epochs~1/alpha~1/seed~0"
+GA_GDR = load_study_file(MICRO).runs.query("method == 'GA_GDR'").run.item()  # .../train~<hash>
 
 
 def _write_config(folder: Path, name: str, change) -> Path:
@@ -330,3 +332,43 @@ def test_recovery_after_snakemake_itself_is_killed(tmp_path):
     assert not [p for p in (tmp_path / "results").rglob("*") if ".tmp-" in p.name]
     plan = snakemake(tmp_path, "-n", model, config=MICRO)
     assert "Nothing to be done" in plan.stdout + plan.stderr
+
+
+# ------------------------------------------------ issue 21: the training settings are identity
+
+
+def _only_ga_gdr(batch_size: int):
+    def change(config):
+        config["unlearn"]["methods"] = {"GA_GDR": {}}
+        config["unlearn"]["batch_size"] = batch_size
+        config["quantizers"] = ["none"]
+        config["tables_dir"] = f"results/tables/batch{batch_size}"
+
+    return change
+
+
+@pytest.mark.slow
+def test_two_batch_sizes_keep_their_own_models_in_one_results_dir(tmp_path):
+    """Two configs that differ only in unlearn.batch_size plan disjoint run paths; training the
+    second leaves every file of the first as it was (bytes and mtime), and the first study still
+    finds its model up to date."""
+    first = _write_config(tmp_path, "first.yaml", _only_ga_gdr(4))
+    second = _write_config(tmp_path, "second.yaml", _only_ga_gdr(2))
+    runs = [load_study_file(c).runs.query("method == 'GA_GDR'").run.item() for c in (first, second)]
+    assert runs[0] != runs[1] and all("/train~" in r for r in runs)
+    models = [f"results/unlearn/micro/{run}/model" for run in runs]
+    out = snakemake(tmp_path, "--cores", "2", models[0], config=first)
+    assert out.returncode == 0, out.stderr[-3000:]
+    before = _snapshot(tmp_path / "results" / "unlearn")
+    assert before
+    out = snakemake(tmp_path, "--cores", "2", models[1], config=second)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Params have changed" not in out.stdout + out.stderr
+    after = _snapshot(tmp_path / "results" / "unlearn")
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert any(k.startswith(f"micro/{runs[1]}/model/") for k in after)
+    for run, batch in zip(runs, (4, 2), strict=True):
+        info = tmp_path / "results" / "unlearn" / "micro" / run / "model" / "unlearn_info.json"
+        assert json.loads(info.read_text())["batch_size"] == batch
+    plan = snakemake(tmp_path, "-n", models[0], config=first)
+    assert "Nothing to be done" in plan.stdout + plan.stderr, plan.stdout[-2000:]

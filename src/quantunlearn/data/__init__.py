@@ -281,8 +281,9 @@ def _twitter_problems(entry: dict) -> list[tuple[str, str]]:
         return [("twitter.data", f"no folder {data!r} (nor a hub id, nor synthetic)")]
     if not spec["revision"]:
         return [
-            ("twitter.revision", f"the hub dataset {data} needs a pinned revision (a commit "
-             "sha), so that the study's data cannot change under it")
+            ("twitter.revision", f"the hub dataset {data} needs a revision: a 40-hex commit, "
+             "or a branch such as main that the download step resolves once and pins (every "
+             "metrics row records the commit), so that the study's data cannot change under it")
         ]  # fmt: skip
     return []
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from quantunlearn.data.muse import LAYOUT_VERSION, load_benchmark, write_documents, write_json_file
-from quantunlearn.data.provenance import is_hub_spec
+from quantunlearn.data.provenance import is_hub_spec, snapshot_commit
 from quantunlearn.data.synthetic import SyntheticError
 from quantunlearn.io import atomic_dir
 
@@ -90,7 +90,8 @@ def split_files(folder: str | Path) -> dict[str, list[str]]:
 def load_twitter(source: str | Path, revision: str | None = None) -> dict[str, list[dict]]:
     """The three splits as {split: [{"text", "label"}]}: from a local folder (``{split}.parquet``
     or the hub layout ``data/{split}-00000-of-00001.parquet``) or from the hub, which needs
-    ``revision`` (a commit sha: a dataset that can change under a study is not loaded unpinned).
+    ``revision`` (a commit, or a branch; in a study the download step resolves it and passes
+    the pinned snapshot folder instead).
     The schema is checked (`check_rows`)."""
     import datasets
 
@@ -99,7 +100,7 @@ def load_twitter(source: str | Path, revision: str | None = None) -> dict[str, l
         data = datasets.load_dataset("parquet", data_files=split_files(folder))
     else:
         if not revision:
-            raise ValueError(f"loading {source} from the hub needs a pinned revision (commit sha)")
+            raise ValueError(f"loading {source} from the hub needs a revision (commit or branch)")
         data = datasets.load_dataset(str(source), revision=revision)
     missing = [s for s in SPLITS if s not in data]
     if missing:
@@ -276,5 +277,6 @@ def prepare_twitter(spec: dict, out_dir: str | Path, snapshot: str | None = None
         meta = {"benchmark": "twitter", "data": "synthetic", "seed": spec["seed"]}
     else:
         rows = load_twitter(snapshot or data, spec.get("revision"))
-        meta = {"benchmark": "twitter", "data": str(data), "revision": spec.get("revision")}
+        meta = {"benchmark": "twitter", "data": str(data), "revision": spec.get("revision"),
+                "commit": snapshot_commit(snapshot)}  # fmt: skip  # what a branch resolved to
     write_twitter_benchmark(rows, out_dir, meta)

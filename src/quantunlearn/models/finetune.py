@@ -5,10 +5,13 @@ Mishra and Mehreen (QUAIL, section VII-A; their public notebook, repository
 himans-iitk/CS534L_Project) fine-tune Llama-2-7B on the forget and retain1 tweets (5 epochs,
 batch 3, lr 1e-5, 2048-token sequences) and unlearn from that target; their fine-tuned model is not
 public. The retrain model (retain only) is PrivLeak's reference. The benchmark's ``finetune``
-section holds the settings (defaults: the notebook's); training is the project's causal-LM loop
-(`quantunlearn.models.training.train_lm`: AdamW (0.9, 0.98), cosine schedule after
-``warmup_steps``, gradient clipping at 1) on the benchmark's raw documents, packed per epoch into
-``max_len``-token sequences.
+section holds the settings (defaults: the notebook's, a Hugging Face Trainer run_clm recipe):
+AdamW (0.9, 0.999) with weight decay 0, a cosine schedule with no warm-up, 5 epochs of batch 3 at
+lr 1e-5, the forget and retain1 tweets joined into one token stream cut into 2,048-token chunks
+(``packing: stream``). Training is the project's causal-LM loop
+(`quantunlearn.models.training.train_lm`, gradient clipping at 1 as the Trainer's default) on the
+benchmark's raw documents; ``packing: documents`` packs whole documents afresh every epoch
+instead, as the tiny models are trained.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def finetune_reference(
         model, tokenize_documents(docs, tok), tok.pad_token_id, max_len=spec["max_len"],
         epochs=spec["epochs"], lr=spec["lr"], batch_size=spec["batch_size"],
         warmup_steps=spec["warmup_steps"], weight_decay=spec["weight_decay"], seed=spec["seed"],
-        desc=f"fine-tune {which}",
+        desc=f"fine-tune {which}", adam_beta2=spec["adam_beta2"], packing=spec["packing"],
     )  # fmt: skip
     if spec["gradient_checkpointing"]:
         set_checkpointing(model, False)

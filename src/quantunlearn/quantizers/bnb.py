@@ -2,9 +2,13 @@
 (QLoRA's 4-bit types, Dettmers et al. 2023), quantized at load time through transformers.
 
 lm_head and the embeddings stay in fp32. 4-bit uses blocks of 64, no double quantization and
-``bnb_4bit_compute_dtype`` = the config's ``bnb_compute_dtype`` (Zhang et al.: FP4 with fp32
-compute; Abitante et al.: NF4 with bf16); int8 is LLM.int8 with its default outlier threshold 6.0
-(activations cast to fp16 and quantized to int8 per row; the compute dtype does not apply).
+``bnb_4bit_compute_dtype`` = the dtype the name ends in (``bnb_nf4_bf16``, ``bnb_fp4_fp32``,
+``_fp16``), or, for a bare ``bnb_nf4`` / ``bnb_fp4``, the config's study-wide
+``bnb_compute_dtype`` (default fp32). So one study holds both papers' formats: Zhang et al.'s FP4
+with fp32 compute (``bnb_fp4_fp32``) and Abitante et al.'s NF4 with bf16 compute
+(``bnb_nf4_bf16``, "Quantization-Robust LLM Unlearning via Low-Rank Adaptation"). int8 is
+LLM.int8 with its default outlier threshold 6.0 (activations cast to fp16 and quantized to int8
+per row; the compute dtype does not apply).
 
 bitsandbytes 0.50 on CPUs with AVX512-BF16 repacks 4-bit weights in place on the first forward
 (absmax rounded to bf16, another layout), which breaks ``dequantize_4bit`` and
@@ -33,20 +37,40 @@ COMPUTE_DTYPES = ("fp32", "bf16", "fp16")
 @dataclass(frozen=True)
 class BitsAndBytes(Quantizer):
     bnb_type: str = "nf4"  # "int8" | "nf4" | "fp4"
+    #: the 4-bit compute dtype the name fixes (bnb_nf4_bf16); None: the study's bnb_compute_dtype
+    compute_dtype: str | None = None
 
-    PATTERN: ClassVar[str] = r"bnb_(int8|nf4|fp4)"
-    SYNTAX: ClassVar[str] = "bnb_int8, bnb_nf4, bnb_fp4"
-    EXAMPLE: ClassVar[str] = "bnb_nf4"
-    uses_compute_dtype: ClassVar[bool] = True
+    PATTERN: ClassVar[str] = r"bnb_(int8|(nf4|fp4)(_(fp32|bf16|fp16))?)"
+    SYNTAX: ClassVar[str] = (
+        "bnb_int8, bnb_nf4, bnb_fp4, or a 4-bit one with its compute dtype: bnb_nf4_bf16, "
+        "bnb_fp4_fp32, ... (fp32, bf16, fp16)"
+    )
+    EXAMPLE: ClassVar[str] = "bnb_nf4"  # fp32 compute: the contract compares logits at 1e-5
 
     @classmethod
     def parse(cls, name: str) -> BitsAndBytes | None:
-        if name in BNB_TYPES:
-            bnb_type, bits = BNB_TYPES[name]
-            return cls(name, bits, bnb_type=bnb_type)
+        base, dtype = name, ""
+        for suffix in COMPUTE_DTYPES:
+            if name.endswith("_" + suffix) and name[: -len(suffix) - 1] in ("bnb_nf4", "bnb_fp4"):
+                base, dtype = name[: -len(suffix) - 1], suffix
+        if base in BNB_TYPES:
+            bnb_type, bits = BNB_TYPES[base]
+            return cls(name, bits, bnb_type=bnb_type, compute_dtype=dtype or None)
+        four_bit = re.fullmatch(r"(bnb_(?:nf4|fp4))_(\w+)", name)
+        if four_bit:
+            raise ValueError(
+                f"unknown quantizer {name!r}: the compute dtype of {four_bit[1]} is one of "
+                f"{', '.join(COMPUTE_DTYPES)} ({four_bit[1]}_bf16), got {four_bit[2]!r}"
+            )
         if _BNB_BITS_RE.fullmatch(name):
             raise ValueError(f"unknown quantizer {name!r}: {BNB_BITS_MESSAGE}")
         return None
+
+    @property
+    def uses_compute_dtype(self) -> bool:  # type: ignore[override]
+        """The study-wide bnb_compute_dtype applies (and is part of the cell's config) where the
+        name does not fix the compute dtype (int8 as before, though it ignores it)."""
+        return self.compute_dtype is None
 
     @property
     def quantizes_activations(self) -> bool:
@@ -72,6 +96,7 @@ class BitsAndBytes(Quantizer):
 
         from quantunlearn.models.loading import DTYPES, check_model_path
 
+        compute_dtype = self.compute_dtype or compute_dtype
         if compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"unknown compute_dtype {compute_dtype!r}; one of {COMPUTE_DTYPES}")
         if self.bnb_type == "int8":

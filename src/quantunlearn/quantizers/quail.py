@@ -10,7 +10,13 @@ The grid points are w_min + k Delta, k = 0 .. 2^N (w_max is itself a level; noth
 halves round up. Section III and V-A print a second reading, index floor((w - w_min) / Delta)
 with the bucket's midpoint as value (``rounding="floor"``: 2^N buckets, w_max clipped into the
 last); the two differ by half a step, and QUAIL's Table I (`quantunlearn.evaluation.quail_table`)
-can use either. Unlike RTN (Zhang et al. eq. 2: symmetric, absmax, per output channel) the range
+can use either.
+
+Section V-A also says the experiments "use symmetric ranges", which eq. 2's min-max range is not;
+the paper gives no formula for it. The default follows eq. 2 (its only equation); the names
+``quail_w{N}_sym`` / ``quail_w{N}_tensor_sym`` take the symmetric reading, w_min = -max|w| and
+w_max = max|w| in the same eq. 2 / eq. 7 (so 0 is a level when 2^N is even). Unlike RTN
+(Zhang et al. eq. 2: symmetric, absmax, per output channel) the range
 is asymmetric and shared by a whole tensor or the whole model, and "16 bit" is a uniform grid of
 65,536 levels, not fp16/bf16.
 
@@ -36,7 +42,7 @@ if TYPE_CHECKING:
 ROUNDINGS = ("nearest", "floor")
 GRANULARITIES = ("global", "tensor")
 QUAIL_MIN_BITS, QUAIL_MAX_BITS = 2, 16
-_QUAIL_RE = re.compile(r"quail_w([0-9]+)(_tensor)?")
+_QUAIL_RE = re.compile(r"quail_w([0-9]+)(_tensor)?(_sym)?")
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,9 @@ class Grid:
         return (self.w_max - self.w_min) / 2**self.bits
 
 
-def grid_of(tensors: Iterable[torch.Tensor], bits: int) -> Grid:
-    """The min-max range of all the given tensors (one tensor: the per-tensor range)."""
+def grid_of(tensors: Iterable[torch.Tensor], bits: int, symmetric: bool = False) -> Grid:
+    """The min-max range of all the given tensors (one tensor: the per-tensor range); with
+    ``symmetric``, [-max|w|, max|w|] (section V-A's "symmetric ranges")."""
     if not isinstance(bits, int) or bits < 1:
         raise ValueError(f"bits must be a positive integer, got {bits!r}")
     lo, hi, seen = float("inf"), float("-inf"), False
@@ -63,6 +70,8 @@ def grid_of(tensors: Iterable[torch.Tensor], bits: int) -> Grid:
             lo, hi = min(lo, float(t.detach().min())), max(hi, float(t.detach().max()))
     if not seen:
         raise ValueError("cannot build a quantization grid from no weights")
+    if symmetric:
+        lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
     return Grid(lo, hi, bits)
 
 
@@ -94,11 +103,13 @@ def quantize(w: torch.Tensor, grid: Grid, rounding: str = "nearest"):
 @dataclass(frozen=True)
 class QUAILUniform(Quantizer):
     granularity: str = "global"
+    #: section V-A's "symmetric ranges" ([-max|w|, max|w|]) instead of eq. 2's min-max
+    symmetric: bool = False
 
-    PATTERN: ClassVar[str] = r"quail_w([2-9]|1[0-6])(_tensor)?"
+    PATTERN: ClassVar[str] = r"quail_w([2-9]|1[0-6])(_tensor)?(_sym)?"
     SYNTAX: ClassVar[str] = (
         "quail_w{N} (N in 2..16: QUAIL's asymmetric min-max grid, one range over all quantized "
-        "weights), quail_w{N}_tensor (one range per tensor)"
+        "weights), quail_w{N}_tensor (one range per tensor), either with _sym (symmetric range)"
     )
     EXAMPLE: ClassVar[str] = "quail_w4"
 
@@ -113,7 +124,8 @@ class QUAILUniform(Quantizer):
                 f"unknown quantizer {name!r}: QUAIL's bit-width must be an integer in "
                 f"{QUAIL_MIN_BITS}..{QUAIL_MAX_BITS} (quail_w2 ... quail_w16)"
             )
-        return cls(name, bits, None, "tensor" if match.group(2) else "global")
+        granularity = "tensor" if match.group(2) else "global"
+        return cls(name, bits, None, granularity, symmetric=bool(match.group(3)))
 
     @property
     def diagnosable(self) -> bool:
@@ -127,11 +139,11 @@ class QUAILUniform(Quantizer):
 
         model = load_model(model_path, "fp32")
         linears = quantizable_linears(model)
-        shared = grid_of((m.weight for m in linears.values()), self.bits)
+        shared = grid_of((m.weight for m in linears.values()), self.bits, self.symmetric)
         with torch.no_grad():
             for module in linears.values():
                 own = self.granularity == "tensor"
-                grid = grid_of([module.weight], self.bits) if own else shared
+                grid = grid_of([module.weight], self.bits, self.symmetric) if own else shared
                 values = quantize(module.weight, grid)[1]
                 module.weight.copy_(values.to(module.weight.dtype))
         return model.eval()

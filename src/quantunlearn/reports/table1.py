@@ -92,7 +92,8 @@ def join_utility_columns(table: pd.DataFrame, long: pd.DataFrame) -> pd.DataFram
 
 
 def table1_markdown(table: pd.DataFrame, title: str, notes: str = "") -> str:
-    """Markdown of a Table 1 frame: heading, notes, one table per benchmark, config hashes."""
+    """Markdown of a Table 1 frame: heading, notes, one table per benchmark, where the rows come
+    from."""
     keys = label_keys(table)
     out = [f"# {title}", ""]
     if notes.strip():
@@ -106,13 +107,35 @@ def table1_markdown(table: pd.DataFrame, title: str, notes: str = "") -> str:
         out += [f"## {bench}", "", to_markdown(part, headers)]
     if "collapsed" in table and table["collapsed"].map(is_collapsed).any():
         out += [COLLAPSED_NOTE, ""]
-    out += ["## Configuration", ""]
-    hashes = table["config_hash"].fillna(NA_MARK).astype(str)
-    for value in sorted(set(hashes)):
-        rows = table[hashes == value]
-        benches = ", ".join(sorted(set(rows["benchmark"].astype(str))))
-        out.append(f"- config hash `{value}`: {len(rows)} rows ({benches})")
-    return "\n".join(out) + "\n"
+    return "\n".join(out + _provenance_lines(table)) + "\n"
+
+
+def _provenance_lines(table: pd.DataFrame) -> list[str]:
+    """What the rows were measured from, per benchmark: cells, runs, quantizers and the training
+    settings of the unlearning runs (a run path's ``train~`` segment; none: the default study's),
+    then where each cell's configuration is recorded (every cell has a config hash of its own, so
+    listing them says nothing)."""
+    out = ["## Where the rows come from", ""]
+    for bench, part in table.groupby("benchmark", sort=False):
+        runs = part["run"].astype(str)
+        tags = sorted({r.split("/train~")[1].split("/")[0] for r in runs if "/train~" in r})
+        trained = [r for r in set(runs) if "/" in r and not r.startswith("method~external/")]
+        plain = any("/train~" not in r for r in trained)
+        settings = [f"`train~{t}`" for t in tags] + (["the default study's"] if plain else [])
+        line = (
+            f"- {bench}: {len(part)} cells, {runs.nunique()} runs x {part['quant'].nunique()} "
+            f"quantizers"
+        )
+        if settings:
+            line += f"; unlearning runs' training settings: {', '.join(settings)}"
+        out.append(line)
+    out += [
+        "",
+        "Each row's `config_hash` (table1.csv / table1.parquet) names the configuration of its "
+        "cell; the cell's metrics file (metrics/<benchmark>/<run>/<quantizer>.parquet) records "
+        "it with the code's commit and every input's revision.",
+    ]
+    return out
 
 
 def write_table(table: pd.DataFrame, stem: Path, title: str, notes: str = "") -> None:
@@ -120,7 +143,7 @@ def write_table(table: pd.DataFrame, stem: Path, title: str, notes: str = "") ->
 
     The Markdown has `title` as heading, the `notes` paragraph, a legend of the arrows, per
     benchmark a pipe table (row label, VerbMem_f ↓, KnowMem_f ↓, PrivLeak →0, KnowMem_r ↑) and a
-    section listing the config hash(es).
+    section saying what the rows come from (`_provenance_lines`).
     """
     missing = [c for c in table1_columns() if c not in table.columns]
     if missing:

@@ -63,6 +63,8 @@ DEFAULTS: dict[str, Any] = {
         "max_grad_norm": 1.0,
         "bf16_compute": "native",
         "gradient_checkpointing": False,
+        "lr_schedule": "constant",
+        "warmup_steps": 0,
     },
     "bnb_compute_dtype": "fp32",
     # keep | temp: unlearned models deleted once all their evaluation cells are done
@@ -111,6 +113,8 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "weight_dtype": "bf16",
     "gradient_checkpointing": True,
     "seed": 0,
+    "adam_beta2": 0.999,
+    "packing": "stream",
 }
 # Sections whose values are numbers or lists of numbers: YAML 1.1 (PyYAML) reads `1e-5`
 # (no dot) as the *string* "1e-5", so numeric-looking strings there are converted.

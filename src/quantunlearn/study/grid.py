@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from quantunlearn.data import benchmark_kind
-from quantunlearn.io import write_json
+from quantunlearn.io import config_hash, write_json
 from quantunlearn.quantizers import FullPrecision, parse_quantizer
 from quantunlearn.quantizers.bnb import BitsAndBytes
 from quantunlearn.quantizers.rtn import RTN
@@ -72,14 +72,55 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def run_path(method: str, params: dict, subject: int | None = None) -> str:
+#: The study-wide ``unlearn`` settings that change an unlearned model's weights (and so are part
+#: of its run's identity): `training_settings`. gradient_checkpointing is not one of them (it
+#: recomputes the same activations).
+TRAINING_KEYS = ("batch_size", "max_len", "max_grad_norm", "bf16_compute", "lr_schedule",
+                 "warmup_steps")  # fmt: skip
+#: The training settings under which a run's path is its method and hyperparameters alone (no
+#: ``train~`` segment): those of the default study (config/config.yaml) when the segment was
+#: introduced, so that its run paths and cell config hashes stayed as they were. Any other
+#: settings add ``train~<hash>`` (`training_tag`).
+PLAIN_TRAINING = {
+    "batch_size": 16,
+    "max_len": 64,
+    "max_grad_norm": 1.0,
+    "bf16_compute": "emulated",
+    "lr_schedule": "constant",
+    "warmup_steps": 0,
+}
+
+
+def training_settings(config: dict, weight_dtype: str) -> dict:
+    """The ``unlearn`` settings that determine the weights of a run of this weight dtype
+    (bf16_compute only for bf16 weights: fp32 runs compute the same either way)."""
+    keys = [k for k in TRAINING_KEYS if k != "bf16_compute" or weight_dtype == "bf16"]
+    return {k: config["unlearn"][k] for k in keys}
+
+
+def training_tag(config: dict, weight_dtype: str) -> str | None:
+    """The ``train~`` segment of a run's path: a short hash of its `training_settings`, or None
+    when they are `PLAIN_TRAINING`. Two studies that differ only in these settings (e.g.
+    ``unlearn.batch_size``) then write disjoint run folders in one results_dir."""
+    settings = training_settings(config, weight_dtype)
+    if settings == {k: PLAIN_TRAINING[k] for k in settings}:
+        return None
+    return config_hash(settings)[:8]
+
+
+def run_path(
+    method: str, params: dict, subject: int | None = None, train: str | None = None
+) -> str:
     """The run's folder name, Paramspace style: method~NPO_GDR/weight_dtype~bf16/lr~1e-05/...;
-    an RWKU run ends in the number of its unlearning target (``/subject~3``)."""
+    then ``/train~<hash>`` where the study's training settings are not the plain ones
+    (`training_tag`); an RWKU run ends in the number of its unlearning target (``/subject~3``)."""
     if is_external(method):
         return f"method~external/checkpoint~{external_name(method)}"
     parts = [f"method~{method}"]
     if method not in REFERENCES:
         parts += [f"{k}~{format_value(params[k])}" for k in get_method(method).hyperparameters]
+        if train is not None:
+            parts.append(f"train~{train}")
     if subject is not None:
         parts.append(f"subject~{subject}")
     return "/".join(parts)
@@ -96,8 +137,9 @@ def _method_runs(config: dict, bench: str, name: str) -> list[dict]:
         axes = {k: as_list(params[k]) for k in method.hyperparameters}
         for combo in itertools.product(*axes.values()):
             row = dict(zip(axes, combo, strict=True))
+            train = training_tag(config, row["weight_dtype"])
             for subject in subjects or [None]:
-                run = run_path(name, row, subject)
+                run = run_path(name, row, subject, train)
                 rows.append({"benchmark": bench, "method": name, "run": run, "subject": subject,
                              **row})  # fmt: skip
     return rows
@@ -400,12 +442,13 @@ class Study:
         if is_external(params["method"]):  # its source: a new revision is a new cell
             cell["external"] = self.external_checkpoints(bench)[external_name(params["method"])]
         elif params["method"] not in REFERENCES:
-            keys = ["batch_size", "max_len", "max_grad_norm"]
-            if params["weight_dtype"] == "bf16":
-                keys.append("bf16_compute")
+            unlearn = training_settings(self.config, params["weight_dtype"])
+            for key, default in (("lr_schedule", "constant"), ("warmup_steps", 0)):
+                if unlearn[key] == default:  # added later: at the default, hashes as before
+                    del unlearn[key]
             if self.config["unlearn"].get("gradient_checkpointing"):
-                keys.append("gradient_checkpointing")  # only when on: default hashes unchanged
-            cell["unlearn"] = {k: self.config["unlearn"][k] for k in keys}
+                unlearn["gradient_checkpointing"] = True  # only when on: default hashes unchanged
+            cell["unlearn"] = unlearn
         if quant is not None:
             cell["quant"] = quant
             quantizer = parse_quantizer(quant)

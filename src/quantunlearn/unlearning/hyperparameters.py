@@ -325,3 +325,37 @@ class UnlearnSettings:
     gradient_checkpointing: bool = hp(
         False, "Recompute activations in the backward pass (a 7B model does not fit otherwise)."
     )
+    lr_schedule: Literal["constant", "cosine"] = hp(
+        "constant",
+        "The learning rate over the optimizer steps: constant (Zhang et al. 2025, appendix D.1) "
+        "or cosine decay to 0 after a linear warm-up (RWKU's scripts, Jin et al. 2024: "
+        "--lr_scheduler_type cosine --warmup_steps 20).",
+    )
+    warmup_steps: int = hp(
+        0,
+        "Linear warm-up from 0 to lr over this many optimizer steps, then the schedule (RWKU's "
+        "scripts: 20; Zhang et al.: none).",
+    )
+
+    def __post_init__(self):
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise HyperparameterError(
+                "lr_schedule", f"'constant' or 'cosine', got {self.lr_schedule!r}"
+            )
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise HyperparameterError("warmup_steps", f"an integer >= 0, got {self.warmup_steps!r}")
+
+
+def lr_factor(schedule: str, warmup_steps: int, total_steps: int, step: int) -> float:
+    """The learning rate's multiplier at optimizer step ``step`` (0-based) of ``total_steps``.
+
+    The HF Trainer's schedules (which RWKU's and MUSE's code run on): warm-up ``step /
+    warmup_steps`` for the first ``warmup_steps`` steps (step 0: 0), then ``constant`` 1 or
+    ``cosine`` 0.5 (1 + cos(pi p)), p = (step - warmup) / (total - warmup) going from 0 to 1.
+    """
+    if step < warmup_steps:
+        return step / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

@@ -1,4 +1,5 @@
-"""The unlearning loop: Zhang et al. eq. 1 with AdamW at a constant learning rate (appendix D.1).
+"""The unlearning loop: Zhang et al. eq. 1 with AdamW, by default at a constant learning rate
+(appendix D.1; ``unlearn.lr_schedule: cosine`` with ``warmup_steps``: RWKU's scripts).
 
 A plain loop rather than the HF Trainer, so that every choice is visible. Where it matters it
 does what the papers' code (MUSE baselines on the HF Trainer) does: the model is loaded in the
@@ -27,9 +28,12 @@ from quantunlearn.data.provenance import code_state
 from quantunlearn.io import atomic_dir, write_json, write_parquet
 from quantunlearn.models.loading import copy_tokenizer, load_model, load_tokenizer
 from quantunlearn.models.training import IGNORE, check_finite, collate, set_checkpointing
-from quantunlearn.unlearning.hyperparameters import UnlearnSettings
+from quantunlearn.unlearning.hyperparameters import UnlearnSettings, lr_factor
 from quantunlearn.unlearning.methods import Method, Run, get_method
 from quantunlearn.unlearning.objectives import Step
+
+#: The study-wide settings unlearn_info.json records (with gradient_checkpointing).
+RECORDED_SETTINGS = ("batch_size", "max_len", "max_grad_norm", "lr_schedule", "warmup_steps")
 
 
 def unlearn(
@@ -78,7 +82,7 @@ def unlearn(
         **state,
         **trainable.info,
         "trained_parameters": sorted(trainable.may_change),
-        **{k: getattr(settings, k) for k in ("batch_size", "max_len", "max_grad_norm")},
+        **{k: getattr(settings, k) for k in RECORDED_SETTINGS},
         "gradient_checkpointing": settings.gradient_checkpointing,
         "steps": len(log),
         "seconds": round(seconds, 2),
@@ -273,7 +277,8 @@ def _step(opt, params: list, lr: float, where: str) -> None:
 
 
 def _train(method: Method, run: Run, trainable, forget, retain, pad_id, settings, emulate, state):
-    """AdamW (weight decay 0, constant lr) over the method's loss; returns the per-step log."""
+    """AdamW (weight decay 0; lr times `lr_factor` of the study's schedule at every optimizer
+    step) over the method's loss; returns the per-step log."""
     model, device = trainable.model, next(trainable.model.parameters()).device
     model.train()
     torch.manual_seed(run.seed)
@@ -294,6 +299,9 @@ def _train(method: Method, run: Run, trainable, forget, retain, pad_id, settings
             where = f"epoch {epoch} step {b} of {method.name}"
             check_finite(loss, f"{where} (loss parts {parts})")
             loss.backward()
+            factor = lr_factor(settings.lr_schedule, settings.warmup_steps, total, len(log))
+            for group in opt.param_groups:
+                group["lr"] = run.lr * factor
             if settings.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(trainable.params, settings.max_grad_norm)
             _step(opt, trainable.params, run.lr, where)
@@ -301,7 +309,8 @@ def _train(method: Method, run: Run, trainable, forget, retain, pad_id, settings
                 round_to_bf16(model)
             if attack is not None:
                 parts["adversary_loss"] = attack.result.final_loss
-            log.append({"epoch": epoch, "step": len(log), "loss": loss.item(), **parts})
+            log.append({"epoch": epoch, "step": len(log), "lr": run.lr * factor,
+                        "loss": loss.item(), **parts})  # fmt: skip
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
