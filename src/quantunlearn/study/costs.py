@@ -13,6 +13,9 @@ model's parameters, ``P_t`` the trained ones: the METHODS row's scope says which
     AdamW       2 x P_t x b_t  (exp_avg, exp_avg_sq, in the parameters' dtype)
     step        P_t x b_t on CUDA (torch's foreach AdamW makes one temporary per state list);
                 the largest trained tensor on a CPU (the per-tensor loop)
+    peak        weights + reference + AdamW + max(activations + lm_head's gradient,
+                gradients + step): the backward pass frees the activations as it makes the
+                gradients, and the step comes after it
     activations per forward pass with a gradient (forget, and retain where the method has a
                 retain term; both graphs live until the backward pass), N = batch x max_len
                 tokens, L_g = `Scope.graph_layers` decoder layers:
@@ -97,13 +100,16 @@ class Memory:
     optimizer: float
     step: float
     activations: float
+    #: lm_head's gradient, the first one the backward pass makes while the activations live
+    head_gradient: float = 0.0
 
     @property
     def total(self) -> float:
-        return (
-            self.weights + self.reference + self.gradients + self.optimizer + self.activations
-            + self.step
-        )  # fmt: skip
+        """The peak: what lives throughout (weights, reference, AdamW states) plus the larger of
+        the backward pass's start (every activation and lm_head's gradient) and the optimizer
+        step (every gradient and the step's temporaries)."""
+        static = self.weights + self.reference + self.optimizer
+        return static + max(self.activations + self.head_gradient, self.gradients + self.step)
 
 
 def _layer_bytes(shape: LlamaShape, b_a: int) -> int:
@@ -153,6 +159,7 @@ def unlearn_memory(
         optimizer=float(2 * trained * b_t),
         step=float((trained if device == "cuda" else largest) * b_t),
         activations=acts,
+        head_gradient=float(shape.vocab * shape.hidden * b_t if trained == shape.params else 0),
     )
 
 

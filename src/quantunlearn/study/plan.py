@@ -75,8 +75,8 @@ def model_shape(study: Study, bench: str) -> LlamaShape | None:
 
 
 def _host_bytes(shape: LlamaShape, dtype: str) -> float:
-    """Host RAM to load and save a checkpoint: two copies of its weights and 8 GB."""
-    return max(16 * GB, 2 * shape.params * BYTES[dtype] + 8 * GB)
+    """Host RAM to load and save a checkpoint: two copies of its weights and 4 GB."""
+    return 2 * shape.params * BYTES[dtype] + 4 * GB
 
 
 def unlearn_job(study: Study, bench: str, run: str, gpu: GPU) -> Job:
@@ -182,9 +182,9 @@ def per_rule(study: Study, gpu: GPU) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plan_summary(study: Study, gpu: GPU | None = None) -> str:
+def plan_summary(study: Study, gpu_memory_gb: float = 80.0) -> str:
     """The plan's lines (the dry run prints them)."""
-    gpu = gpu or GPU()
+    gpu = replace(GPU(), memory_gb=float(gpu_memory_gb))
     table = per_rule(study, gpu)
     if table.empty:
         return "plan: no GPU job of a known model size"
@@ -199,23 +199,36 @@ def plan_summary(study: Study, gpu: GPU | None = None) -> str:
     return "\n".join(lines)
 
 
-def request(study: Study, rule: str, wildcards, gpu_memory_gb: float, attempt: int = 1) -> dict:
-    """The SLURM request of one job from its plan: gpu, mem_mb, runtime (minutes); memory and
-    time grow with the attempt (the profile's retries)."""
+@dataclass(frozen=True)
+class Request:
+    """A job's SLURM request at its first attempt: GPUs, host memory (MB), time (minutes)."""
+
+    gpu: int
+    mem_mb: int
+    runtime: int
+
+    def at(self, attempt: int) -> dict:
+        """The request of a retry: memory and time grow with the attempt, GPUs do not."""
+        return {"gpu": self.gpu, "mem_mb": self.mem_mb * attempt, "runtime": self.runtime * attempt}
+
+
+def request(study: Study, rule: str, bench: str, run: str, quant: str, gpu_memory_gb: float):
+    """One job's `Request` from its plan, on nodes whose GPUs hold ``gpu_memory_gb``: as many
+    GPUs as its memory needs, the estimated time x `RUNTIME_MARGIN` + `RUNTIME_FLOOR_MIN`."""
     gpu = replace(GPU(), memory_gb=float(gpu_memory_gb))
-    bench, quant = wildcards.bench, getattr(wildcards, "quant", "none")
+    if model_shape(study, bench) is None:
+        raise ValueError(
+            f"benchmark {bench!r}: the plan does not know its model's size (a hub id that "
+            f"quantunlearn.study.costs.KNOWN_SHAPES lacks, or a local folder without config.json)"
+        )
     if rule == "unlearn":
-        job = unlearn_job(study, bench, wildcards.run, gpu)
+        job = unlearn_job(study, bench, run, gpu)
     elif rule == "quantize":
         job = quantize_job(study, bench, quant, gpu)
     else:
         job = evaluate_job(study, bench, quant, gpu, rule)
     minutes = math.ceil(job.hours * 60 * RUNTIME_MARGIN) + RUNTIME_FLOOR_MIN
-    return {
-        "gpu": job.gpus,
-        "mem_mb": math.ceil(job.host_bytes / 1e6) * attempt,
-        "runtime": minutes * attempt,
-    }
+    return Request(job.gpus, math.ceil(job.host_bytes / 1e6), minutes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GB per GPU (default 80)")
     args = parser.parse_args(argv)
     study = load_study_file(args.config)
-    print(plan_summary(study, replace(GPU(), memory_gb=args.gpu_memory)))
+    print(plan_summary(study, args.gpu_memory))
     print(disk_summary(study))
     return 0
 
