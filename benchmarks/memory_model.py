@@ -18,6 +18,7 @@ Linux only (/proc). Prints one line per case: predicted, measured, ratio (predic
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -33,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from quantunlearn.models.shape import LlamaShape  # noqa: E402
 
 VOCAB = 32000
-#: ~10M, ~60M, ~250M parameters at Llama-2's vocabulary (untied embeddings)
+#: ~10M, ~60M, ~130M parameters at Llama-2's vocabulary (untied embeddings)
 SIZES = {
     "10M": LlamaShape(VOCAB, 128, 344, 4, 4),
     "60M": LlamaShape(VOCAB, 512, 1376, 8, 8),
-    "250M": LlamaShape(VOCAB, 1024, 2816, 14, 16),
+    "130M": LlamaShape(VOCAB, 768, 2048, 12, 12),
 }
 METHODS = ("GA_GDR", "NPO_KLR", "NPO_KLR_LORA", "RMU")
 #: RMU's steered layer within the smallest model's 4 layers (layers 1..3 trained)
@@ -89,6 +90,7 @@ def case(model_dir: str, method_name: str, dtype: str, batch: int, length: int, 
     trainable = method.scope.build(model, method, run, seqs, 0, batch)
     if checkpointing:
         set_checkpointing(trainable.model, True)
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # the load's freed temporaries back to the system
     Path("/proc/self/clear_refs").write_text(
         "5"
     )  # VmHWM := VmRSS (the load's own peak is not a step's)
@@ -113,7 +115,7 @@ def main() -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--length", type=int, default=256)
+    p.add_argument("--length", type=int, default=128)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--checkpointing", nargs="+", default=["off"], choices=["off", "on"])
     p.add_argument("--out", help="CSV of the cases")
@@ -148,15 +150,20 @@ def main() -> int:
 def _run_case(size, shape, folder, method, dtype, ckpt, args) -> dict:
     spec = {"model_dir": str(folder), "method_name": method, "dtype": dtype, "batch": args.batch,
             "length": args.length, "steps": args.steps, "checkpointing": ckpt}  # fmt: skip
+    # every block of 64 KiB or more mmapped and returned to the system when freed, so that the
+    # resident memory follows the live tensors (glibc's default threshold grows to 32 MiB and
+    # keeps freed blocks below it in its heap, which RSS still counts)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run([sys.executable, __file__, "--case", json.dumps(spec)],
-                         capture_output=True, text=True, check=False)  # fmt: skip
+                         capture_output=True, text=True, check=False, env=env)  # fmt: skip
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     memory = predict(shape, method, dtype, args.batch, args.length, ckpt)
     row = {"size": size, "params": shape.params, "method": method, "dtype": dtype,
            "checkpointing": ckpt, "predicted_mb": memory.total / 1e6,
-           "measured_mb": measured["measured"] / 1e6, **{k: v / 1e6 for k, v in vars(memory).items()},
+           "measured_mb": measured["measured"] / 1e6,
+           **{k: v / 1e6 for k, v in vars(memory).items()},
            "seconds_per_step": measured["seconds_per_step"]}  # fmt: skip
     row["ratio"] = row["predicted_mb"] / row["measured_mb"]
     print(f"{size:>5} {shape.params:>11,} {method:>13} {dtype:>5} {'on' if ckpt else 'off':>4} "

@@ -1,5 +1,5 @@
-"""The dimensions of a Llama decoder, without torch: what the cost model (`quantunlearn.study.costs`)
-computes memory and FLOPs from.
+"""The dimensions of a Llama decoder, without torch: what the cost model
+(`quantunlearn.study.costs`) computes memory and FLOPs from.
 
 A Llama with untied embeddings has, per decoder layer, q and o projections (hidden x hidden), k
 and v (hidden x kv_hidden, kv_hidden = head_dim x key/value heads), gate/up/down (3 x hidden x

@@ -21,16 +21,18 @@ model's parameters, ``P_t`` the trained ones: the METHODS row's scope says which
                 tokens, L_g = `Scope.graph_layers` decoder layers:
                   without checkpointing: N x L_g x [b_a (5 h + 2 kv + 4 i) + 8 h]
                   with checkpointing:    N x (L_g x b_a h) + one layer's full activations
-                plus the logits where the loss reads them (`Scope.reads_logits`):
-                  N x V x (b_a + 8)  (the logits, their fp32 copy and log-softmax)
-                and a backward transient of N x V x 4 (the logits' gradient)
+    logits      where the loss reads them (`Scope.reads_logits`), N x V x per token: b_w for
+                each pass's logits, 4 x `Term.vocab_tensors` for each term (a log-softmax's
+                output; KLR also the target's probabilities), b_w for the target's logits of
+                a term that needs them, and 5 x 4 + b_w for the backward pass of a
+                log-softmax-and-gather loss (the gather's and the softmax's gradients, the
+                slice's full-size gradient, the logits' gradient)
 
 with ``h`` hidden, ``kv`` the key/value width, ``i`` the MLP width, ``V`` the vocabulary and
 ``b_a = b_w`` the activation bytes. The layer term counts what autograd saves in a Llama decoder
 layer with SDPA attention (no T x T matrix): the two RMSNorms' fp32 inputs (4 h bytes each), their
 outputs, q, k, v, the attention output and its contiguous copy, and the MLP's gate, SiLU(gate),
-up and their product. The reference's forward runs without a gradient and adds only its
-logits (N x V x b_w) while they live.
+up and their product. The reference's forward runs without a gradient and keeps only its logits.
 
 Time: FLOPs per optimizer step / (GPU peak x MFU), x the run's optimizer steps
 (`Method.optimizer_steps`). Per token a pass with a gradient costs 2 P (forward) + 2 P_g (the
@@ -119,17 +121,24 @@ def _layer_bytes(shape: LlamaShape, b_a: int) -> int:
 
 
 def activation_bytes(
-    shape: LlamaShape, tokens: int, b_a: int, graph_layers: int, logits: bool, checkpointing: bool
+    shape: LlamaShape, tokens: int, b_a: int, graph_layers: int, checkpointing: bool
 ) -> float:
-    """Activations of one forward pass with a gradient (module docstring)."""
+    """The decoder layers' activations of one forward pass with a gradient (module docstring)."""
     layer = _layer_bytes(shape, b_a)
     if checkpointing:
-        kept = tokens * (graph_layers * b_a * shape.hidden + layer)
-    else:
-        kept = tokens * graph_layers * layer
-    if logits:
-        kept += tokens * shape.vocab * (b_a + 8)
-    return float(kept)
+        return float(tokens * (graph_layers * b_a * shape.hidden + layer))
+    return float(tokens * graph_layers * layer)
+
+
+def logit_bytes(method, tokens: int, vocab: int, b_w: int) -> float:
+    """The vocabulary-wide tensors of one step: each pass's logits, each term's fp32 tensors
+    (`Term.vocab_tensors`) and the target's logits for a term that compares with it, plus the
+    backward transient of a log-softmax loss (5 fp32 tensors and the logits' gradient)."""
+    passes = 1 + (method.retain is not None)
+    per_token = passes * b_w + (5 * 4 + b_w)
+    for term in method.terms:
+        per_token += 4 * term.vocab_tensors + (b_w if term.needs_reference else 0)
+    return float(tokens * vocab * per_token)
 
 
 def unlearn_memory(
@@ -146,11 +155,9 @@ def unlearn_memory(
     tokens = batch * length
     passes = 1 + (method.retain is not None)
     graph = scope.graph_layers(shape, run)
-    acts = passes * activation_bytes(shape, tokens, b_w, graph, scope.reads_logits, checkpointing)
+    acts = passes * activation_bytes(shape, tokens, b_w, graph, checkpointing)
     if scope.reads_logits:
-        acts += tokens * shape.vocab * 4  # the logits' gradient in the backward pass
-        if method.needs_reference:
-            acts += tokens * shape.vocab * b_w  # the reference's logits
+        acts += logit_bytes(method, tokens, shape.vocab, b_w)
     largest = min(trained, max(shape.vocab * shape.hidden, shape.hidden * shape.intermediate))
     return Memory(
         weights=float(shape.params * b_w + adapters),
