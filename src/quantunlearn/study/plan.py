@@ -26,6 +26,7 @@ from quantunlearn.study.costs import (
     GB,
     GPU,
     KNOWN_SHAPES,
+    METRIC_WORK,
     eval_seconds,
     gpus_needed,
     load_seconds,
@@ -98,10 +99,14 @@ def unlearn_job(study: Study, bench: str, run: str, gpu: GPU) -> Job:
                _host_bytes(shape, dtype))  # fmt: skip
 
 
-def _eval_memory(shape: LlamaShape, batch: int, length: int) -> float:
-    """bf16 weights and one scoring batch's logits (fp32) and KV cache."""
-    kv = 2 * shape.layers * batch * length * shape.kv_hidden * 2
-    return shape.params * 2 + kv + batch * length * shape.vocab * (2 + 4)
+def _eval_memory(shape: LlamaShape, metrics: list[str], batch: int, length: int) -> float:
+    """bf16 weights and the larger of a scoring batch's logits (bf16 and their fp32 log-softmax,
+    at ``length`` tokens, no cache) and a generation batch's KV cache (bf16, at the longest
+    prompt and continuation of the metrics)."""
+    generated = [METRIC_WORK[m] for m in metrics if m in METRIC_WORK and METRIC_WORK[m].new_tokens]
+    longest = max((w.prompt_tokens + w.new_tokens for w in generated), default=0)
+    kv = 2 * shape.layers * batch * longest * shape.kv_hidden * 2
+    return shape.params * 2 + max(kv, batch * length * shape.vocab * (2 + 4))
 
 
 def _cell_metrics(study: Study, bench: str) -> list[str]:
@@ -119,7 +124,7 @@ def evaluate_job(study: Study, bench: str, quant: str, gpu: GPU, rule: str = "ev
     seconds = load_seconds(shape, "bf16", gpu) + eval_seconds(shape, metrics, ev["batch_size"], gpu)
     if not quantizer.stored:  # RTN, bitsandbytes: quantized at load
         seconds += quantize_seconds(quantizer, shape, study.config["calibration"], gpu)
-    memory = _eval_memory(shape, ev["batch_size"], ev["max_length"])
+    memory = _eval_memory(shape, metrics, ev["batch_size"], ev["max_length"])
     return Job(rule, memory, gpus_needed(memory, gpu), seconds / 3600,
                _host_bytes(shape, "bf16"))  # fmt: skip
 
