@@ -6,8 +6,10 @@ saved once per size, and the case loads it with the project's loader in the weig
 the METHODS row's scope (its frozen reference, LoRA adapters, RMU's layers), and runs
 `--steps` optimizer steps of the project's loop (`quantunlearn.unlearning.loop._train`: the
 method's loss, backward, clipping, AdamW). Measured: the process's peak resident memory during
-the steps (VmHWM, reset after the imports by writing 5 to /proc/self/clear_refs) minus its resident
-memory before the model was loaded. Predicted: the cost model's peak with ``device="cpu"``.
+the steps (VmHWM, reset after the load by writing 5 to /proc/self/clear_refs) minus its resident
+memory before the model was loaded, after one warm-up step of the same case on a micro model
+(the code and caches a first training step touches are not the case's memory). Predicted: the
+cost model's peak with ``device="cpu"``.
 
     nice -n 10 python benchmarks/memory_model.py --out results/memory_model.csv
     python benchmarks/memory_model.py --sizes tiny --methods GA_GDR --dtypes fp32  # one case
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import json
 import os
 import subprocess
@@ -84,7 +87,9 @@ def case(model_dir: str, method_name: str, dtype: str, batch: int, length: int, 
         batch_size=batch, max_len=length, gradient_checkpointing=checkpointing
     )
     seqs = [torch.randint(3, VOCAB, (length,)).tolist() for _ in range(batch * steps)]
-    torch.ones(64, 64) @ torch.ones(64, 64)  # thread pools and kernels before the baseline
+    _warm_up(method, run, settings)
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     before = _rss("VmRSS")
     model = load_model(model_dir, dtype)
     trainable = method.scope.build(model, method, run, seqs, 0, batch)
@@ -98,6 +103,30 @@ def case(model_dir: str, method_name: str, dtype: str, batch: int, length: int, 
     _train(method, run, trainable, seqs, seqs, 0, settings, False, {})
     seconds = (time.time() - start) / steps
     return {"measured": _rss("VmHWM") - before, "seconds_per_step": seconds}
+
+
+def _warm_up(method, run, settings) -> None:
+    """One step of the same case on a micro Llama first: the libraries' code pages, thread pools
+    and kernel caches that a first training step touches count in the resident memory, and
+    would otherwise be measured as the case's (about 150 MB here)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from quantunlearn.unlearning.loop import _train
+
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        tie_word_embeddings=False,
+    )
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[str(run.weight_dtype)]
+    model = LlamaForCausalLM(config).to(dtype)
+    seqs = [torch.randint(3, 256, (settings.max_len,)).tolist() for _ in range(settings.batch_size)]
+    trainable = method.scope.build(model, method, run, seqs, 0, settings.batch_size)
+    _train(method, run, trainable, seqs, seqs, 0, settings, False, {})
 
 
 def predict(shape: LlamaShape, method_name: str, dtype: str, batch, length, checkpointing):

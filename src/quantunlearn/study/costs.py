@@ -24,9 +24,9 @@ model's parameters, ``P_t`` the trained ones: the METHODS row's scope says which
     logits      where the loss reads them (`Scope.reads_logits`), N x V x per token: b_w for
                 each pass's logits, 4 x `Term.vocab_tensors` for each term (a log-softmax's
                 output; KLR also the target's probabilities), b_w for the target's logits of
-                a term that needs them, and 5 x 4 + b_w for the backward pass of a
-                log-softmax-and-gather loss (the gather's and the softmax's gradients, the
-                slice's full-size gradient, the logits' gradient)
+                a term that needs them, and 2 x 4 + b_w for the backward pass of a
+                log-softmax-and-gather loss (the softmax's gradient, the slice's full-size
+                gradient, the logits' gradient)
 
 with ``h`` hidden, ``kv`` the key/value width, ``i`` the MLP width, ``V`` the vocabulary and
 ``b_a = b_w`` the activation bytes. The layer term counts what autograd saves in a Llama decoder
@@ -133,9 +133,9 @@ def activation_bytes(
 def logit_bytes(method, tokens: int, vocab: int, b_w: int) -> float:
     """The vocabulary-wide tensors of one step: each pass's logits, each term's fp32 tensors
     (`Term.vocab_tensors`) and the target's logits for a term that compares with it, plus the
-    backward transient of a log-softmax loss (5 fp32 tensors and the logits' gradient)."""
+    backward transient of a log-softmax loss (2 fp32 tensors and the logits' gradient)."""
     passes = 1 + (method.retain is not None)
-    per_token = passes * b_w + (5 * 4 + b_w)
+    per_token = passes * b_w + (2 * 4 + b_w)
     for term in method.terms:
         per_token += 4 * term.vocab_tensors + (b_w if term.needs_reference else 0)
     return float(tokens * vocab * per_token)
