@@ -244,8 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GB per GPU (default 80)")
     args = parser.parse_args(argv)
     study = load_study_file(args.config)
-    print(plan_summary(study, args.gpu_memory))
-    print(disk_summary(study))
+    try:
+        print(plan_summary(study, args.gpu_memory))
+        print(disk_summary(study))
+    except BrokenPipeError:  # `| head`
+        sys.stderr.close()
     return 0
 
 
