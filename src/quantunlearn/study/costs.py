@@ -11,8 +11,10 @@ model's parameters, ``P_t`` the trained ones: the METHODS row's scope says which
                          the adapter-free model itself)
     gradients   P_t x b_t
     AdamW       2 x P_t x b_t  (exp_avg, exp_avg_sq, in the parameters' dtype)
-    step        P_t x b_t on CUDA (torch's foreach AdamW makes one temporary per state list);
-                the largest trained tensor on a CPU (the per-tensor loop)
+    step        P_t x b_t on CUDA (torch's foreach AdamW: one copy of the states for the
+                square root, divided and shifted in place); twice the largest trained tensor on
+                a CPU (the per-tensor loop: the square root and its quotient, one tensor at a
+                time)
     peak        weights + reference + AdamW + max(activations + lm_head's gradient,
                 gradients + step): the backward pass frees the activations as it makes the
                 gradients, and the step comes after it
@@ -164,7 +166,7 @@ def unlearn_memory(
         reference=float(shape.params * b_w if copies else 0),
         gradients=float(trained * b_t),
         optimizer=float(2 * trained * b_t),
-        step=float((trained if device == "cuda" else largest) * b_t),
+        step=float((trained if device == "cuda" else 2 * largest) * b_t),
         activations=acts,
         head_gradient=float(shape.vocab * shape.hidden * b_t if trained == shape.params else 0),
     )
