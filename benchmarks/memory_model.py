@@ -149,10 +149,13 @@ def main() -> int:
     p.add_argument("--checkpointing", nargs="+", default=["off"], choices=["off", "on"])
     p.add_argument("--out", help="CSV of the cases")
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: one case in this process
+    p.add_argument("--repredict", help="a CSV of this script: the cost model's prediction again")
     args = p.parse_args()
     if args.case:
         print(json.dumps(case(**json.loads(args.case))))
         return 0
+    if args.repredict:
+        return repredict(args.repredict, args)
     from common import machine
 
     print(f"# {machine()}; load {os.getloadavg()[0]:.2f}; torch threads: default")
@@ -173,6 +176,23 @@ def main() -> int:
         import pandas as pd
 
         pd.DataFrame(rows).to_csv(args.out, index=False)
+    return 0
+
+
+def repredict(path: str, args) -> int:
+    """The cost model's predictions for the cases of a CSV (measured values kept), rewritten."""
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    for i, r in table.iterrows():
+        memory = predict(SIZES[r["size"]], r["method"], r["dtype"], args.batch, args.length,
+                         bool(r["checkpointing"]))  # fmt: skip
+        table.loc[i, "predicted_mb"] = memory.total / 1e6
+        for k, v in vars(memory).items():
+            table.loc[i, k] = v / 1e6
+    table["ratio"] = table["predicted_mb"] / table["measured_mb"]
+    table.to_csv(path, index=False)
+    print(table[["size", "method", "dtype", "predicted_mb", "measured_mb", "ratio"]].round(2))
     return 0
 
 
