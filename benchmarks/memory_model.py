@@ -156,6 +156,7 @@ def main() -> int:
         return 0
     if args.repredict:
         return repredict(args.repredict, args)
+    import pandas as pd
     from common import machine
 
     print(f"# {machine()}; load {os.getloadavg()[0]:.2f}; torch threads: default")
@@ -172,10 +173,8 @@ def main() -> int:
                         rows.append(
                             _run_case(size, shape, folder, method, dtype, ckpt == "on", args)
                         )
-    if args.out:
-        import pandas as pd
-
-        pd.DataFrame(rows).to_csv(args.out, index=False)
+                        if args.out:  # after every case: a stopped run keeps what it measured
+                            pd.DataFrame(rows).to_csv(args.out, index=False)
     return 0
 
 
