@@ -34,7 +34,9 @@ with ``h`` hidden, ``kv`` the key/value width, ``i`` the MLP width, ``V`` the vo
 ``b_a = b_w`` the activation bytes. The layer term counts what autograd saves in a Llama decoder
 layer with SDPA attention (no T x T matrix): the two RMSNorms' fp32 inputs (4 h bytes each), their
 outputs, q, k, v, the attention output and its contiguous copy, and the MLP's gate, SiLU(gate),
-up and their product. The reference's forward runs without a gradient and keeps only its logits.
+up and their product; a scope's own modules add theirs (`Scope.layer_extra_bytes`: LoRA's
+adapters, and peft's fp32 copy of each adapted input with bf16 weights). The reference's
+forward runs without a gradient and keeps only its logits.
 
 Time: FLOPs per optimizer step / (GPU peak x MFU), x the run's optimizer steps
 (`Method.optimizer_steps`). Per token a pass with a gradient costs 2 P (forward) + 2 P_g (the
@@ -158,6 +160,9 @@ def unlearn_memory(
     passes = 1 + (method.retain is not None)
     graph = scope.graph_layers(shape, run)
     acts = passes * activation_bytes(shape, tokens, b_w, graph, checkpointing)
+    acts += (
+        passes * tokens * (1 if checkpointing else graph) * scope.layer_extra_bytes(shape, run, b_w)
+    )
     if scope.reads_logits:
         acts += logit_bytes(method, tokens, shape.vocab, b_w)
     largest = min(trained, max(shape.vocab * shape.hidden, shape.hidden * shape.intermediate))

@@ -137,6 +137,10 @@ class Scope:
         """Decoder layers whose activations the backward pass keeps."""
         return shape.layers
 
+    def layer_extra_bytes(self, shape, run, weight_bytes: int) -> int:
+        """Bytes per token that the scope's own modules save in one decoder layer."""
+        return 0
+
     def check(self, run) -> None:
         """Checks across hyperparameter groups (raise `HyperparameterError` naming the key)."""
 
@@ -329,6 +333,13 @@ class LoRA(Scope):
         linears = shape.linear_shapes
         per_layer = sum(sum(linears[name]) for name in LORA_TARGETS[run.lora_targets])
         return int(run.lora_rank) * per_layer * shape.layers
+
+    def layer_extra_bytes(self, shape, run, weight_bytes: int) -> int:
+        """Per adapted projection: A's output (r, fp32), and with bf16 weights peft's fp32
+        copy of the projection's input (cast to the adapters' dtype)."""
+        names = LORA_TARGETS[run.lora_targets]
+        cast = sum(shape.linear_shapes[n][0] for n in names) if weight_bytes != 4 else 0
+        return 4 * (cast + int(run.lora_rank) * len(names))
 
     def build(self, model, method, run, forget, pad_id, batch_size):
         import torch
