@@ -43,14 +43,13 @@ def unlearn(
     hyperparameters: dict,
     settings: dict | UnlearnSettings | None = None,
     tokenizer: str | None = None,
-    gpus: int = 1,
-    **provenance,
+    gpus: int = 1,  # > 1: across that many GPUs (quantunlearn.models.loading.device_map)
+    **provenance,  # long: the job's one entry point, its steps in order
 ) -> dict:
     """Unlearn the forget corpus (a text file, or a `TextCorpus` / `RWKUCorpus`) from ``target``
     with ``method`` at ``hyperparameters`` (a dict of config keys: the method's own are read,
     the rest ignored); save the model, a copy of the tokenizer's files and ``unlearn_info.json``
-    (``provenance``, the git state) to ``out_dir``, the per-step log to ``log_path``. ``gpus``
-    > 1 loads the model across that many GPUs (`quantunlearn.models.loading.device_map`)."""
+    (``provenance``, the git state) to ``out_dir``, the per-step log to ``log_path``."""
     spec = get_method(method)
     run = spec.run(hyperparameters)
     if not isinstance(settings, UnlearnSettings):
