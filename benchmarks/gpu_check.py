@@ -19,7 +19,12 @@ only when its estimate (`SECTIONS`, seconds on an H200) fits what is left of ``-
   step7b         a Llama-2-7B-shaped model (random bf16 weights) through NPO_KLR steps as
                  config/muse_news.yaml runs them (the METHODS row, its frozen reference, the
                  config's batch, length, clipping and checkpointing): tokens/s, model FLOP/s
-                 and MFU, peak memory; the NEWS unlearning job's time extrapolated from it
+                 and MFU, peak memory; the NEWS unlearning job's time extrapolated from it;
+                 beside them the cost model's predicted peak memory and FLOPs per step
+                 (quantunlearn.study.costs)
+  spread         with 2 GPUs or more: a model loaded across 2 GPUs (device_map="auto", what
+                 the plan requests for a job larger than one GPU) trains with the same losses
+                 as on one GPU
   cell4bit       that model saved, loaded with a 4-bit quantizer (--cell-quant) and measured
                  with the METRICS table on MUSE-NEWS-shaped inputs (item counts cut, times
                  extrapolated to the NEWS files): seconds per stage; and how many KnowMem answers
@@ -482,6 +487,7 @@ def section_step7b(ctx: dict) -> dict:
         "loss": losses,
         **_throughput(config, n_params, model, settings, step_s, ctx),
         **peak_memory(),
+        **_predicted(method, run, config, settings, step_s),
     }
     log(
         "step7b",
@@ -498,6 +504,50 @@ def section_step7b(ctx: dict) -> dict:
     reset_peak()
     ctx["model7b"], ctx["tok7b"] = ctx["tmp"] / "llama7b_shaped", tok
     return out
+
+
+def _predicted(method, run, config, settings, step_s: float) -> dict:
+    """The cost model's prediction beside the measurement (quantunlearn.study.costs): the peak
+    GPU memory of the step and its FLOPs; the MFU the measured step time gives at the GPU's
+    dense bf16 peak (env section) is what the plan should assume."""
+    from quantunlearn.models.shape import LlamaShape
+    from quantunlearn.study.costs import step_flops, unlearn_memory
+
+    shape = LlamaShape.from_config(config.to_dict())
+    args = (method, run, shape, settings.batch_size, settings.max_len)
+    memory = unlearn_memory(*args, settings.gradient_checkpointing, device="cuda")
+    flops = step_flops(*args, settings.gradient_checkpointing)
+    return {
+        "predicted_peak_gib": memory.total / 2**30,
+        "predicted_parts_gib": {k: v / 2**30 for k, v in vars(memory).items()},
+        "predicted_step_tflop": flops / 1e12,
+        "achieved_tflops_per_s_cost_model": flops / step_s / 1e12,
+    }
+
+
+def section_spread(ctx: dict) -> dict:
+    """A job larger than one GPU: the model loaded across 2 GPUs (device_map="auto", the plan's
+    request) gives the same losses as on one GPU, and its layers are on both."""
+    import pandas as pd
+
+    from quantunlearn.models.loading import load_model
+    from quantunlearn.unlearning.loop import unlearn
+
+    if torch.cuda.device_count() < 2:
+        raise Skip(f"needs 2 GPUs, sees {torch.cuda.device_count()}")
+    path = small_model_dir(ctx, 1024, 2816)
+    devices = set(load_model(str(path), "bf16", gpus=2).hf_device_map.values())
+    forget, retain = corpora(ctx["tmp"])
+    logs = {}
+    for gpus in (1, 2):
+        out = ctx["tmp"] / f"spread{gpus}"
+        unlearn(str(path), forget, retain, out / "model", out / "log.parquet", method="NPO_KLR",
+                hyperparameters={"weight_dtype": "fp32", "lr": 1e-4, "epochs": 2},
+                settings={"batch_size": 2, "max_len": 128}, gpus=gpus)  # fmt: skip
+        logs[gpus] = pd.read_parquet(out / "log.parquet")["loss"].tolist()
+    gap = max(abs(a - b) for a, b in zip(logs[1], logs[2], strict=True))
+    return {"devices": sorted(map(str, devices)), "loss_1_gpu": logs[1], "loss_2_gpus": logs[2],
+            "max_loss_difference": gap}  # fmt: skip
 
 
 def _time_steps(ctx, method, run, trainable, settings, vocab, pad_id):
@@ -906,6 +956,7 @@ SECTIONS = [
     ("bf16", section_bf16, 20),
     ("checkpointing", section_checkpointing, 30),
     ("step7b", section_step7b, 90),
+    ("spread", section_spread, 30),
     ("cell4bit", section_cell4bit, 120),
     ("scale", section_scale, 100),
 ]
@@ -933,7 +984,8 @@ def summary_markdown(results: dict) -> str:
             f"7B-shaped NPO_KLR step: {r['tokens_per_s']:.0f} tokens/s, "
             f"{r['model_tflops_per_s']:.0f} TFLOP/s (MFU {r['mfu'] or 0:.1%}), peak "
             f"{r.get('peak_allocated_gib', 0):.1f} GiB; NEWS unlearning "
-            f"{r['news_unlearn_hours']}",
+            f"{r['news_unlearn_hours']}; the cost model predicted "
+            f"{r['predicted_peak_gib']:.1f} GiB and {r['predicted_step_tflop']:.0f} TFLOP a step",
         ]
     if s.get("cell4bit", {}).get("status") == "ok":
         r = s["cell4bit"]

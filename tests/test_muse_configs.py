@@ -19,6 +19,7 @@ import yaml
 from quantunlearn.data.muse import load_benchmark, prepare_benchmark
 from quantunlearn.evaluation.muse import knowmem_prompt
 from quantunlearn.study import load_study, load_study_file
+from quantunlearn.study.plan import request
 from quantunlearn.study.storage import LLAMA2_7B_PARAMS, disk_estimate, llama_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,6 +179,12 @@ def _dry_run(workdir: Path, config: Path, *args: str) -> str:
     return out.stdout + out.stderr
 
 
+def _wildcards(log: str, rule: str) -> list[dict[str, str]]:
+    blocks = re.findall(rf"^(?:local)?rule {rule}:\n(.*?)(?=^\[|\Z)", log, re.M | re.S)
+    found = [re.search(r"wildcards: (.*)", b) for b in blocks]
+    return [dict(kv.split("=", 1) for kv in m[1].split(", ")) for m in found if m]
+
+
 def _resources(log: str, rule: str) -> list[dict[str, str]]:
     blocks = re.findall(rf"^(?:local)?rule {rule}:\n(.*?)(?=^\[|\Z)", log, re.M | re.S)
     found = [re.search(r"resources: (.*)", b) for b in blocks]
@@ -214,21 +221,25 @@ def test_muse_dry_run_through_the_slurm_profile(bench, tmp_path):
     }
     # the downloads: a localrule (a dry run does not say so), no GPU
     assert [r.get("gpu") for r in _resources(log, "download")] == [None] * 5
-    # the profile's per-rule requests: GPU jobs with their memory and time, the rest default
+    # the GPU jobs' requests come from the plan, per job (profile: gpu_memory_gb 80): the
+    # regularized NPO_KLR-like runs do not fit one 80 GB GPU and get 2, the others 1
+    study = load_study_file(CONFIGS[bench])
     unlearn = _resources(log, "unlearn")
     assert len(unlearn) == n
-    for r in unlearn:
-        assert (r["gpu"], r["mem_mb"], r["cpus_per_task"], r["runtime"]) == (
-            "1",
-            "64000",
-            "4",
-            "480",
-        )
+    for r, wc in zip(unlearn, _wildcards(log, "unlearn"), strict=True):
+        want = request(study, "unlearn", wc["bench"], wc["run"], "none", 80).at(1)
+        assert (r["gpu"], r["mem_mb"], r["runtime"]) == tuple(str(want[k]) for k in want), wc
+        assert r["cpus_per_task"] == "4"
+    gpus = {r["gpu"] for r in unlearn}
+    assert gpus == {"1", "2"} and len({r["runtime"] for r in unlearn}) > 1  # per job
     evaluate = _resources(log, "evaluate")
     assert len(evaluate) == 8 * (n + 2)
-    assert all(r["gpu"] == "1" and r["mem_mb"] == "48000" for r in evaluate)
+    for r, wc in zip(evaluate, _wildcards(log, "evaluate"), strict=True):
+        want = request(study, "evaluate", wc["bench"], wc["run"], wc["quant"], 80).at(1)
+        assert (r["gpu"], r["mem_mb"], r["runtime"]) == tuple(str(want[k]) for k in want), wc
     assert all(r["gpu"] == "1" for r in _resources(log, "quantize"))
     assert _resources(log, "reference_auc")[0]["gpu"] == "1"
+    assert "plan on 80 GB GPUs" in log and "GPU-h" in log
     assert "gpu" not in _resources(log, "prepare_benchmark")[0]
     # table1 is a localrule (a dry run does not say so; tests/test_slurm.py checks it for real)
     assert "gpu" not in _resources(log, "table1")[0]

@@ -4,7 +4,8 @@ tests/slurm/slurm-up.sh installs and starts munged, slurmctld and slurmd (root, 
 test runs a small study locally, then, in a copy of it without one unlearned model and its
 evaluation cells, runs `snakemake --profile profiles/slurm all_tables`: the unlearning job and
 its two evaluation cells (the profile's GPU rules) go through SLURM (the table stays local), and
-the test checks their SLURM job ids, states and resources (GPU, CPUs, memory of the profile) and
+the test checks their SLURM job ids, states and resources (GPUs, memory and time of the study's
+plan, CPUs of the profile) and
 that their metrics equal the local run's. (The whole study under SLURM works too but takes
 6 SLURM levels of ~20-70 s each, as every job starts Snakemake twice; 2 levels keep CI short.)
 Then slurm-down.sh stops exactly the daemons it started. The test changes the machine (packages,
@@ -26,6 +27,7 @@ import pandas as pd
 import pytest
 
 from quantunlearn.study import load_study_file
+from quantunlearn.study.plan import request
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "tests" / "configs" / "slurm.yaml"
@@ -101,6 +103,13 @@ def _metrics(workdir: Path) -> pd.DataFrame:
     return frame.sort_values(["run", "quant", "metric"]).reset_index(drop=True)
 
 
+def _time_limit(minutes: int) -> str:
+    """SLURM's TimeLimit of a request in minutes: [D-]HH:MM:SS."""
+    days, rest = divmod(minutes, 24 * 60)
+    text = f"{rest // 60:02d}:{rest % 60:02d}:00"
+    return f"{days}-{text}" if days else text
+
+
 def _slurm_job(jobid: str) -> dict[str, str]:
     """`scontrol show job` as a dict (finished jobs stay visible for MinJobAge = 300 s)."""
     out = subprocess.run(["scontrol", "-o", "show", "job", jobid], capture_output=True, text=True)
@@ -137,15 +146,20 @@ def test_study_under_slurm_equals_local_run(slurm_cluster, tmp_path):
     assert set(slurm_logs) == set(submitted)
     assert sorted(slurm_logs.values()) == ["rule_evaluate", "rule_evaluate", "rule_unlearn"]
     assert re.search(r"localrule table1:", log), "table1 must stay a local rule"
-    # SLURM ran each to completion with the profile's requests (a GPU, 4 CPUs, the memory)
+    # SLURM ran each to completion with the plan's requests (GPUs, memory, time) and 4 CPUs
+    study = load_study_file(STUDY)
     for jobid, rule in slurm_logs.items():
         job = _slurm_job(jobid)
         assert job["JobState"] == "COMPLETED", (rule, job)
         assert job["WorkDir"] == str(slurm)
         mem = re.search(r"mem=([\d.]+)([MGT])", job["TRES"])
         mem_mb = float(mem[1]) * {"M": 1, "G": 1024, "T": 1024**2}[mem[2]]
-        assert mem_mb == {"rule_unlearn": 64000, "rule_evaluate": 48000}[rule], (rule, job)
-        assert job.get("TresPerJob") == "gres:gpu:1", (rule, job)  # sbatch --gpus=1
+        # the plan's request for this job (the profile's gpu_memory_gb: 80): a tiny model's
+        # host memory, one GPU, its estimated time
+        want = request(study, rule.removeprefix("rule_"), "micro", GA_GDR, "none", 80)
+        assert mem_mb == want.mem_mb, (rule, job)
+        assert job.get("TresPerJob") == f"gres:gpu:{want.gpu}", (rule, job)  # sbatch --gpus=N
+        assert job["TimeLimit"] == _time_limit(want.runtime), (rule, job)
         assert job["NumCPUs"] == "4", (rule, job["NumCPUs"])
         # the job's own log: Snakemake ran the rule inside the allocation (jobstep + srun)
         text = next(logs_dir.rglob(f"{jobid}.log")).read_text()

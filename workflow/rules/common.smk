@@ -1,5 +1,6 @@
 # Validation of the config (first thing, so a typo fails in a second) and the path helpers.
 # All logic lives in the quantunlearn package; this file only maps the grid onto paths.
+import functools
 import os
 import sys
 
@@ -9,6 +10,8 @@ from quantunlearn.reports import BY_NAME as REPORTS
 from quantunlearn.study import ConfigError, load_study
 from quantunlearn.study.grid import config_owner, external_name, is_external, steps_summary
 from quantunlearn.study.inputs import download_summary, hub_inputs, pin_file
+from quantunlearn.study.plan import plan_summary
+from quantunlearn.study.plan import request as plan_request
 from quantunlearn.study.storage import disk_summary
 from quantunlearn.unlearning.methods import REFERENCES
 
@@ -19,6 +22,11 @@ TABLES_OWNER = config_owner(workflow.configfiles)
 RESULTS = str(STUDY.results)
 # every hub model and dataset of the study, by pin name: the download rule fetches each once
 HUB_INPUTS = hub_inputs(STUDY)
+# the one cluster setting of the plan: the GPU memory of the nodes (GB), the profile's
+# default-resources `gpu_memory_gb` (profiles/slurm); 80 where no profile sets it
+_DEFAULTS = workflow.resource_settings.default_resources
+_NODE = _DEFAULTS.get("gpu_memory_gb") if _DEFAULTS is not None else None
+GPU_MEMORY_GB = float(_NODE.value) if _NODE is not None else 80.0
 if workflow.is_main_process:  # the dry run (and the main run): once, not in every cluster job
     if STUDY.tables_owner_error(TABLES_OWNER):
         raise ConfigError(STUDY.tables_owner_error(TABLES_OWNER))
@@ -26,6 +34,7 @@ if workflow.is_main_process:  # the dry run (and the main run): once, not in eve
         print(f"warning: {warning}", file=sys.stderr)
     print(disk_summary(STUDY), file=sys.stderr)  # what the checkpoints take
     print(steps_summary(STUDY), file=sys.stderr)  # the unlearning runs' optimizer steps
+    print(plan_summary(STUDY, GPU_MEMORY_GB), file=sys.stderr)  # GPU memory and hours per rule
     if HUB_INPUTS:  # and what the download step fetches
         print(download_summary(STUDY, RESULTS), file=sys.stderr)
 # tables of a second study on the same results (config/quantizers.yaml) go to their own folder
@@ -158,3 +167,20 @@ def all_report_files():
         if spec.applies(STUDY)
         for file in spec.all_files(STUDY)
     ]
+
+
+@functools.cache
+def _planned(rule, bench, run, quant):
+    return plan_request(STUDY, rule, bench, run, quant, GPU_MEMORY_GB)
+
+
+def planned(rule, key):
+    """A GPU rule's resource ``key`` (gpu, mem_mb, runtime) per job, from the study's plan
+    (quantunlearn.study.plan.request); memory and time grow with the attempt (retries)."""
+
+    def resource(wildcards, attempt):
+        run = getattr(wildcards, "run", "method~retrain")
+        quant = getattr(wildcards, "quant", "none")
+        return _planned(rule, wildcards.bench, run, quant).at(attempt)[key]
+
+    return resource

@@ -17,6 +17,10 @@ rule reference_auc:
     conda:
         CONDA_ENV
     threads: 1
+    resources:
+        mem_mb=planned("reference_auc", "mem_mb"),
+        runtime=planned("reference_auc", "runtime"),
+        gpu=planned("reference_auc", "gpu"),
     params:
         model=lambda wc: model_path(wc.bench, "method~retrain"),
         tokenizer=lambda wc: tokenizer_of(wc.bench),
@@ -45,9 +49,9 @@ rule evaluate:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=1,
+        mem_mb=planned("evaluate", "mem_mb"),
+        runtime=planned("evaluate", "runtime"),
+        gpu=planned("evaluate", "gpu"),
     params:
         model=lambda wc: model_path(wc.bench, wc.run),
         tokenizer=lambda wc: tokenizer_of(wc.bench),

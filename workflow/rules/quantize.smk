@@ -20,9 +20,9 @@ rule quantize:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=16000,
-        runtime=120,
-        gpu=1,
+        mem_mb=planned("quantize", "mem_mb"),
+        runtime=planned("quantize", "runtime"),
+        gpu=planned("quantize", "gpu"),
     params:
         model=lambda wc: model_path(wc.bench, wc.run),
         tokenizer=lambda wc: tokenizer_of(wc.bench),

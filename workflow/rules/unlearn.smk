@@ -17,9 +17,9 @@ rule unlearn:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=120,
-        gpu=1,
+        mem_mb=planned("unlearn", "mem_mb"),
+        runtime=planned("unlearn", "runtime"),
+        gpu=planned("unlearn", "gpu"),
     params:
         target=lambda wc: model_path(wc.bench, "method~target"),
         tokenizer=lambda wc: tokenizer_of(wc.bench),

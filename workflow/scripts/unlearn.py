@@ -21,6 +21,7 @@ with logged(snakemake.log[0], snakemake.threads):
         hyperparameters={k: v for k, v in run.items() if v is not None},
         settings=snakemake.params.fixed,
         tokenizer=pins.local(tokenizer),
+        gpus=int(snakemake.resources.gpu),  # the plan's request: > 1 spreads the model
         run=run["run"],
         inputs={"target": pins.record(target), "tokenizer": pins.record(tokenizer or target)},
     )

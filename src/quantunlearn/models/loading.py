@@ -88,13 +88,30 @@ def copy_tokenizer(source: str, out_dir: str | PathLike) -> list[str]:
     return copied
 
 
-def load_model(path_or_id: str, dtype: str = "fp32") -> torch.nn.Module:
-    """Load a causal LM from a local folder or a hub id, in the given weight dtype, on CPU/GPU."""
+def device_map(gpus: int = 1) -> str:
+    """Where `load_model` puts a model's layers: the one device (``default_device``), or, for a
+    job given ``gpus`` > 1 (the plan's request when one GPU does not hold it), ``"auto"``:
+    accelerate spreads the decoder layers evenly over the visible GPUs, one model-parallel
+    process (the seeds' unlearning on 4 GPUs). The layers then run one after another, each on
+    its GPU, with the same operations as on one device."""
+    if gpus <= 1:
+        return default_device()
+    if torch.cuda.is_available() and torch.cuda.device_count() < gpus:
+        raise RuntimeError(
+            f"the job asked for {gpus} GPUs but sees {torch.cuda.device_count()}: run it "
+            "where its GPUs are visible (SLURM: --gpus, set by the plan's `gpu` resource)"
+        )
+    return "auto"
+
+
+def load_model(path_or_id: str, dtype: str = "fp32", gpus: int = 1) -> torch.nn.Module:
+    """Load a causal LM from a local folder or a hub id, in the given weight dtype, on CPU/GPU
+    (across ``gpus`` GPUs: `device_map`)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     name, revision = split_spec(str(path_or_id))
     model = AutoModelForCausalLM.from_pretrained(
-        check_model_path(name), revision=revision, dtype=DTYPES[dtype], device_map=default_device()
+        check_model_path(name), revision=revision, dtype=DTYPES[dtype], device_map=device_map(gpus)
     )
     model.eval()
     return model

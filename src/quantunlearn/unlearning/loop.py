@@ -47,7 +47,8 @@ def unlearn(
     hyperparameters: dict,
     settings: dict | UnlearnSettings | None = None,
     tokenizer: str | None = None,
-    **provenance,
+    gpus: int = 1,  # > 1: across that many GPUs (quantunlearn.models.loading.device_map)
+    **provenance,  # long: the job's one entry point, its steps in order
 ) -> dict:
     """Unlearn the forget corpus (a text file, or a `TextCorpus` / `RWKUCorpus`) from ``target``
     with ``method`` at ``hyperparameters`` (a dict of config keys: the method's own are read,
@@ -59,7 +60,7 @@ def unlearn(
         settings = UnlearnSettings(**(settings or {}))
     tok = load_tokenizer(tokenizer or target)
     forget, retain = _sequences(spec, forget_corpus, retain_corpus, tok, settings.max_len)
-    model, emulate = _load(target, run.weight_dtype, settings.bf16_compute)
+    model, emulate = _load(target, run.weight_dtype, settings.bf16_compute, gpus)
     probe = probe_sequences(retain_corpus, tok, settings.max_len)
     target_ce = retain_ce(model, probe, tok.pad_token_id, settings.batch_size)
     context = {"run": run, "target": target, "model": model, "forget": forget}
@@ -190,13 +191,13 @@ def _sequences(method: Method, forget_corpus, retain_corpus, tok, max_len: int):
     return forget, retain
 
 
-def _load(target: str, weight_dtype: str, bf16_compute: str):
+def _load(target: str, weight_dtype: str, bf16_compute: str, gpus: int = 1):
     """The target in the weight dtype; with ``bf16_compute: emulated`` bf16 weights are fp32
     tensors rounded to bf16 after every step (`round_to_bf16`)."""
     if bf16_compute not in ("native", "emulated"):
         raise ValueError(f"bf16_compute must be 'native' or 'emulated', got {bf16_compute!r}")
     emulate = weight_dtype == "bf16" and bf16_compute == "emulated"
-    model = load_model(target, "fp32" if emulate else weight_dtype)
+    model = load_model(target, "fp32" if emulate else weight_dtype, gpus)
     if emulate:
         round_to_bf16(model)
     return model, emulate

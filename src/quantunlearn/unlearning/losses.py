@@ -32,7 +32,8 @@ FORMS = ("paper", "muse")
 
 def _shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Align position t's logits with token t+1."""
-    return logits[:, :-1, :].float(), labels[:, 1:]
+    # labels to the logits' device: a model spread over GPUs (device_map) ends on the last one
+    return logits[:, :-1, :].float(), labels[:, 1:].to(logits.device)
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -101,6 +101,9 @@ class Term:
     params: ClassVar[tuple[type, ...]] = ()
     #: the term compares with the frozen target model
     needs_reference: ClassVar[bool] = False
+    #: fp32 [tokens, vocabulary] tensors its loss keeps for the backward pass (the cost model,
+    #: quantunlearn.study.costs): a log-softmax's output; KLR also the target's probabilities
+    vocab_tensors: ClassVar[int] = 1
     #: its column in the training log (``{name}_loss``)
     name: ClassVar[str] = "forget"
     #: what a forget term trains on: "documents" (the forget texts, language-modelled) or
@@ -201,6 +204,8 @@ class GDR(Term):
 class KLR(Term):
     """KL between the frozen target and the model on the retain set, Zhang et al. eq. 10."""
 
+    vocab_tensors = 2
+
     params = (RetainWeight, LossForm)
     needs_reference = True
     name = "retain"
@@ -253,6 +258,8 @@ class RMUForget(Term):
     """RMU's forget term (Li et al. 2024): the steered layer's activations on the forget tokens
     pulled towards the fixed control vector c * u."""
 
+    vocab_tensors = 0
+
     def loss(self, step, run):
         from quantunlearn.unlearning import losses
 
@@ -263,6 +270,8 @@ class RMUForget(Term):
 class RMURetain(Term):
     """RMU's retain term (Li et al. 2024): the steered layer's activations on the retain tokens
     kept where the frozen model has them."""
+
+    vocab_tensors = 0
 
     params = (RetainWeight,)
     needs_reference = True

@@ -116,8 +116,30 @@ class Scope:
     #: the family of the methods with this scope in the mitigation tables (None: base)
     family: ClassVar[str | None] = None
 
+    #: a method that needs the frozen target keeps a copy of its weights (LoRA: no, the
+    #: adapter-free model is the reference)
+    copies_reference: ClassVar[bool] = True
+    #: the loss reads the vocabulary logits (RMU: the activations of one layer, no lm_head)
+    reads_logits: ClassVar[bool] = True
+    #: the trained parameters' dtype when it is not the weight dtype (LoRA: peft keeps bf16
+    #: models' adapters in fp32)
+    trained_dtype: ClassVar[str | None] = None
+
     def build(self, model, method, run, forget: list, pad_id: int, batch_size: int) -> Trainable:
         raise NotImplementedError
+
+    def trained_params(self, shape, run) -> int:
+        """Parameters AdamW updates, for a `LlamaShape` (an upper bound where the run chooses:
+        SURE's mask)."""
+        return shape.params
+
+    def graph_layers(self, shape, run) -> int:
+        """Decoder layers whose activations the backward pass keeps."""
+        return shape.layers
+
+    def layer_extra_bytes(self, shape, run, weight_bytes: int) -> int:
+        """Bytes per token that the scope's own modules save in one decoder layer."""
+        return 0
 
     def check(self, run) -> None:
         """Checks across hyperparameter groups (raise `HyperparameterError` naming the key)."""
@@ -303,6 +325,21 @@ class LoRA(Scope):
 
     params = (LoRAParams,)
     family = "LoRA"
+    copies_reference = False
+    trained_dtype = "fp32"
+
+    def trained_params(self, shape, run) -> int:
+        """r x (in + out) per adapted projection (A: r x in, B: out x r), every layer."""
+        linears = shape.linear_shapes
+        per_layer = sum(sum(linears[name]) for name in LORA_TARGETS[run.lora_targets])
+        return int(run.lora_rank) * per_layer * shape.layers
+
+    def layer_extra_bytes(self, shape, run, weight_bytes: int) -> int:
+        """Per adapted projection: A's output (r, fp32), and with bf16 weights peft's fp32
+        copy of the projection's input (cast to the adapters' dtype)."""
+        names = LORA_TARGETS[run.lora_targets]
+        cast = sum(shape.linear_shapes[n][0] for n in names) if weight_bytes != 4 else 0
+        return 4 * (cast + int(run.lora_rank) * len(names))
 
     def build(self, model, method, run, forget, pad_id, batch_size):
         import torch
@@ -391,6 +428,16 @@ class RMU(Scope):
 
     params = (RMUParams,)
     family = "RMU"
+    reads_logits = False
+
+    def trained_params(self, shape, run) -> int:
+        """The down-projections (intermediate x hidden) of layers rmu_layer-2..rmu_layer."""
+        return self.graph_layers(shape, run) * shape.intermediate * shape.hidden
+
+    def graph_layers(self, shape, run) -> int:
+        """Only the trained layers keep activations: the frozen ones below see no input that
+        needs a gradient, and the layers above do not reach the loss."""
+        return min(int(run.rmu_layer) + 1, 3)
 
     def build(self, model, method, run, forget, pad_id, batch_size):
         import torch
