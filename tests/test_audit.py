@@ -23,7 +23,7 @@ from quantunlearn.reports.audit import (
 from quantunlearn.reports.cells import table1_columns
 from quantunlearn.reports.provenance import code_table, input_table, version_table
 from quantunlearn.reports.render import row_label
-from quantunlearn.study import load_study
+from quantunlearn.study import load_study, load_study_file
 from quantunlearn.study.config import ConfigError
 from quantunlearn.study.inputs import download_summary, hub_inputs, pin_file, pin_name
 from quantunlearn.study.storage import LLAMA2_7B_PARAMS, disk_estimate, disk_summary
@@ -99,6 +99,42 @@ def test_external_checkpoints_are_runs_of_their_own(tmp_path):
 def test_bad_external_checkpoints_name_the_key(unlearned, message):
     with pytest.raises(ConfigError, match=message):
         load_study(_news(**unlearned))
+
+
+def test_a_refused_checkpoint_name_says_which_key_and_characters():
+    """It used to read "unknown quantizer 'my-ckpt'"."""
+    with pytest.raises(ConfigError) as err:
+        load_study(_news(**{"my-ckpt": "org/model"}))
+    message = str(err.value)
+    assert "config key benchmarks.news.models.unlearned.my-ckpt: 'my-ckpt' is not a valid name" in (
+        message
+    )
+    assert "letters, digits and _" in message and "quantizer" not in message
+
+
+def test_a_loading_script_dataset_is_refused_naming_its_json_file():
+    config = yaml.safe_load(NEWS.read_text())
+    config["evaluation"].update(
+        utility=["fluency"], utility_data={"fluency": "tatsu-lab/alpaca_eval"}
+    )
+    with pytest.raises(ConfigError) as err:
+        load_study(config)
+    assert "config key evaluation.utility_data.fluency: 'tatsu-lab/alpaca_eval' is a " in str(
+        err.value
+    )
+    assert "hf://datasets/tatsu-lab/alpaca_eval@" in str(err.value)  # the JSON file to name
+
+
+def test_the_audit_shares_the_target_cells_of_the_news_study():
+    """config/muse_news_audit.yaml's claim: its target's cells are muse_news.yaml's (same hash)."""
+    news, audit = load_study_file(NEWS), load_study_file(AUDIT)
+    shared = sorted(set(news.quantizers) & set(audit.quantizers))
+    assert len(shared) == 8 and news.results == audit.results
+    for run in ("method~target", "method~retrain"):
+        for quant in shared:
+            assert config_hash(audit.cell_config("news", run, quant)) == config_hash(
+                news.cell_config("news", run, quant)
+            ), (run, quant)
 
 
 def test_a_folder_without_config_json_is_no_checkpoint(tmp_path):

@@ -220,6 +220,10 @@ def _schema_message(error) -> str:
     ]
     kinds = [k for k in dict.fromkeys(kinds) if k != "array"]
     enums = [e.validator_value for e in error.context if e.validator == "enum"]
+    low = [e for e in error.context if e.validator in ("minimum", "minItems")]
+    if low:  # the right type, too small or empty (targets: 0, targets: [])
+        where = f"item [{low[0].relative_path[0]}] " if low[0].relative_path else ""
+        return f"{where}{low[0].message}"
     if enums:
         return f"{error.instance!r} is not one of {enums[0]}"
     if kinds:
@@ -283,6 +287,13 @@ def _schema_errors(config: dict) -> list[str]:
             hint = _hint(error.instance, error.validator_value)
             what = "method" if "methods" in error.schema_path else "name"
             messages.append(f"config key {name}: unknown {what}{hint}; known: {known}")
+        elif error.validator == "pattern" and "propertyNames" in error.schema_path:
+            # a name of the user's (a benchmark, an audited checkpoint): part of file paths
+            name, under = _key([*error.absolute_path, error.instance]), _key(error.absolute_path)
+            messages.append(
+                f"config key {name}: {error.instance!r} is not a valid name; a name under "
+                f"{under} may use only letters, digits and _ (it becomes part of file paths)"
+            )
         else:
             messages.append(f"config key {_key(error.absolute_path)}: {_schema_message(error)}")
     return messages

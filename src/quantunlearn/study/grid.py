@@ -90,7 +90,7 @@ def _method_runs(config: dict, bench: str, name: str) -> list[dict]:
     method = get_method(name)
     subjects = benchmark_kind(config["benchmarks"][bench]).subjects(config["benchmarks"][bench])
     rows = []
-    for params in method_grids(config, name):  # one grid per section of the method
+    for section, params in enumerate(method_grids(config, name)):  # one grid per section
         if "quail_delta" in params:  # a number or a quantizer name: one text column
             params["quail_delta"] = [format_value(v) for v in as_list(params["quail_delta"])]
         axes = {k: as_list(params[k]) for k in method.hyperparameters}
@@ -99,8 +99,24 @@ def _method_runs(config: dict, bench: str, name: str) -> list[dict]:
             for subject in subjects or [None]:
                 run = run_path(name, row, subject)
                 rows.append({"benchmark": bench, "method": name, "run": run, "subject": subject,
-                             **row})  # fmt: skip
+                             "section": section, **row})  # fmt: skip
     return rows
+
+
+def _repeat_error(config: dict, runs: pd.DataFrame) -> str:
+    """A run the grid holds twice, named by the method's section(s) that give it."""
+    dupes = runs[runs.duplicated(["benchmark", "run"], keep=False)]
+    first = dupes.iloc[0]
+    sections = sorted(set(dupes[dupes.run == first.run].section.dropna().astype(int)))
+    listed = isinstance(config["unlearn"]["methods"][first.method], list)
+    where = [f"unlearn.methods.{first.method}" + (f"[{i}]" if listed else "") for i in sections]
+    what = " and ".join(dict.fromkeys(where))
+    more = dupes.run.nunique() - 1
+    return (
+        f"config key {what}: the grid of {first.method} repeats the run {first.run}"
+        + (f" (and {more} more)" if more else "")
+        + "; each run may appear once"
+    )
 
 
 def expand_runs(config: dict) -> pd.DataFrame:
@@ -120,12 +136,13 @@ def expand_runs(config: dict) -> pd.DataFrame:
     for col in [*HYPER_COLUMNS, "subject"]:
         if col not in runs:
             runs[col] = pd.NA
-    runs = runs[["benchmark", "run", "method", *HYPER_COLUMNS, "subject"]]
+    if "section" not in runs:
+        runs["section"] = pd.NA
+    runs = runs[["benchmark", "run", "method", *HYPER_COLUMNS, "subject", "section"]]
     runs = runs.astype({key: column_dtype(key) for key in HYPER_COLUMNS} | {"subject": "Int64"})
-    dupes = runs[runs.duplicated(["benchmark", "run"])]
-    if len(dupes):
-        raise ConfigError(f"config key unlearn: the grid repeats runs {sorted(set(dupes.run))}")
-    return runs
+    if runs.duplicated(["benchmark", "run"]).any():
+        raise ConfigError(_repeat_error(config, runs))
+    return runs.drop(columns="section")
 
 
 def _plain(value: Any) -> Any:
