@@ -54,9 +54,11 @@ def model_path(bench, run):
 
 
 def model_input(bench, run):
-    """The model as a DAG input: nothing for an external model (no rule makes it)."""
+    """The model as a DAG input: a DAG output, or an audited checkpoint's local folder (its
+    content is also in its cells' config); nothing for a hub id or a named reference model."""
     path = model_path(bench, run)
-    return [path] if path.startswith(f"{RESULTS}/") else []
+    local_external = is_external(STUDY.run_params(bench, run)["method"]) and os.path.isdir(path)
+    return [path] if path.startswith(f"{RESULTS}/") or local_external else []
 
 
 def tokenizer_of(bench):

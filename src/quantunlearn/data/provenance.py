@@ -305,8 +305,9 @@ def package_versions(names: Iterable[str]) -> dict[str, str | None]:
 
 def provenance_columns(inputs: Mapping[str, Mapping]) -> dict:
     """The columns every metrics row carries: the code's git commit and dirty flag, every input
-    (role -> ``{"source", "commit"}``) as JSON, and ``{role}_source`` / ``{role}_commit`` of
-    the `ROLES` (None where a cell has no such input)."""
+    (role -> ``{"source", "commit"}``) as JSON, ``{role}_source`` / ``{role}_commit`` of
+    the `ROLES` (None where a cell has no such input), and ``model_content``: the content of a
+    local audited checkpoint (``sha256:...``, `quantunlearn.models.checkpoint.fingerprint`)."""
     for role, record in inputs.items():
         commit = record.get("commit")
         if commit is not None and not COMMIT.match(commit):
@@ -321,4 +322,6 @@ def provenance_columns(inputs: Mapping[str, Mapping]) -> dict:
         record = inputs.get(role) or {}
         columns[f"{role}_source"] = record.get("source")
         columns[f"{role}_commit"] = record.get("commit")
+    # a local audited checkpoint has no commit: its content (sha256 of its files) instead
+    columns["model_content"] = (inputs.get("model") or {}).get("content")
     return columns

@@ -530,12 +530,10 @@ def _benchmark_errors(config: dict) -> list[str]:
                     f"config key {key}.models.{which}: no such path {value!r} (nor a hub id "
                     "owner/name[@revision])"
                 )
-            elif which.startswith("unlearned.") and Path(value).is_dir():
-                if not (Path(value) / "config.json").is_file():
-                    errors.append(
-                        f"config key {key}.models.{which}: {value!r} holds no config.json "
-                        "(not a saved model)"
-                    )
+        if not errors:  # audit mode: each local checkpoint read (no weights), and compared
+            from quantunlearn.study.external import external_errors
+
+            errors += external_errors(config, name)
     return errors
 
 

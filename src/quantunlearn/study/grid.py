@@ -32,6 +32,7 @@ from quantunlearn.study.config import (
     normalize_config,
     read_config_file,
 )
+from quantunlearn.study.external import identity
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS, column_dtype
 from quantunlearn.unlearning.methods import REFERENCES, get_method
 
@@ -414,8 +415,9 @@ class Study:
         cell: dict[str, Any] = {"benchmark": {bench: self.benchmark(bench)}, "run": params}
         if self.trains_models(bench) and self.base_model(bench) is None:
             cell["tiny_model"] = self.tiny_model(bench)
-        if is_external(params["method"]):  # its source: a new revision is a new cell
-            cell["external"] = self.external_checkpoints(bench)[external_name(params["method"])]
+        if is_external(params["method"]):  # its source (and a folder's content): a new cell
+            spec = self.external_checkpoints(bench)[external_name(params["method"])]
+            cell |= identity(spec, self.results)
         elif params["method"] not in REFERENCES:
             keys = ["batch_size", "max_len", "max_grad_norm"]
             if params["weight_dtype"] == "bf16":
