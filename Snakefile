@@ -6,6 +6,7 @@ import os
 
 from snakemake.utils import min_version
 
+from quantunlearn.study import recovery
 from quantunlearn.study.config import read_config_file
 
 min_version("9.0")
@@ -22,6 +23,10 @@ if not config:
     read_config_file(os.path.join(workflow.basedir, "config", "config.yaml"))
 
     configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+# the update() outputs kept when a run starts (quantunlearn.study.recovery)
+KEPT = []
 
 
 include: "workflow/rules/common.smk"
@@ -43,6 +48,14 @@ rule all_tables:
 
 onstart:
     STUDY.claim_tables(TABLES_OWNER)  # this config writes TABLES (common.smk checks it)
+    # the update() outputs about to be rebuilt, and Snakemake's records of them
+    KEPT.extend(recovery.keep(workflow))
+
+
+onerror:
+    # a failed job's restored output gets its record back: the finished study has nothing to do
+    for path in recovery.restore(workflow, KEPT):
+        print(f"{path}: restored as it was, with its record (nothing to redo for it)")
 
 
 onsuccess:
