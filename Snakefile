@@ -44,6 +44,8 @@ rule all_tables:
     input:
         # every report of the REPORTS table that this study makes (quantunlearn.reports)
         all_report_files(),
+        # every cell's records: part of its output (a deleted one is rebuilt)
+        STUDY.record_files(),
 
 
 onstart:

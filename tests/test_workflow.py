@@ -131,6 +131,22 @@ def test_micro_study_runs_and_reruns_only_what_is_new(tmp_path):
         "all_tables": 1,
     }
 
+    # issue 22: a deleted records file is rebuilt (it used to be "Nothing to be done") ...
+    (results / "records" / "micro" / "method~target" / "none.parquet").unlink()
+    plan = snakemake(tmp_path, "-n", "all_tables", config=MICRO)
+    assert job_counts(plan.stdout)["evaluate"] == 1, plan.stdout[-2000:]
+    # ... and a damaged metric file stops table1 naming it, the last tables left as they were
+    tables = _snapshot(results / "tables")
+    damaged = results / "metrics" / "micro" / "method~retrain" / "rtn_w4.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    out = snakemake(tmp_path, "--cores", "1", "results/tables/table1.md", config=MICRO)
+    assert out.returncode != 0
+    log = out.stdout + out.stderr
+    assert f"metric file {damaged.relative_to(tmp_path)} cannot be read as Parquet" in log, log
+    assert {k: v[0] for k, v in _snapshot(results / "tables").items()} == {
+        k: v[0] for k, v in tables.items()
+    }
+
 
 def test_failed_unlearning_leaves_no_model(tmp_path):
     """A NaN loss stops the job with a clear error, and no model folder is left behind."""
@@ -328,3 +344,81 @@ def test_recovery_after_snakemake_itself_is_killed(tmp_path):
     assert not [p for p in (tmp_path / "results").rglob("*") if ".tmp-" in p.name]
     plan = snakemake(tmp_path, "-n", model, config=MICRO)
     assert "Nothing to be done" in plan.stdout + plan.stderr
+
+
+# ------------------------------------------- issue 22: audit mode reports the model on disk
+
+
+@pytest.mark.slow
+def test_an_audited_folder_is_evaluated_again_when_its_files_are_replaced(tmp_path):
+    """A local checkpoint is audited, then its files are replaced by another model of the same
+    shapes and size: the workflow plans its cells again and the audit's Table 1 gives the new
+    model's numbers (it used to plan only the tables and keep the first model's, exit code 0)."""
+
+    def small(config):
+        config["unlearn"]["methods"] = {}
+        config["quantizers"] = ["none", "rtn_w4"]
+
+    models = "results/models/micro"
+    base = _write_config(tmp_path, "base.yaml", small)
+    out = snakemake(tmp_path, "--cores", "2", f"{models}/target", f"{models}/retrain", config=base)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tmp_path / models / "target", ckpt)
+
+    def audit(config):
+        small(config)
+        config["tables_dir"] = "results/tables/audit"
+        config["benchmarks"]["micro"]["models"] = {"unlearned": {"mine": str(ckpt)}}
+
+    audited = _write_config(tmp_path, "audit.yaml", audit)
+    out = snakemake(tmp_path, "--cores", "2", "all_tables", config=audited)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    metrics = ["verbmem_f", "knowmem_f", "knowmem_r"]
+
+    def row(method: str) -> list[float]:
+        table = pd.read_parquet(tmp_path / "results" / "tables" / "audit" / "table1.parquet")
+        return (
+            table[(table.method == method) & (table["quant"] == "none")][metrics].iloc[0].tolist()
+        )
+
+    assert row("external:mine") == row("target")
+    first = pd.read_parquet(
+        tmp_path
+        / "results"
+        / "metrics"
+        / "micro"
+        / "method~external"
+        / "checkpoint~mine"
+        / "none.parquet"
+    ).model_content.iloc[0]
+    assert first.startswith("sha256:")
+    plan = snakemake(tmp_path, "-n", "all_tables", config=audited)
+    assert "Nothing to be done" in plan.stdout + plan.stderr
+
+    for file in (tmp_path / models / "retrain").iterdir():  # the same shapes and file sizes
+        if file.is_file():
+            shutil.copy(file, ckpt / file.name)
+    plan = snakemake(tmp_path, "-n", "all_tables", config=audited)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert job_counts(plan.stdout) == {
+        "evaluate": 2,
+        "diagnose": 1,
+        "audit": 1,
+        "table1": 1,
+        "provenance": 1,
+        "all_tables": 1,
+    }
+    out = snakemake(tmp_path, "--cores", "2", "all_tables", config=audited)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert row("external:mine") == row("retrain") != row("target")
+    second = pd.read_parquet(
+        tmp_path
+        / "results"
+        / "metrics"
+        / "micro"
+        / "method~external"
+        / "checkpoint~mine"
+        / "none.parquet"
+    ).model_content.iloc[0]
+    assert second.startswith("sha256:") and second != first

@@ -148,7 +148,9 @@ def report_outputs(name):
             )
             kwargs = {"caption": caption} if os.path.exists(caption) else {}
             path = report(path, category=items[file], **kwargs)
-        outputs[file.replace(".", "_")] = path
+        # update(): the tables of the last run stay until the new ones are written (a job that
+        # fails, on a damaged metric file say, leaves them as they were)
+        outputs[file.replace(".", "_")] = update(path)
     return outputs
 
 

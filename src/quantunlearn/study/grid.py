@@ -317,6 +317,14 @@ class Study:
     def metric_file(self, bench: str, run: str, quant: str) -> str:
         return str(self.results / "metrics" / bench / run / f"{quant}.parquet")
 
+    def record_files(self) -> list[str]:
+        """Every cell's records (the per-item outputs behind its metrics): part of the cell's
+        output, so a missing one is rebuilt (the `all_tables` target names them)."""
+        return [self.record_file(c.benchmark, c.run, c.quant) for c in self.cells().itertuples()]
+
+    def record_file(self, bench: str, run: str, quant: str) -> str:
+        return str(self.results / "records" / bench / run / f"{quant}.parquet")
+
     def metric_files(self, layout: str | None = None) -> list[str]:
         """Every cell's metric file, or those of the benchmarks of one layout (muse | rwku)."""
         return [
