@@ -603,3 +603,43 @@ def test_downloaded_models_are_checked(tmp_path, realistic_checkpoint):
     (broken / "tokenizer_config.json").write_text(json.dumps({**config, "add_eos_token": True}))
     with pytest.raises(ValueError, match="add_eos_token"):  # F1, caught on the login node
         validate_download(str(broken), ["tokenizer"])
+
+
+def test_a_pinned_hub_target_is_compared_too(tmp_path, tiny_tokenizer, tiny_model_dir):
+    """A hub target whose download is pinned: the checkpoint is compared with the snapshot."""
+    from quantunlearn.models.tiny import build_llama
+    from quantunlearn.study.inputs import pin_file
+
+    wide = _save(build_llama(tiny_tokenizer, 256, 384, num_layers=2), tmp_path / "wide")
+    config = _news(mine=str(wide))
+    config.update(results_dir=str(tmp_path / "results"), diagnostics=False)
+    assert load_study(config).has_external  # not downloaded yet: its own files only
+    (pin,) = pin_file(tmp_path / "results", "muse-bench/MUSE-News_target", "model")
+    Path(pin).parent.mkdir(parents=True)
+    Path(pin).write_text(json.dumps({"spec": "muse-bench/MUSE-News_target", "commit": SHA,
+                                     "path": str(tiny_model_dir)}))  # fmt: skip
+    with pytest.raises(ConfigError, match=rf"mine: {wide}: config.json has hidden_size 256, the "
+                       rf"target \({tiny_model_dir}\) 128"):  # fmt: skip
+        load_study(config)
+
+
+def test_the_jobs_check_the_files_they_were_planned_for(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """Files replaced between planning and the job, or a vocabulary only the trained target
+    shows: the evaluate and diagnose jobs stop before loading, naming the checkpoint."""
+    from quantunlearn.models.checkpoint import CheckpointError, fingerprint
+    from quantunlearn.models.tiny import build_llama
+    from quantunlearn.study.external import check_before_loading
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_dir, ckpt)
+    planned = fingerprint(ckpt)
+    check_before_loading(str(ckpt), str(ckpt), str(tiny_model_dir), planned)  # as planned
+    (ckpt / "config.json").write_text((ckpt / "config.json").read_text() + "\n")
+    with pytest.raises(CheckpointError, match=f"external checkpoint {ckpt}: its files changed"):
+        check_before_loading(str(ckpt), str(ckpt), str(tiny_model_dir), planned)
+    other = build_llama(tiny_tokenizer, 128, 384, num_layers=2)
+    other.config.vocab_size = other.config.vocab_size + 128
+    other.resize_token_embeddings(other.config.vocab_size)
+    big = _save(other, tmp_path / "big")
+    with pytest.raises(CheckpointError, match=r"config.json has vocab_size \d+, the target"):
+        check_before_loading(str(big), str(big), str(tiny_model_dir), fingerprint(big))
