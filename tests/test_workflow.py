@@ -422,3 +422,41 @@ def test_an_audited_folder_is_evaluated_again_when_its_files_are_replaced(tmp_pa
         / "none.parquet"
     ).model_content.iloc[0]
     assert second.startswith("sha256:") and second != first
+
+
+@pytest.mark.slow
+def test_a_killed_training_from_a_second_config_leaves_nothing_to_do(tmp_path):
+    """A second config on the same results (another training seed) retrains the target; its job
+    is killed half-way. The target is restored, and with its record: the first config has
+    nothing to do (it used to re-plan the target and every cell after it)."""
+    target = "results/models/micro/target"
+    out = snakemake(tmp_path, "--cores", "2", target, config=MICRO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    before = _snapshot(tmp_path / target)
+
+    def seed1(config):
+        config["tiny_model"]["train"].update(seed=1, target_epochs=500)  # still running when killed
+        config["tables_dir"] = "results/tables/seed1"
+
+    second = _write_config(tmp_path, "seed1.yaml", seed1)
+    cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "2", target]
+    cmd += ["--configfile", str(second)]
+    log = tmp_path / "second.log"
+    with open(log, "w") as fh:
+        run = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    job_log = tmp_path / "results" / "logs" / "train_reference" / "micro" / "target.log"
+    started = job_log.stat().st_mtime
+    deadline = time.time() + 600
+    while job_log.stat().st_mtime == started or "train target" not in job_log.read_text():
+        assert run.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.2)
+    for pid in _descendants(run.pid):  # the training job, not Snakemake
+        os.kill(pid, signal.SIGKILL)
+    assert run.wait(timeout=600) != 0
+    text = log.read_text()
+    assert f"Restored previous version of {target}" in text, text[-3000:]
+    assert f"{target}: restored as it was, with its record" in text
+    assert _snapshot(tmp_path / target) == before
+    plan = snakemake(tmp_path, "-n", target, config=MICRO)
+    assert "Nothing to be done" in plan.stdout + plan.stderr, plan.stdout[-3000:]
