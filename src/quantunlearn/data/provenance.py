@@ -81,6 +81,22 @@ def parse_source(spec: str) -> Source:
     return Source(spec=spec, kind="hub", repo_id=repo_id, revision=revision or None)
 
 
+def pin_name(spec: str, repo_type: str) -> str:
+    """``models/owner--name@revision`` (a revision's "/" as "+"), the pin file's stem."""
+    source = parse_source(spec)
+    name = source.repo_id.replace("/", "--")
+    if source.revision:
+        name += "@" + source.revision.replace("/", "+")
+    return f"{repo_type}s/{name}"
+
+
+def pin_file(results: str | Path, spec: str | None, repo_type: str) -> list[str]:
+    """The pin of a hub source as a one-element list (a DAG input); [] for a local folder."""
+    if spec is None or not is_hub_spec(spec):
+        return []
+    return [f"{results}/inputs/{pin_name(spec, repo_type)}.json"]
+
+
 def split_spec(spec: str) -> tuple[str, str | None]:
     """(what ``from_pretrained`` takes, revision): a folder stays as it is; ``owner/name@rev``
     becomes ``("owner/name", "rev")``."""

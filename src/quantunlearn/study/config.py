@@ -31,6 +31,7 @@ from quantunlearn.data import (
 from quantunlearn.data.provenance import is_hub_spec
 from quantunlearn.data.rwku import DOCUMENT_CONFIGS, REFUSAL_CONFIGS
 from quantunlearn.quantizers import parse_quantizer
+from quantunlearn.study.external import external_errors
 from quantunlearn.unlearning.hyperparameters import HyperparameterError, RMUParams
 from quantunlearn.unlearning.hyperparameters import defaults as hyperparameter_defaults
 from quantunlearn.unlearning.methods import METHODS, get_method
@@ -531,9 +532,7 @@ def _benchmark_errors(config: dict) -> list[str]:
                     "owner/name[@revision])"
                 )
         if not errors:  # audit mode: each local checkpoint read (no weights), and compared
-            from quantunlearn.study.external import external_errors
-
-            errors += external_errors(config, name)
+            errors += external_errors(config, name, tiny)
     return errors
 
 

@@ -23,7 +23,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from quantunlearn.data.provenance import is_hub_spec
+from quantunlearn.data.provenance import is_hub_spec, pin_file
 from quantunlearn.models import checkpoint
 
 
@@ -67,8 +67,6 @@ def check_before_loading(spec: str, folder: str, target: str | None, content: st
 
 def _pinned_folder(results: str, spec: str) -> str | None:
     """The snapshot folder the download step pinned for a hub model, if it has run."""
-    from quantunlearn.study.inputs import pin_file
-
     for pin in pin_file(results, spec, "model"):
         try:
             folder = json.loads(Path(pin).read_text(encoding="utf-8"))["path"]
@@ -78,16 +76,14 @@ def _pinned_folder(results: str, spec: str) -> str | None:
     return None
 
 
-def target_reference(config: dict, bench: str) -> str | dict | None:
-    """What a checkpoint of benchmark ``bench`` is compared with at parse time (module doc)."""
-    from quantunlearn.study.config import benchmark_tiny_model
-
+def target_reference(config: dict, bench: str, tiny: dict) -> str | dict | None:
+    """What a checkpoint of benchmark ``bench`` is compared with at parse time (module doc);
+    ``tiny``: the tiny model the benchmark would train."""
     models = config["benchmarks"][bench]["models"]
     target = models["target"]
     if target is None:
         if models.get("base") is not None:
             return None
-        tiny = benchmark_tiny_model(config, bench)
         return {
             "model_type": "llama",
             "hidden_size": tiny["hidden_size"],
@@ -103,14 +99,15 @@ def target_reference(config: dict, bench: str) -> str | dict | None:
     return None
 
 
-def external_errors(config: dict, bench: str) -> list[str]:
-    """Every local checkpoint of the benchmark: whole, and of the target's kind (module doc);
-    each error names the key, the folder and the first mismatch."""
+def external_errors(config: dict, bench: str, tiny: dict) -> list[str]:
+    """Every local checkpoint of the benchmark: whole, and of the target's kind (module doc;
+    ``tiny``: the tiny model the benchmark would train); each error names the key, the folder
+    and the first mismatch."""
     unlearned = config["benchmarks"][bench]["models"].get("unlearned") or {}
     local = {name: spec for name, spec in unlearned.items() if is_local(spec)}
     if not local:
         return []
-    reference = target_reference(config, bench)
+    reference = target_reference(config, bench, tiny)
     errors = []
     for name, spec in local.items():
         problem = checkpoint.problems(spec, reference)
