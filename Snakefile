@@ -6,6 +6,7 @@ import os
 
 from snakemake.utils import min_version
 
+from quantunlearn.study import recovery
 from quantunlearn.study.config import read_config_file
 
 min_version("9.0")
@@ -24,6 +25,10 @@ if not config:
     configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+# the update() outputs kept when a run starts (quantunlearn.study.recovery)
+KEPT = []
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"
@@ -39,10 +44,20 @@ rule all_tables:
     input:
         # every report of the REPORTS table that this study makes (quantunlearn.reports)
         all_report_files(),
+        # every cell's records: part of its output (a deleted one is rebuilt)
+        STUDY.record_files(),
 
 
 onstart:
     STUDY.claim_tables(TABLES_OWNER)  # this config writes TABLES (common.smk checks it)
+    # the update() outputs about to be rebuilt, and Snakemake's records of them
+    KEPT.extend(recovery.keep(workflow))
+
+
+onerror:
+    # a failed job's restored output gets its record back: the finished study has nothing to do
+    for path in recovery.restore(workflow, KEPT):
+        print(f"{path}: restored as it was, with its record (nothing to redo for it)")
 
 
 onsuccess:

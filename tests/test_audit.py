@@ -4,6 +4,8 @@ download step and its dry run), and the audit report's arithmetic and verdicts b
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from quantunlearn.reports.audit import (
 from quantunlearn.reports.cells import table1_columns
 from quantunlearn.reports.provenance import code_table, input_table, version_table
 from quantunlearn.reports.render import row_label
-from quantunlearn.study import load_study
+from quantunlearn.study import load_study, load_study_file
 from quantunlearn.study.config import ConfigError
 from quantunlearn.study.inputs import download_summary, hub_inputs, pin_file, pin_name
 from quantunlearn.study.storage import LLAMA2_7B_PARAMS, disk_estimate, disk_summary
@@ -47,9 +49,8 @@ def _news(**unlearned) -> dict:
 
 
 # --------------------------------------------------------------------------- config and grid
-def test_external_checkpoints_are_runs_of_their_own(tmp_path):
-    (tmp_path / "ckpt").mkdir()
-    (tmp_path / "ckpt" / "config.json").write_text("{}")
+def test_external_checkpoints_are_runs_of_their_own(tmp_path, tiny_model_dir):
+    shutil.copytree(tiny_model_dir, tmp_path / "ckpt")
     plain = load_study(_news())
     config = _news(
         simnpo=f"OPTML-Group/SimNPO-MUSE-News-Llama-2-7b@{SHA}", mine=str(tmp_path / "ckpt")
@@ -71,6 +72,8 @@ def test_external_checkpoints_are_runs_of_their_own(tmp_path):
     # the checkpoint's source is in its cells' config (a new revision: a new cell) ...
     cell = study.cell_config("news", "method~external/checkpoint~simnpo", "rtn_w4")
     assert cell["external"].endswith(f"@{SHA}") and "unlearn" not in cell
+    mine = study.cell_config("news", "method~external/checkpoint~mine", "rtn_w4")
+    assert mine["external_content"].startswith("sha256:")  # a local folder: its content too
     # ... and adding checkpoints changes no other cell, nor what the data and models depend on
     run = plain.runs.query("method == 'GA' and weight_dtype == 'bf16'").run.iloc[0]
     for bench_run, quant in ((run, "rtn_w4"), ("method~target", "none")):
@@ -101,9 +104,190 @@ def test_bad_external_checkpoints_name_the_key(unlearned, message):
         load_study(_news(**unlearned))
 
 
+def test_a_refused_checkpoint_name_says_which_key_and_characters():
+    """It used to read "unknown quantizer 'my-ckpt'"."""
+    with pytest.raises(ConfigError) as err:
+        load_study(_news(**{"my-ckpt": "org/model"}))
+    message = str(err.value)
+    assert "config key benchmarks.news.models.unlearned.my-ckpt: 'my-ckpt' is not a valid name" in (
+        message
+    )
+    assert "letters, digits and _" in message and "quantizer" not in message
+
+
+def test_a_loading_script_dataset_is_refused_naming_its_json_file():
+    config = yaml.safe_load(NEWS.read_text())
+    config["evaluation"].update(
+        utility=["fluency"], utility_data={"fluency": "tatsu-lab/alpaca_eval"}
+    )
+    with pytest.raises(ConfigError) as err:
+        load_study(config)
+    assert "config key evaluation.utility_data.fluency: 'tatsu-lab/alpaca_eval' is a " in str(
+        err.value
+    )
+    assert "hf://datasets/tatsu-lab/alpaca_eval@" in str(err.value)  # the JSON file to name
+
+
+def test_the_audit_shares_the_target_cells_of_the_news_study():
+    """config/muse_news_audit.yaml's claim: its target's cells are muse_news.yaml's (same hash)."""
+    news, audit = load_study_file(NEWS), load_study_file(AUDIT)
+    shared = sorted(set(news.quantizers) & set(audit.quantizers))
+    assert len(shared) == 8 and news.results == audit.results
+    for run in ("method~target", "method~retrain"):
+        for quant in shared:
+            assert config_hash(audit.cell_config("news", run, quant)) == config_hash(
+                news.cell_config("news", run, quant)
+            ), (run, quant)
+
+
 def test_a_folder_without_config_json_is_no_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match=r"models.unlearned.x: .* holds no config.json"):
         load_study(_news(x=str(tmp_path)))
+
+
+# ------------------------------------------- issue 22: a local checkpoint is its content
+MICRO = ROOT / "tests" / "configs" / "micro.yaml"
+CKPT = "method~external/checkpoint~mine"
+
+
+def _micro_audit(tmp_path: Path, checkpoint: Path, **tiny) -> dict:
+    """The micro study auditing one local checkpoint (its target: the tiny model it trains)."""
+    config = yaml.safe_load(MICRO.read_text())
+    config["results_dir"] = str(tmp_path / "results")
+    config["tiny_model"].update(tiny)
+    config["benchmarks"]["micro"]["models"] = {"unlearned": {"mine": str(checkpoint)}}
+    return config
+
+
+def _save(model, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_a_local_checkpoint_is_identified_by_its_content(tmp_path, tiny_model, tiny_model_dir):
+    """Files replaced by another model of the same shapes and size make new cells (they used
+    to keep the first model's cells: the path was the identity)."""
+    import torch
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_dir, ckpt)
+    study = load_study(_micro_audit(tmp_path, ckpt, hidden_size=128, intermediate_size=384,
+                                    num_layers=2, num_heads=4))  # fmt: skip
+    before = study.cell_config("micro", CKPT, "rtn_w4")
+    again = load_study(_micro_audit(tmp_path, ckpt, hidden_size=128, intermediate_size=384,
+                                    num_layers=2, num_heads=4))  # fmt: skip
+    assert config_hash(again.cell_config("micro", CKPT, "rtn_w4")) == config_hash(before)
+
+    other = type(tiny_model)(tiny_model.config)  # the same shapes, other weights
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    _save(other, tmp_path / "other")
+    assert (tmp_path / "other" / "model.safetensors").stat().st_size == (
+        ckpt / "model.safetensors"
+    ).stat().st_size
+    shutil.copy(tmp_path / "other" / "model.safetensors", ckpt / "model.safetensors")
+    after = load_study(_micro_audit(tmp_path, ckpt, hidden_size=128, intermediate_size=384,
+                                    num_layers=2, num_heads=4))  # fmt: skip
+    cell = after.cell_config("micro", CKPT, "rtn_w4")
+    assert cell["external_content"] != before["external_content"]
+    assert config_hash(cell) != config_hash(before)
+    # the file hashes are kept per size and time: a second parse reads no weights
+    (cache,) = (tmp_path / "results" / "inputs" / "checkpoints").glob("*.json")
+    assert "model.safetensors" in json.loads(cache.read_text())["files"]
+
+
+def _truncate(folder: Path) -> None:
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _random(folder: Path) -> None:
+    (folder / "model.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (_truncate, r"model.safetensors: \d+ bytes, but its header describes \d+ \(truncated"),
+        (_random, r"model.safetensors: not a safetensors file"),
+        (lambda f: (f / "model.safetensors").unlink(), r"holds no safetensors weights"),
+    ],
+)
+def test_a_corrupt_local_checkpoint_fails_at_parse_time(tmp_path, tiny_model_dir, spoil, message):
+    """It used to pass, and every evaluate job died after seconds with a raw SafetensorError."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_dir, ckpt)
+    spoil(ckpt)
+    with pytest.raises(ConfigError) as err:
+        load_study(_micro_audit(tmp_path, ckpt, hidden_size=128, intermediate_size=384,
+                                num_layers=2, num_heads=4))  # fmt: skip
+    text = str(err.value)
+    assert f"config key benchmarks.micro.models.unlearned.mine: {ckpt}" in text
+    assert re.search(message, text), text
+
+
+def test_a_checkpoint_of_another_width_fails_at_parse_time(tmp_path, tiny_model_dir):
+    """Against the tiny target the workflow will train: its architecture and widths."""
+    with pytest.raises(ConfigError) as err:
+        load_study(_micro_audit(tmp_path, tiny_model_dir, hidden_size=256, intermediate_size=384,
+                                num_layers=2, num_heads=4))  # fmt: skip
+    assert (
+        f"config key benchmarks.micro.models.unlearned.mine: {tiny_model_dir}: config.json has "
+        "hidden_size 128, the target (the target to be trained) 256"
+    ) in str(err.value)
+
+
+def test_a_checkpoint_unlike_a_local_target_names_the_first_mismatch(tmp_path, tiny_tokenizer):
+    """Against a target folder: config keys first, then every tensor name and shape."""
+    from quantunlearn.models.tiny import build_llama
+
+    target = _save(build_llama(tiny_tokenizer, 128, 384, num_layers=2), tmp_path / "target")
+    wide = _save(build_llama(tiny_tokenizer, 256, 384, num_layers=2), tmp_path / "wide")
+    deep = _save(build_llama(tiny_tokenizer, 128, 384, num_layers=3), tmp_path / "deep")
+    same = _save(build_llama(tiny_tokenizer, 128, 384, num_layers=2, seed=1), tmp_path / "same")
+    # the same config.json but one tensor's shape edited in the header (a hand-made mismatch)
+    odd = tmp_path / "odd"
+    shutil.copytree(same, odd)
+    name, shape = _reshape_first_tensor(odd / "model.safetensors")
+
+    def audit(ckpt: Path) -> dict:
+        config = yaml.safe_load(NEWS.read_text())
+        config["benchmarks"]["news"]["models"].update(
+            target=str(target), retrain=str(target), tokenizer=str(target)
+        )
+        config["benchmarks"]["news"]["models"]["unlearned"] = {"mine": str(ckpt)}
+        config["diagnostics"] = False
+        return config
+
+    assert load_study(audit(same)).has_external
+    for ckpt, first in (
+        (wide, f"config.json has hidden_size 256, the target ({target}) 128"),
+        (deep, f"config.json has num_hidden_layers 3, the target ({target}) 2"),
+        (odd, f"tensor {name} has shape {shape}, the target's ({target})"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load_study(audit(ckpt))
+        assert f"config key benchmarks.news.models.unlearned.mine: {ckpt}: {first}" in str(
+            err.value
+        )
+
+
+def _reshape_first_tensor(path: Path) -> tuple[str, list[int]]:
+    """Rewrite a safetensors header so that its first tensor (by name) claims another shape of
+    the same byte size (the file stays whole)."""
+    import struct
+
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    first = sorted(k for k in header if k != "__metadata__")[0]
+    rows, cols = header[first]["shape"]
+    header[first]["shape"] = [1, rows * cols]
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length :])
+    return first, header[first]["shape"]
 
 
 def test_the_shipped_audit_config():
@@ -419,3 +603,43 @@ def test_downloaded_models_are_checked(tmp_path, realistic_checkpoint):
     (broken / "tokenizer_config.json").write_text(json.dumps({**config, "add_eos_token": True}))
     with pytest.raises(ValueError, match="add_eos_token"):  # F1, caught on the login node
         validate_download(str(broken), ["tokenizer"])
+
+
+def test_a_pinned_hub_target_is_compared_too(tmp_path, tiny_tokenizer, tiny_model_dir):
+    """A hub target whose download is pinned: the checkpoint is compared with the snapshot."""
+    from quantunlearn.models.tiny import build_llama
+    from quantunlearn.study.inputs import pin_file
+
+    wide = _save(build_llama(tiny_tokenizer, 256, 384, num_layers=2), tmp_path / "wide")
+    config = _news(mine=str(wide))
+    config.update(results_dir=str(tmp_path / "results"), diagnostics=False)
+    assert load_study(config).has_external  # not downloaded yet: its own files only
+    (pin,) = pin_file(tmp_path / "results", "muse-bench/MUSE-News_target", "model")
+    Path(pin).parent.mkdir(parents=True)
+    Path(pin).write_text(json.dumps({"spec": "muse-bench/MUSE-News_target", "commit": SHA,
+                                     "path": str(tiny_model_dir)}))  # fmt: skip
+    with pytest.raises(ConfigError, match=rf"mine: {wide}: config.json has hidden_size 256, the "
+                       rf"target \({tiny_model_dir}\) 128"):  # fmt: skip
+        load_study(config)
+
+
+def test_the_jobs_check_the_files_they_were_planned_for(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """Files replaced between planning and the job, or a vocabulary only the trained target
+    shows: the evaluate and diagnose jobs stop before loading, naming the checkpoint."""
+    from quantunlearn.models.checkpoint import CheckpointError, fingerprint
+    from quantunlearn.models.tiny import build_llama
+    from quantunlearn.study.external import check_before_loading
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_dir, ckpt)
+    planned = fingerprint(ckpt)
+    check_before_loading(str(ckpt), str(ckpt), str(tiny_model_dir), planned)  # as planned
+    (ckpt / "config.json").write_text((ckpt / "config.json").read_text() + "\n")
+    with pytest.raises(CheckpointError, match=f"external checkpoint {ckpt}: its files changed"):
+        check_before_loading(str(ckpt), str(ckpt), str(tiny_model_dir), planned)
+    other = build_llama(tiny_tokenizer, 128, 384, num_layers=2)
+    other.config.vocab_size = other.config.vocab_size + 128
+    other.resize_token_embeddings(other.config.vocab_size)
+    big = _save(other, tmp_path / "big")
+    with pytest.raises(CheckpointError, match=r"config.json has vocab_size \d+, the target"):
+        check_before_loading(str(big), str(big), str(tiny_model_dir), fingerprint(big))

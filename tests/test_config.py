@@ -410,3 +410,80 @@ def test_a_method_section_that_sets_its_own_value_silences_the_override_warning(
     study = load_study(_config(**{"unlearn.methods": methods}))
     assert study.warnings == []
     assert set(study.runs[study.runs.method == "GA_GDR_SURE"].lr) == {1e-5}
+
+
+# ------------------------------------------- issue 22: the last inputs that failed late or misread
+RWKU_MICRO = ROOT / "tests" / "configs" / "micro_rwku.yaml"
+
+
+def _rwku(change) -> dict:
+    config = yaml.safe_load(RWKU_MICRO.read_text())
+    change(config["benchmarks"]["micro_rwku"])
+    return config
+
+
+def _hub_rwku(bench: dict) -> None:
+    bench.pop("synthetic_rwku")
+    bench.update(source="jinzhuoran/RWKU", targets=101)
+    bench["models"] = {"target": "meta-llama/Meta-Llama-3-8B-Instruct"}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        # the generator has 800 distinct names: the prepare job used to be the first to say so
+        (
+            lambda b: b["synthetic_rwku"].update(n_people=801),
+            "config key benchmarks.micro_rwku.synthetic_rwku.n_people: n_people=801 must be "
+            "between 1 and 800",
+        ),
+        # the hub dataset has targets 1..100: 101 used to plan 303 runs
+        (
+            _hub_rwku,
+            "config key benchmarks.micro_rwku.targets: targets [101] do not exist: the hub "
+            "dataset jinzhuoran/RWKU has 1..100",
+        ),
+        # `targets: 0` used to read "[] is not an integer"
+        (
+            lambda b: b.update(targets=0),
+            "config key benchmarks.micro_rwku.targets: 0 is less than the minimum of 1",
+        ),
+        (
+            lambda b: b.update(targets=[2, 0]),
+            "config key benchmarks.micro_rwku.targets: item [1] 0 is less than the minimum of 1",
+        ),
+    ],
+)
+def test_rwku_limits_are_checked_at_parse_time(change, message):
+    with pytest.raises(ConfigError) as err:
+        load_study(_rwku(change))
+    assert message in str(err.value)
+    assert "not an integer" not in str(err.value)
+
+
+def test_a_refused_name_says_which_key_and_which_characters():
+    """A benchmark name the pattern refuses used to be reported as an unknown quantizer."""
+    config = _config()
+    config["benchmarks"]["my-bench"] = config["benchmarks"].pop("synthetic")
+    with pytest.raises(ConfigError) as err:
+        load_study(config)
+    message = str(err.value)
+    assert "config key benchmarks.my-bench: 'my-bench' is not a valid name" in message
+    assert "letters, digits and _" in message and "quantizer" not in message
+
+
+@pytest.mark.parametrize(
+    "section, key",
+    [
+        ([{"lr": 1e-5}, {"epochs": 3}, {"lr": [3e-5, 1e-5]}], "unlearn.methods.GA[0] and "
+         "unlearn.methods.GA[2]"),
+        ({"lr": [1e-5, 1e-5]}, "unlearn.methods.GA:"),
+    ],
+)  # fmt: skip
+def test_a_repeated_grid_entry_names_the_method_and_list_index(section, key):
+    config = _config()
+    config["unlearn"]["methods"] = {"GA": section}
+    with pytest.raises(ConfigError) as err:
+        load_study(config)
+    assert f"config key {key}" in str(err.value)
+    assert "the grid of GA repeats the run method~GA/weight_dtype~" in str(err.value)

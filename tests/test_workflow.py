@@ -133,6 +133,22 @@ def test_micro_study_runs_and_reruns_only_what_is_new(tmp_path):
         "all_tables": 1,
     }
 
+    # issue 22: a deleted records file is rebuilt (it used to be "Nothing to be done") ...
+    (results / "records" / "micro" / "method~target" / "none.parquet").unlink()
+    plan = snakemake(tmp_path, "-n", "all_tables", config=MICRO)
+    assert job_counts(plan.stdout)["evaluate"] == 1, plan.stdout[-2000:]
+    # ... and a damaged metric file stops table1 naming it, the last tables left as they were
+    tables = _snapshot(results / "tables")
+    damaged = results / "metrics" / "micro" / "method~retrain" / "rtn_w4.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    out = snakemake(tmp_path, "--cores", "1", "results/tables/table1.md", config=MICRO)
+    assert out.returncode != 0
+    log = out.stdout + out.stderr
+    assert f"metric file {damaged.relative_to(tmp_path)} cannot be read as Parquet" in log, log
+    assert {k: v[0] for k, v in _snapshot(results / "tables").items()} == {
+        k: v[0] for k, v in tables.items()
+    }
+
 
 def test_failed_unlearning_leaves_no_model(tmp_path):
     """A NaN loss stops the job with a clear error, and no model folder is left behind."""
@@ -218,14 +234,12 @@ def test_no_input_deletes_the_finished_benchmark(tmp_path):
     assert "HubDownloadError" in log and f"Restored previous version of {data}" in log
     assert _snapshot(tmp_path / data) == before
 
-    # Snakemake recorded the failed job's parameters: with the config reverted it would rebuild
-    # the (restored, unchanged) folder and so every cell after it, unless told the record is void
+    # Snakemake records the failed job's parameters as if it had written the folder: the
+    # workflow gives the restored folder its own record back (it used to re-plan the folder and
+    # every cell after it until `--cleanup-metadata`)
+    assert f"{data}: restored as it was, with its record" in log
     plan = snakemake(tmp_path, "-n", data, config=MICRO)
-    assert "prepare_benchmark" in plan.stdout
-    out = snakemake(tmp_path, "--cleanup-metadata", data, config=MICRO)
-    assert out.returncode == 0, out.stderr
-    plan = snakemake(tmp_path, "-n", data, config=MICRO)
-    assert "Nothing to be done" in plan.stdout + plan.stderr
+    assert "Nothing to be done" in plan.stdout + plan.stderr, plan.stdout[-3000:]
 
 
 def test_parse_time_warnings_tables_owner_and_yaml_errors(tmp_path):
@@ -372,3 +386,104 @@ def test_two_batch_sizes_keep_their_own_models_in_one_results_dir(tmp_path):
         assert json.loads(info.read_text())["batch_size"] == batch
     plan = snakemake(tmp_path, "-n", models[0], config=first)
     assert "Nothing to be done" in plan.stdout + plan.stderr, plan.stdout[-2000:]
+
+
+# ------------------------------------------- issue 22: audit mode reports the model on disk
+
+
+@pytest.mark.slow
+def test_an_audited_folder_is_evaluated_again_when_its_files_are_replaced(tmp_path):
+    """A local checkpoint is audited, then its files are replaced by another model of the same
+    shapes and size: the workflow plans its cells again and the audit's Table 1 gives the new
+    model's numbers (it used to plan only the tables and keep the first model's, exit code 0)."""
+
+    def small(config):
+        config["unlearn"]["methods"] = {}
+        config["quantizers"] = ["none", "rtn_w4"]
+
+    models = "results/models/micro"
+    base = _write_config(tmp_path, "base.yaml", small)
+    out = snakemake(tmp_path, "--cores", "2", f"{models}/target", f"{models}/retrain", config=base)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tmp_path / models / "target", ckpt)
+
+    def audit(config):
+        small(config)
+        config["tables_dir"] = "results/tables/audit"
+        config["benchmarks"]["micro"]["models"] = {"unlearned": {"mine": str(ckpt)}}
+
+    audited = _write_config(tmp_path, "audit.yaml", audit)
+    out = snakemake(tmp_path, "--cores", "2", "all_tables", config=audited)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    metrics = ["verbmem_f", "knowmem_f", "knowmem_r", "privleak"]  # the micro models: privleak
+
+    def row(method: str) -> list[float]:
+        table = pd.read_parquet(tmp_path / "results" / "tables" / "audit" / "table1.parquet")
+        return (
+            table[(table.method == method) & (table["quant"] == "none")][metrics].iloc[0].tolist()
+        )
+
+    assert row("external:mine") == row("target")
+    cell = tmp_path / "results" / "metrics" / "micro" / "method~external" / "checkpoint~mine"
+    first = pd.read_parquet(cell / "none.parquet").get("model_content")  # checked below
+    plan = snakemake(tmp_path, "-n", "all_tables", config=audited)
+    assert "Nothing to be done" in plan.stdout + plan.stderr
+
+    for file in (tmp_path / models / "retrain").iterdir():  # the same shapes and file sizes
+        if file.is_file():
+            shutil.copy(file, ckpt / file.name)
+    plan = snakemake(tmp_path, "-n", "all_tables", config=audited)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert job_counts(plan.stdout) == {
+        "evaluate": 2,
+        "diagnose": 1,
+        "audit": 1,
+        "table1": 1,
+        "provenance": 1,
+        "all_tables": 1,
+    }
+    out = snakemake(tmp_path, "--cores", "2", "all_tables", config=audited)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert row("external:mine") == row("retrain") != row("target")
+    second = pd.read_parquet(cell / "none.parquet").model_content
+    assert first is not None and first.iloc[0].startswith("sha256:")  # the content, recorded
+    assert second.iloc[0].startswith("sha256:") and second.iloc[0] != first.iloc[0]
+
+
+@pytest.mark.slow
+def test_a_killed_training_from_a_second_config_leaves_nothing_to_do(tmp_path):
+    """A second config on the same results (another training seed) retrains the target; its job
+    is killed half-way. The target is restored, and with its record: the first config has
+    nothing to do (it used to re-plan the target and every cell after it)."""
+    target = "results/models/micro/target"
+    out = snakemake(tmp_path, "--cores", "2", target, config=MICRO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    before = _snapshot(tmp_path / target)
+
+    def seed1(config):
+        config["tiny_model"]["train"].update(seed=1, target_epochs=500)  # still running when killed
+        config["tables_dir"] = "results/tables/seed1"
+
+    second = _write_config(tmp_path, "seed1.yaml", seed1)
+    cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "2", target]
+    cmd += ["--configfile", str(second)]
+    log = tmp_path / "second.log"
+    job_log = tmp_path / "results" / "logs" / "train_reference" / "micro" / "target.log"
+    job_log.unlink()  # the first training's: the second one's appears when it trains
+    with open(log, "w") as fh:
+        run = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 600
+    while not job_log.is_file() or "train target" not in job_log.read_text():
+        assert run.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.2)
+    for pid in _descendants(run.pid):  # the training job, not Snakemake
+        os.kill(pid, signal.SIGKILL)
+    assert run.wait(timeout=600) != 0
+    text = log.read_text()
+    assert f"Restored previous version of {target}" in text, text[-3000:]
+    assert _snapshot(tmp_path / target) == before
+    plan = snakemake(tmp_path, "-n", target, config=MICRO)
+    assert "Nothing to be done" in plan.stdout + plan.stderr, plan.stdout[-3000:]
+    assert f"{target}: restored as it was, with its record" in text

@@ -41,6 +41,18 @@ def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
     atomic_write(path, lambda p: frame.to_parquet(p, index=False))
 
 
+def read_parquet(path: str | Path, what: str = "result file") -> pd.DataFrame:
+    """A result file written by `write_parquet`; one that cannot be read (truncated by a copy,
+    damaged on disk) is named, with how to rebuild it, instead of pyarrow's bare message."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(
+            f"{what} {path} cannot be read as Parquet ({type(err).__name__}: {err}); it is "
+            "damaged or partial: delete it and run Snakemake again, which rebuilds it"
+        ) from None
+
+
 #: The temporary folder of `atomic_dir`: ``.<name>.tmp-<pid>`` beside the destination.
 _TMP_DIR = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
 

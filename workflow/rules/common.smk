@@ -63,9 +63,11 @@ def model_path(bench, run):
 
 
 def model_input(bench, run):
-    """The model as a DAG input: nothing for an external model (no rule makes it)."""
+    """The model as a DAG input: a DAG output, or an audited checkpoint's local folder (its
+    content is also in its cells' config); nothing for a hub id or a named reference model."""
     path = model_path(bench, run)
-    return [path] if path.startswith(f"{RESULTS}/") else []
+    local_external = is_external(STUDY.run_params(bench, run)["method"]) and os.path.isdir(path)
+    return [path] if path.startswith(f"{RESULTS}/") or local_external else []
 
 
 def tokenizer_of(bench):
@@ -155,7 +157,9 @@ def report_outputs(name):
             )
             kwargs = {"caption": caption} if os.path.exists(caption) else {}
             path = report(path, category=items[file], **kwargs)
-        outputs[file.replace(".", "_")] = path
+        # update(): the tables of the last run stay until the new ones are written (a job that
+        # fails, on a damaged metric file say, leaves them as they were)
+        outputs[file.replace(".", "_")] = update(path)
     return outputs
 
 

@@ -5,6 +5,8 @@ with logged(snakemake.log[0], snakemake.threads):
     from quantunlearn.data.provenance import Pins
     from quantunlearn.data.utility import utility_sources
     from quantunlearn.evaluation.cell import evaluate_cell
+    from quantunlearn.study.external import check_before_loading
+    from quantunlearn.study.grid import is_external
 
     cell_config = snakemake.params.cell_config
     pins = Pins.read(snakemake.input.pins)  # hub models and datasets: their pinned folders
@@ -23,6 +25,10 @@ with logged(snakemake.log[0], snakemake.threads):
         "benchmark": pins.record(source),
         **{f"utility:{k}": pins.record(utility[k]) for k in named},
     }
+    if is_external(snakemake.params.cell["method"]):  # audit mode: the files planned for
+        content = cell_config.get("external_content")  # a local folder's, None for a hub id
+        check_before_loading(model, pins.local(model), pins.local(target), content)
+        inputs["model"]["content"] = content
     evaluate_cell(
         pins.local(model),
         snakemake.wildcards.quant,

@@ -185,10 +185,10 @@ class RWKUKind(BenchmarkKind):
         """``targets: N`` means 1..N; not given: every generated target, every target of a local
         folder, or RWKU's 100 of the main results (Jin et al. section 4.2) for the hub."""
         given = entry.get("targets")
-        if isinstance(given, int) and not isinstance(given, bool):
+        if isinstance(given, int) and not isinstance(given, bool) and given >= 1:
             return list(range(1, given + 1))
         if given is not None:
-            return given  # a list (or a wrong value, which the schema names)
+            return given  # a list (or a wrong value such as 0, which the schema names)
         if self.generator:
             count = entry[self.generator].get("n_targets")
         else:
@@ -249,6 +249,11 @@ def _rwku_problems(entry: dict) -> list[tuple[str, str]]:
     """A local RWKU folder must hold the evaluation files and every configured target."""
     problems = _source_problems(entry)
     source = Path(entry["source"])
+    if not problems and not source.is_dir():  # the hub dataset: RWKU's 100 targets
+        beyond = [t for t in entry["targets"] if isinstance(t, int) and t > RWKU_TARGETS]
+        if beyond:
+            return [("targets", f"targets {beyond} do not exist: the hub dataset {source} has "
+                     f"1..{RWKU_TARGETS}")]  # fmt: skip
     if problems or not source.is_dir():
         return problems
     try:

@@ -81,6 +81,22 @@ def parse_source(spec: str) -> Source:
     return Source(spec=spec, kind="hub", repo_id=repo_id, revision=revision or None)
 
 
+def pin_name(spec: str, repo_type: str) -> str:
+    """``models/owner--name@revision`` (a revision's "/" as "+"), the pin file's stem."""
+    source = parse_source(spec)
+    name = source.repo_id.replace("/", "--")
+    if source.revision:
+        name += "@" + source.revision.replace("/", "+")
+    return f"{repo_type}s/{name}"
+
+
+def pin_file(results: str | Path, spec: str | None, repo_type: str) -> list[str]:
+    """The pin of a hub source as a one-element list (a DAG input); [] for a local folder."""
+    if spec is None or not is_hub_spec(spec):
+        return []
+    return [f"{results}/inputs/{pin_name(spec, repo_type)}.json"]
+
+
 def split_spec(spec: str) -> tuple[str, str | None]:
     """(what ``from_pretrained`` takes, revision): a folder stays as it is; ``owner/name@rev``
     becomes ``("owner/name", "rev")``."""
@@ -305,8 +321,9 @@ def package_versions(names: Iterable[str]) -> dict[str, str | None]:
 
 def provenance_columns(inputs: Mapping[str, Mapping]) -> dict:
     """The columns every metrics row carries: the code's git commit and dirty flag, every input
-    (role -> ``{"source", "commit"}``) as JSON, and ``{role}_source`` / ``{role}_commit`` of
-    the `ROLES` (None where a cell has no such input)."""
+    (role -> ``{"source", "commit"}``) as JSON, ``{role}_source`` / ``{role}_commit`` of
+    the `ROLES` (None where a cell has no such input), and ``model_content``: the content of a
+    local audited checkpoint (``sha256:...``, `quantunlearn.models.checkpoint.fingerprint`)."""
     for role, record in inputs.items():
         commit = record.get("commit")
         if commit is not None and not COMMIT.match(commit):
@@ -321,4 +338,6 @@ def provenance_columns(inputs: Mapping[str, Mapping]) -> dict:
         record = inputs.get(role) or {}
         columns[f"{role}_source"] = record.get("source")
         columns[f"{role}_commit"] = record.get("commit")
+    # a local audited checkpoint has no commit: its content (sha256 of its files) instead
+    columns["model_content"] = (inputs.get("model") or {}).get("content")
     return columns

@@ -40,6 +40,8 @@ from quantunlearn.data.muse import write_documents, write_json_file
 from quantunlearn.data.rwku import probe_prompt, write_layout
 from quantunlearn.data.synthetic import (
     ATTRIBUTES,
+    FIRST_NAMES,
+    LAST_NAMES,
     QUESTIONS,
     Person,
     SyntheticError,
@@ -148,6 +150,11 @@ def check_synthetic_rwku(
     seed: int = 0,
 ) -> None:
     """`SyntheticError` naming the setting the generator could not honour (also at parse time)."""
+    n_names = min(len(FIRST_NAMES), len(LAST_NAMES))
+    if not 1 <= n_people <= n_names:
+        raise SyntheticError(
+            "n_people", f"n_people={n_people} must be between 1 and {n_names} (distinct names)"
+        )
     known = n_people - n_holdout
     if n_holdout < 1 or known < 2:
         raise SyntheticError(

@@ -35,6 +35,9 @@ from quantunlearn.data.provenance import is_hub_spec, split_spec
 
 ALPACA_EVAL_REVISION = "0cd24d711fe90d0c1aae5bde03fe98ee48ae52f8"
 ALPACA_EVAL_JSON = f"hf://datasets/tatsu-lab/alpaca_eval@{ALPACA_EVAL_REVISION}/alpaca_eval.json"
+#: Hub datasets that are loading scripts (current `datasets` refuses to run them), with the
+#: JSON file to name instead: refused at parse time (`source_problem`).
+SCRIPT_DATASETS = {"tatsu-lab/alpaca_eval": ALPACA_EVAL_JSON}
 #: The RWKU target whose utility files the seeds' code read (--target 1_Stephen_King).
 RWKU_UTILITY_TARGET = 1
 
@@ -122,6 +125,11 @@ def source_problem(name: str, source: str) -> str | None:
         return None if is_hub_spec(source) else f"no folder {source!r} (nor a hub id)"
     if source.endswith(".json") and ("://" in source or Path(source).is_file()):
         return None
+    if is_hub_spec(source) and split_spec(source)[0] in SCRIPT_DATASETS:
+        return (
+            f"{source!r} is a loading-script dataset, which current `datasets` refuses to run; "
+            f"name its JSON file instead: {SCRIPT_DATASETS[split_spec(source)[0]]}"
+        )
     if is_hub_spec(source):
         return None
     return f"no folder {source!r} (nor a hub id or a JSON file)"

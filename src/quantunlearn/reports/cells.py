@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from quantunlearn.evaluation.metrics import headers, metric_names
+from quantunlearn.io import read_parquet
 from quantunlearn.reports.render import ordered_quants, rank
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS, column_dtype
 from quantunlearn.unlearning.methods import METHODS, REFERENCES
@@ -124,7 +125,7 @@ def read_cells(paths: Sequence[str | Path]) -> pd.DataFrame:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"metric file {path} does not exist")
-        frame = pd.read_parquet(path)
+        frame = read_parquet(path, "metric file")
         missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
         if missing:
             raise ValueError(

@@ -49,7 +49,8 @@ def code_table(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def input_table(long: pd.DataFrame) -> pd.DataFrame:
-    """role, source, commit, cells: every input of every cell (from the ``inputs`` JSON)."""
+    """role, source, commit, cells: every input of every cell (from the ``inputs`` JSON); a
+    local audited checkpoint's commit is its content (``sha256:...``)."""
     rows = []
     for record in _cells(long).to_dict("records"):
         text = record.get("inputs")
@@ -57,7 +58,9 @@ def input_table(long: pd.DataFrame) -> pd.DataFrame:
             rows.append({"role": NOT_RECORDED, "source": None, "commit": None})
             continue
         for role, item in json.loads(text).items():
-            rows.append({"role": role, "source": item.get("source"), "commit": item.get("commit")})
+            # a local audited checkpoint: its content (sha256:...) where a hub input has a commit
+            commit = item.get("commit") or item.get("content")
+            rows.append({"role": role, "source": item.get("source"), "commit": commit})
     columns = ["role", "source", "commit"]
     table = _count(pd.DataFrame(rows, columns=columns), columns)
     return table.sort_values(["role", "source"], kind="mergesort").reset_index(drop=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from quantunlearn.io import read_parquet
 from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.quantizers.rtn import RTN
 from quantunlearn.reports.cells import REGULARIZED, build_table1, read_cells
@@ -217,7 +218,7 @@ def read_diagnostics(paths: Sequence[str | Path]) -> pd.DataFrame:
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"diagnostics file {path} does not exist")
-        frames.append(pd.read_parquet(path))
+        frames.append(read_parquet(path, "diagnostics file"))
     if not frames:
         return pd.DataFrame()
     diag = pd.concat(frames, ignore_index=True)
@@ -364,7 +365,7 @@ def quail_table(paths: Sequence[str | Path]) -> pd.DataFrame:
     """The QUAIL Table I files of the diagnosed runs, one row per (run, bit width), in %."""
     if not paths:
         return pd.DataFrame(columns=["benchmark", "run", "method", *QUAIL_TABLE_COLUMNS])
-    table = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    table = pd.concat([read_parquet(p, "QUAIL table file") for p in paths], ignore_index=True)
     for col in ("global_overlap", "tensorwise_overlap", "share_bitwise_unchanged"):
         table[col] = table[col] * 100
     keys = label_keys(table) if "weight_dtype" in table else []

@@ -31,6 +31,7 @@ from quantunlearn.data import (
 from quantunlearn.data.provenance import is_hub_spec
 from quantunlearn.data.rwku import DOCUMENT_CONFIGS, REFUSAL_CONFIGS
 from quantunlearn.quantizers import parse_quantizer
+from quantunlearn.study.external import external_errors
 from quantunlearn.unlearning.hyperparameters import HyperparameterError, RMUParams
 from quantunlearn.unlearning.hyperparameters import defaults as hyperparameter_defaults
 from quantunlearn.unlearning.methods import METHODS, get_method
@@ -224,6 +225,10 @@ def _schema_message(error) -> str:
     ]
     kinds = [k for k in dict.fromkeys(kinds) if k != "array"]
     enums = [e.validator_value for e in error.context if e.validator == "enum"]
+    low = [e for e in error.context if e.validator in ("minimum", "minItems")]
+    if low:  # the right type, too small or empty (targets: 0, targets: [])
+        where = f"item [{low[0].relative_path[0]}] " if low[0].relative_path else ""
+        return f"{where}{low[0].message}"
     if enums:
         return f"{error.instance!r} is not one of {enums[0]}"
     if kinds:
@@ -287,6 +292,13 @@ def _schema_errors(config: dict) -> list[str]:
             hint = _hint(error.instance, error.validator_value)
             what = "method" if "methods" in error.schema_path else "name"
             messages.append(f"config key {name}: unknown {what}{hint}; known: {known}")
+        elif error.validator == "pattern" and "propertyNames" in error.schema_path:
+            # a name of the user's (a benchmark, an audited checkpoint): part of file paths
+            name, under = _key([*error.absolute_path, error.instance]), _key(error.absolute_path)
+            messages.append(
+                f"config key {name}: {error.instance!r} is not a valid name; a name under "
+                f"{under} may use only letters, digits and _ (it becomes part of file paths)"
+            )
         else:
             messages.append(f"config key {_key(error.absolute_path)}: {_schema_message(error)}")
     return messages
@@ -523,12 +535,8 @@ def _benchmark_errors(config: dict) -> list[str]:
                     f"config key {key}.models.{which}: no such path {value!r} (nor a hub id "
                     "owner/name[@revision])"
                 )
-            elif which.startswith("unlearned.") and Path(value).is_dir():
-                if not (Path(value) / "config.json").is_file():
-                    errors.append(
-                        f"config key {key}.models.{which}: {value!r} holds no config.json "
-                        "(not a saved model)"
-                    )
+        if not errors:  # audit mode: each local checkpoint read (no weights), and compared
+            errors += external_errors(config, name, tiny)
     return errors
 
 

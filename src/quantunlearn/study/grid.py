@@ -32,6 +32,7 @@ from quantunlearn.study.config import (
     normalize_config,
     read_config_file,
 )
+from quantunlearn.study.external import identity
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS, column_dtype
 from quantunlearn.unlearning.methods import REFERENCES, get_method
 
@@ -131,7 +132,7 @@ def _method_runs(config: dict, bench: str, name: str) -> list[dict]:
     method = get_method(name)
     subjects = benchmark_kind(config["benchmarks"][bench]).subjects(config["benchmarks"][bench])
     rows = []
-    for params in method_grids(config, name):  # one grid per section of the method
+    for section, params in enumerate(method_grids(config, name)):  # one grid per section
         if "quail_delta" in params:  # a number or a quantizer name: one text column
             params["quail_delta"] = [format_value(v) for v in as_list(params["quail_delta"])]
         axes = {k: as_list(params[k]) for k in method.hyperparameters}
@@ -141,8 +142,24 @@ def _method_runs(config: dict, bench: str, name: str) -> list[dict]:
             for subject in subjects or [None]:
                 run = run_path(name, row, subject, train)
                 rows.append({"benchmark": bench, "method": name, "run": run, "subject": subject,
-                             **row})  # fmt: skip
+                             "section": section, **row})  # fmt: skip
     return rows
+
+
+def _repeat_error(config: dict, runs: pd.DataFrame) -> str:
+    """A run the grid holds twice, named by the method's section(s) that give it."""
+    dupes = runs[runs.duplicated(["benchmark", "run"], keep=False)]
+    first = dupes.iloc[0]
+    sections = sorted(set(dupes[dupes.run == first.run].section.dropna().astype(int)))
+    listed = isinstance(config["unlearn"]["methods"][first.method], list)
+    where = [f"unlearn.methods.{first.method}" + (f"[{i}]" if listed else "") for i in sections]
+    what = " and ".join(dict.fromkeys(where))
+    more = dupes.run.nunique() - 1
+    return (
+        f"config key {what}: the grid of {first.method} repeats the run {first.run}"
+        + (f" (and {more} more)" if more else "")
+        + "; each run may appear once"
+    )
 
 
 def expand_runs(config: dict) -> pd.DataFrame:
@@ -162,12 +179,13 @@ def expand_runs(config: dict) -> pd.DataFrame:
     for col in [*HYPER_COLUMNS, "subject"]:
         if col not in runs:
             runs[col] = pd.NA
-    runs = runs[["benchmark", "run", "method", *HYPER_COLUMNS, "subject"]]
+    if "section" not in runs:
+        runs["section"] = pd.NA
+    runs = runs[["benchmark", "run", "method", *HYPER_COLUMNS, "subject", "section"]]
     runs = runs.astype({key: column_dtype(key) for key in HYPER_COLUMNS} | {"subject": "Int64"})
-    dupes = runs[runs.duplicated(["benchmark", "run"])]
-    if len(dupes):
-        raise ConfigError(f"config key unlearn: the grid repeats runs {sorted(set(dupes.run))}")
-    return runs
+    if runs.duplicated(["benchmark", "run"]).any():
+        raise ConfigError(_repeat_error(config, runs))
+    return runs.drop(columns="section")
 
 
 def _plain(value: Any) -> Any:
@@ -341,6 +359,14 @@ class Study:
     def metric_file(self, bench: str, run: str, quant: str) -> str:
         return str(self.results / "metrics" / bench / run / f"{quant}.parquet")
 
+    def record_files(self) -> list[str]:
+        """Every cell's records (the per-item outputs behind its metrics): part of the cell's
+        output, so a missing one is rebuilt (the `all_tables` target names them)."""
+        return [self.record_file(c.benchmark, c.run, c.quant) for c in self.cells().itertuples()]
+
+    def record_file(self, bench: str, run: str, quant: str) -> str:
+        return str(self.results / "records" / bench / run / f"{quant}.parquet")
+
     def metric_files(self, layout: str | None = None) -> list[str]:
         """Every cell's metric file, or those of the benchmarks of one layout (muse | rwku)."""
         return [
@@ -439,8 +465,9 @@ class Study:
         cell: dict[str, Any] = {"benchmark": {bench: self.benchmark(bench)}, "run": params}
         if self.trains_models(bench) and self.base_model(bench) is None:
             cell["tiny_model"] = self.tiny_model(bench)
-        if is_external(params["method"]):  # its source: a new revision is a new cell
-            cell["external"] = self.external_checkpoints(bench)[external_name(params["method"])]
+        if is_external(params["method"]):  # its source (and a folder's content): a new cell
+            spec = self.external_checkpoints(bench)[external_name(params["method"])]
+            cell |= identity(spec, self.results)
         elif params["method"] not in REFERENCES:
             unlearn = training_settings(self.config, params["weight_dtype"])
             for key, default in (("lr_schedule", "constant"), ("warmup_steps", 0)):

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantunlearn.data import BY_NAME
-from quantunlearn.data.provenance import (
+from quantunlearn.data.provenance import (  # the pins' names: re-exported for the workflow
     MODEL_PATTERNS,
     TOKENIZER_PATTERNS,
     is_hub_spec,
     parse_source,
+    pin_file,
+    pin_name,
 )
 from quantunlearn.data.utility import hub_patterns, utility_sources
 from quantunlearn.study.storage import KNOWN_PARAMS
@@ -86,22 +88,6 @@ class HubInput:
             return None
         low, high = HUB_BYTES_PER_PARAM
         return params * low, params * high
-
-
-def pin_name(spec: str, repo_type: str) -> str:
-    """``models/owner--name@revision`` (a revision's "/" as "+"), the pin file's stem."""
-    source = parse_source(spec)
-    name = source.repo_id.replace("/", "--")
-    if source.revision:
-        name += "@" + source.revision.replace("/", "+")
-    return f"{repo_type}s/{name}"
-
-
-def pin_file(results: str | Path, spec: str | None, repo_type: str) -> list[str]:
-    """The pin of a hub source as a one-element list (a DAG input); [] for a local folder."""
-    if spec is None or not is_hub_spec(spec):
-        return []
-    return [f"{results}/inputs/{pin_name(spec, repo_type)}.json"]
 
 
 def hub_inputs(study) -> dict[str, HubInput]:
@@ -212,3 +198,6 @@ def validate_download(folder: str, uses: Iterable[str]) -> None:
 
             name = use.removeprefix("utility:")
             benchmark_rows(name, {"utility_data": {name: folder}, "utility_limit": 2})
+
+
+__all__ = ["HubInput", "download_summary", "hub_inputs", "pin_file", "pin_name"]
