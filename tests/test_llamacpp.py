@@ -182,3 +182,45 @@ def test_flags():
     q4, f32 = parse_quantizer("llamacpp_q4_k_m"), parse_quantizer("llamacpp_f32")
     assert q4.runtime and q4.is_quantized and q4.bits == 4 and q4.block is None
     assert not f32.is_quantized and not q4.diagnosable and not q4.runs_in_unlearning_job
+
+
+# --------------------------------------------------------------------------- the workflow
+@pytest.mark.slow
+def test_micro_study_with_llama_cpp_cells_and_an_audited_checkpoint(tmp_path):
+    """The micro study with llama.cpp columns beside the emulation: every cell runs, the f32
+    file answers KnowMem as the torch model does in every run, and an external checkpoint (audit
+    mode: a folder named in models.unlearned) gets the llama.cpp cells too."""
+    import shutil
+
+    import pandas as pd
+    import yaml
+    from test_workflow import MICRO, job_counts, snakemake
+
+    config = yaml.safe_load(MICRO.read_text())
+    config["unlearn"]["methods"] = {"GA_GDR": {}}
+    config["quantizers"] = ["none", "gguf_q8_0", "llamacpp_f32", "llamacpp_q8_0"]
+    path = tmp_path / "llamacpp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = snakemake(tmp_path, "--cores", "2", "all_tables", config=path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    table = pd.read_parquet(tmp_path / "results" / "tables" / "table1.parquet")
+    assert len(table) == 3 * 4 and table.verbmem_f.notna().all()
+    wide = table.pivot(index="method", columns="quant", values="knowmem_f")
+    assert (wide["llamacpp_f32"] == wide["none"]).all(), wide
+    # audit mode: the unlearned model as an external checkpoint, through the same cells
+    run = [p for p in (tmp_path / "results" / "unlearn" / "micro").iterdir()][0]
+    external = tmp_path / "external"
+    shutil.copytree(run / "model", external)
+    config["benchmarks"]["micro"].setdefault("models", {})["unlearned"] = {"mine": str(external)}
+    config["tables_dir"] = "results/tables/audit"
+    path.write_text(yaml.safe_dump(config))
+    plan = snakemake(tmp_path, "-n", "all_tables", config=path)
+    assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
+    assert job_counts(plan.stdout)["evaluate"] == 4  # the checkpoint's four cells, no more
+    out = snakemake(tmp_path, "--cores", "2", "all_tables", config=path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    cells = tmp_path / "results" / "metrics" / "micro" / "method~external" / "checkpoint~mine"
+    f32 = pd.read_parquet(cells / "llamacpp_f32.parquet").set_index("metric").value
+    assert f32["knowmem_f"] == pd.read_parquet(cells / "none.parquet").set_index("metric").value[
+        "knowmem_f"
+    ]
