@@ -26,7 +26,8 @@ from quantunlearn.quantizers.llamacpp import LlamaCppModel
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(model, tokenizer, benchmark, folder): a Llama trained 12 epochs on a small embedded
-    benchmark (as tests/test_generation.py's), which answers KnowMem questions in real words."""
+    benchmark (as tests/test_generation.py's, 256 wide so that K-quants apply), which answers
+    KnowMem questions in words of the benchmark."""
     root = tmp_path_factory.mktemp("synthetic") / "bench"
     generate_synthetic(root, n_people=40, n_bio_variants=2, n_retain_qa_people=4, seed=0)
     docs = {s: read_documents(root / "raw" / f"{s}.txt") for s in ("forget", "retain", "holdout")}
@@ -125,7 +126,8 @@ def test_f32_in_llama_cpp_gives_the_torch_answers(trained, cells):
         torch_value, torch_records = knowmem(model, tok, qa, icl, 16)
         value, records = knowmem(f32, tok, qa, icl, 16)
         assert [r["output"] for r in records] == [r["output"] for r in torch_records]
-        assert value == torch_value and value > 20
+        assert value == torch_value
+        assert len({r["output"] for r in records}) > 3  # real, different answers
     items = bench.verbmem_forget[:8]
     assert verbmem(f32, tok, items, 32)[1] == verbmem(model, tok, items, 32)[1]
     texts = bench.privleak_forget[:6] + bench.privleak_holdout[:6]
@@ -221,6 +223,7 @@ def test_micro_study_with_llama_cpp_cells_and_an_audited_checkpoint(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     cells = tmp_path / "results" / "metrics" / "micro" / "method~external" / "checkpoint~mine"
     f32 = pd.read_parquet(cells / "llamacpp_f32.parquet").set_index("metric").value
-    assert f32["knowmem_f"] == pd.read_parquet(cells / "none.parquet").set_index("metric").value[
-        "knowmem_f"
-    ]
+    assert (
+        f32["knowmem_f"]
+        == pd.read_parquet(cells / "none.parquet").set_index("metric").value["knowmem_f"]
+    )

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -140,22 +141,47 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
+@contextmanager
+def _standard_cpu_buffers(llama_cpp):
+    """llama.cpp's standard CPU weight buffers (``use_extra_bufts = false``, llama-cli's
+    ``--no-extra-bufts``): with the extra ones (AMX tiles, weights repacked for AVX512) decoding
+    a quantized tiny model segfaults in llama-cpp-python 0.3.36 on a Xeon with AMX (2026-12-05).
+    The standard kernels still quantize the activations (Q8_0 / Q8_K dot products). `Llama`
+    takes its model parameters from ``llama_model_default_params``, so the default is changed
+    while it loads."""
+    module = llama_cpp.llama.llama_cpp
+    default = module.llama_model_default_params
+
+    def standard():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    module.llama_model_default_params = standard
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = default
+
+
 class LlamaCppModel(RuntimeModel):
     """A GGUF file loaded in llama.cpp (llama-cpp-python's `Llama`, one sequence at a time,
-    llama.cpp's default f16 KV cache, its context length the model's); the cache is reused for
-    the common token prefix of consecutive calls, as llama.cpp's server does."""
+    llama.cpp's default f16 KV cache, its context length the model's, its standard CPU buffers);
+    the cache is reused for the common token prefix of consecutive calls, as llama.cpp's server
+    does."""
 
     def __init__(self, path: Path, name: str, keep=None):
         llama_cpp = import_llama_cpp()
         self.path, self.name, self._keep = Path(path), name, keep
-        self.llm = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=0,  # the model's context length
-            logits_all=True,
-            n_threads=_threads(),
-            n_threads_batch=_threads(),
-            verbose=bool(os.environ.get("QU_LLAMACPP_VERBOSE")),
-        )
+        with _standard_cpu_buffers(llama_cpp):
+            self.llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=0,  # the model's context length
+                logits_all=True,
+                n_threads=_threads(),
+                n_threads_batch=_threads(),
+                verbose=bool(os.environ.get("QU_LLAMACPP_VERBOSE")),
+            )
         self.n_ctx = self.llm.n_ctx()
 
     def _logits_after(self, ids: list[int]):
