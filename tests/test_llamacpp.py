@@ -210,9 +210,9 @@ def test_micro_study_with_llama_cpp_cells_and_an_audited_checkpoint(tmp_path):
     wide = table.pivot(index="method", columns="quant", values="knowmem_f")
     assert (wide["llamacpp_f32"] == wide["none"]).all(), wide
     # audit mode: the unlearned model as an external checkpoint, through the same cells
-    run = [p for p in (tmp_path / "results" / "unlearn" / "micro").iterdir()][0]
+    model = next((tmp_path / "results" / "unlearn" / "micro").rglob("model"))
     external = tmp_path / "external"
-    shutil.copytree(run / "model", external)
+    shutil.copytree(model, external)
     config["benchmarks"]["micro"].setdefault("models", {})["unlearned"] = {"mine": str(external)}
     config["tables_dir"] = "results/tables/audit"
     path.write_text(yaml.safe_dump(config))
