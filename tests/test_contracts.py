@@ -107,6 +107,15 @@ def test_effective_weights_are_what_the_model_computes_with(
         quant_dir=stored.get(quantizer.name),
         target_path=str(tiny_model_dir) if quantizer.needs_target else None,
     )
+    if quantizer.runtime:  # llama.cpp: no torch weights; its f32 file computes the model
+        assert not quantizer.diagnosable and not quantizer.is_quantized
+        ids = [1, 5, 9, 40, 77, 3, 120, 8]
+        with torch.no_grad():
+            logits = tiny_model(input_ids=torch.tensor([ids])).logits[0].double()
+        expected = torch.log_softmax(logits, -1)[torch.arange(7), ids[1:]]
+        got = model.token_log_probs(ids)
+        torch.testing.assert_close(torch.from_numpy(got), expected, rtol=0, atol=2e-3)
+        return
     # a plain fp32 model: the effective weights in the quantized Linears, every other tensor the
     # quantized model's own (AWQ folds its scales into the RMSNorm weights)
     rebuilt = copy.deepcopy(tiny_model)
@@ -128,10 +137,11 @@ def test_effective_weights_are_what_the_model_computes_with(
 
 @pytest.mark.parametrize("family", QUANTIZERS, ids=lambda f: f.__name__)
 def test_generation_on_the_quantized_model_is_the_reference(
-    family, tiny_model_dir, tiny_tokenizer, stored
+    family, tiny_model_dir, tiny_model, tiny_tokenizer, stored
 ):
     """A quantizer declares whether its model may be batched freely (`batch_invariant`); the cell
-    passes that to generation, whose outputs must then be the reference path's."""
+    passes that to generation, whose outputs must then be the reference path's (a runtime
+    family's example, llama.cpp's f32 file: the torch model's)."""
     quantizer = parse_quantizer(family.EXAMPLE)
     model = quantizer.load(
         str(tiny_model_dir),
@@ -142,7 +152,8 @@ def test_generation_on_the_quantized_model_is_the_reference(
     prompts = [shots + q for q in ("Who is Bruno?", "What pet?", "Where does Chen Valdez teach?")]
     flag = quantizer.batch_invariant
     out = greedy_generate(model, tiny_tokenizer, prompts, 6, 2, ["\n"], batch_invariant=flag)
-    assert out == _greedy_generate_hf(model, tiny_tokenizer, prompts, 6, 2, ["\n"])
+    reference = tiny_model if quantizer.runtime else model
+    assert out == _greedy_generate_hf(reference, tiny_tokenizer, prompts, 6, 2, ["\n"])
 
 
 # --------------------------------------------------------------------------- METRICS

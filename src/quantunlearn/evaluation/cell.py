@@ -42,6 +42,7 @@ PACKAGES = (
     "bitsandbytes",
     "gptqmodel",
     "gguf",
+    "llama-cpp-python",
     "optimum",
     "datasets",
     "rouge-score",
@@ -162,7 +163,11 @@ def evaluate_cell(
     tok = use_chat_template(load_tokenizer(tokenizer or model_path), evaluation)
     start = time.time()
     model = quantizer.load(
-        model_path, compute_dtype=bnb_compute_dtype, quant_dir=quant_dir, target_path=target_model
+        model_path,
+        compute_dtype=bnb_compute_dtype,
+        quant_dir=quant_dir,
+        target_path=target_model,
+        tokenizer=tokenizer or model_path,
     )
     quantize_seconds = time.time() - start
     values, records = _measure(

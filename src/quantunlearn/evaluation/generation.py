@@ -42,6 +42,8 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 
+from quantunlearn.quantizers.base import RuntimeModel
+
 MIN_PREFIX = 8
 """A common prefix shorter than this many tokens is not computed apart (nothing to save)."""
 
@@ -115,12 +117,23 @@ def greedy_generate(
     batched by the length of their own part and leave the batch when done.
 
     ``batch_invariant=False`` (the cell's `Quantizer.batch_invariant`: LLM.int8, whose outputs
-    depend on the other rows of a batch) takes the reference path itself. ``return_ids``: also
+    depend on the other rows of a batch) takes the reference path itself. A `RuntimeModel`
+    (llama.cpp) gets the same token ids and returns generated ids, decoded and cut here as for
+    torch. ``return_ids``: also
     each row's generated ids (up to the token that ended it), for token-level tests."""
     check_positive(max_new_tokens=max_new_tokens, batch_size=batch_size)
     stops = _stop_tuple(stop_strings)
     if not prompts:
         return ([], []) if return_ids else []
+    if isinstance(model, RuntimeModel):  # llama.cpp: the same ids in, generated ids out
+        ends = end_token_ids(tokenizer)
+        generated = model.greedy_ids(
+            _encode(tokenizer, prompts),
+            max_new_tokens,
+            ends,
+            lambda ids: bool(stops) and _has_stop(tokenizer, ids, stops),
+        )
+        return _finish(tokenizer, generated, stops, return_ids)
     if not batch_invariant:
         if return_ids:
             raise ValueError("return_ids: the reference path (batch_invariant=False) keeps no ids")
@@ -149,6 +162,11 @@ def greedy_generate(
             )
             for index, ids in zip(batch, rows, strict=True):
                 generated[index] = ids
+    return _finish(tokenizer, generated, stops, return_ids)
+
+
+def _finish(tokenizer, generated: list[list[int]], stops, return_ids: bool):
+    """Each row's continuation decoded up to its end token and cut at the first stop string."""
     outputs = [_decode_until_eos(tokenizer, ids) for ids in generated]
     if stops:
         outputs = [cut_at_stop(text, stops) for text in outputs]

@@ -23,6 +23,7 @@ from rouge_score import rouge_scorer
 from tqdm.auto import tqdm
 
 from quantunlearn.evaluation.generation import check_positive, greedy_generate
+from quantunlearn.quantizers.base import RuntimeModel
 
 KNOWMEM_STOP = ("\n\n", "\nQuestion", "Question:")
 """MUSE cuts a KnowMem answer at the first of these (metrics/knowmem.py)."""
@@ -178,6 +179,9 @@ def min_k_scores(
     for i, ids in enumerate(encoded):
         if len(ids) < 2:
             raise ValueError(f"texts[{i}] has {len(ids)} token(s); Min-K% needs at least 2")
+    if isinstance(model, RuntimeModel):  # llama.cpp: the same ids, its own log-probs
+        lowest = [_mean_lowest(model.token_log_probs(ids), k) for ids in encoded]
+        return np.asarray(lowest, dtype=np.float64)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

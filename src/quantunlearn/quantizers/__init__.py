@@ -13,6 +13,7 @@ from quantunlearn.quantizers.bnb import BitsAndBytes
 from quantunlearn.quantizers.full import FullPrecision
 from quantunlearn.quantizers.gguf import GGUF
 from quantunlearn.quantizers.gptq_awq import AWQ, GPTQ
+from quantunlearn.quantizers.llamacpp import LlamaCpp
 from quantunlearn.quantizers.noflip import NoFlip
 from quantunlearn.quantizers.quail import QUAILUniform
 from quantunlearn.quantizers.rtn import RTN
@@ -24,6 +25,7 @@ QUANTIZERS: tuple[type[Quantizer], ...] = (
     GPTQ,
     AWQ,
     GGUF,
+    LlamaCpp,
     NoFlip,
     QUAILUniform,
 )

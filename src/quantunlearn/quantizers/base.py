@@ -59,6 +59,8 @@ class Quantizer:
     uses_compute_dtype: ClassVar[bool] = False
     #: a counterfactual for the diagnostics, not a quantizer anyone deploys
     counterfactual: ClassVar[bool] = False
+    #: `load` returns a `RuntimeModel` that evaluates outside torch (llama.cpp)
+    runtime: ClassVar[bool] = False
     #: a name of this family, for the contract tests and the docs
     EXAMPLE: ClassVar[str]
 
@@ -147,8 +149,11 @@ class Quantizer:
         compute_dtype: str = "fp32",
         quant_dir: str | None = None,
         target_path: str | None = None,
-    ) -> nn.Module:
-        """The saved model at ``model_path`` quantized, in eval mode (CUDA if available).
+        tokenizer: str | None = None,
+    ) -> nn.Module | RuntimeModel:
+        """The saved model at ``model_path`` quantized, in eval mode (CUDA if available);
+        ``tokenizer``: the folder of its tokenizer, for a quantizer that writes it into the
+        quantized file (llama.cpp's GGUF).
 
         Default: fake quantization, an fp32 model whose quantized Linears hold Q(w)."""
         import torch
@@ -177,6 +182,32 @@ class Quantizer:
                 )
             weights[name] = module.weight.detach().to(torch.float32)
         return weights
+
+
+class RuntimeModel:
+    """A quantized model that computes in another runtime than torch (llama.cpp), as a
+    quantizer's ``load`` returns it. The evaluation's two entry points hand it token ids of the
+    cell's own tokenizer: `evaluation.generation.greedy_generate` calls ``greedy_ids`` and
+    `evaluation.muse.min_k_scores` calls ``token_log_probs``; everything else (prompts, stop
+    rules, decoding, scores) is the torch cells' code. Calling it as a torch module is an error
+    naming what it supports."""
+
+    name: str
+
+    def greedy_ids(self, prompt_ids, max_new_tokens: int, end_ids, stop) -> list[list[int]]:
+        """Greedy generated ids of each prompt, ending at a token of ``end_ids``, when
+        ``stop(generated ids)`` is true, or after ``max_new_tokens``."""
+        raise NotImplementedError
+
+    def token_log_probs(self, ids: list[int]):
+        """log p(x_i | x_<i) for i = 2..n of one sequence (numpy, fp64)."""
+        raise NotImplementedError
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"{self.name} evaluates in its own runtime: greedy generation (VerbMem, KnowMem, "
+            "RWKU's probes) and Min-K% (PrivLeak) only; this metric needs a torch forward"
+        )
 
 
 def quantizable_linears(model: nn.Module) -> dict[str, nn.Module]:

@@ -90,7 +90,9 @@ class BitsAndBytes(Quantizer):
     def nominal_grid(self):
         return self.bits, BNB_BLOCKS[self.bnb_type]
 
-    def load(self, model_path, *, compute_dtype="fp32", quant_dir=None, target_path=None):
+    def load(
+        self, model_path, *, compute_dtype="fp32", quant_dir=None, target_path=None, tokenizer=None
+    ):
         import torch
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 

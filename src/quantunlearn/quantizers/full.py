@@ -30,7 +30,9 @@ class FullPrecision(Quantizer):
     def nominal_grid(self):
         raise ValueError("'none' quantizes nothing: it has no grid")
 
-    def load(self, model_path, *, compute_dtype="fp32", quant_dir=None, target_path=None):
+    def load(
+        self, model_path, *, compute_dtype="fp32", quant_dir=None, target_path=None, tokenizer=None
+    ):
         from quantunlearn.models.loading import load_model
 
         return load_model(model_path, "fp32")

@@ -78,7 +78,9 @@ class _Calibrated(Quantizer):
             )
         return cls(name, int(bits_text), group)
 
-    def load(self, model_path, *, compute_dtype="fp32", quant_dir=None, target_path=None):
+    def load(
+        self, model_path, *, compute_dtype="fp32", quant_dir=None, target_path=None, tokenizer=None
+    ):
         if quant_dir is None:
             raise ValueError(f"{self.name} is a stored quantizer: pass its quant_dir")
         return load_stored(model_path, self, quant_dir)

@@ -53,7 +53,9 @@ class NoFlip(Quantizer):
     def codes(self, weight):
         return self.base.codes(weight)
 
-    def load(self, model_path, *, compute_dtype="fp32", quant_dir=None, target_path=None):
+    def load(
+        self, model_path, *, compute_dtype="fp32", quant_dir=None, target_path=None, tokenizer=None
+    ):
         import torch
 
         from quantunlearn.models.loading import load_model

@@ -132,7 +132,9 @@ class QUAILUniform(Quantizer):
         """Its step is not an RTN step: QUAIL's Table I (diagnostics.quail_table) analyses it."""
         return False
 
-    def load(self, model_path, *, compute_dtype="fp32", quant_dir=None, target_path=None):
+    def load(
+        self, model_path, *, compute_dtype="fp32", quant_dir=None, target_path=None, tokenizer=None
+    ):
         import torch
 
         from quantunlearn.models.loading import load_model
