@@ -286,10 +286,10 @@ def test_type_and_key_errors_read_plainly(changes, message):
 def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
     from quantunlearn.study.config import read_config_file
 
-    text = DEFAULT.read_text().replace("  batch_size: 16 ", "  batch_size: [16 ", 1)
+    text = DEFAULT.read_text().replace("  batch_size: 2 ", "  batch_size: [2 ", 1)
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
-    line = text.splitlines().index(next(s for s in text.splitlines() if "[16 " in s)) + 1
+    line = text.splitlines().index(next(s for s in text.splitlines() if "[2 " in s)) + 1
     with pytest.raises(ConfigError) as info:
         load_study_file(bad)
     message = str(info.value)

@@ -161,8 +161,9 @@ def test_scale_config_grid_and_per_benchmark_models():
         "scale_200m",
         "scale_1b",
     ]
-    # 2 references + 4 regularized methods x 2 weight dtypes, per size
-    assert len(study.runs) == 6 * (2 + 4 * 2)
+    # 2 references + NPO_GDR x 3 step budgets (epochs) x 2 weight dtypes, per size
+    assert len(study.runs) == 6 * (2 + 3 * 2)
+    assert set(study.runs["epochs"].dropna()) == {2, 16, 64}
     assert study.tiny_model("scale_1b")["hidden_size"] == 2048
     assert study.tiny_model("scale_1b")["max_len"] == 256  # inherited from the top level
     assert study.tiny_model("scale_1b")["train"]["target_epochs"] == 30
@@ -177,7 +178,10 @@ def test_scale_sizes_are_shared_with_the_default_study():
     """The scale config's `synthetic` size is the default study's: same cells, same hashes."""
     default = load_study(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
     scale = load_study(scale_config())
-    run = "method~GA_GDR/weight_dtype~fp32/lr~1e-05/epochs~10/alpha~1/seed~0"
+    run = (
+        "method~NPO_GDR/weight_dtype~fp32/lr~1e-05/epochs~64/alpha~1/beta~0.1/npo_klr_form~paper"
+        "/seed~0"
+    )
     for quant in ("none", "rtn_w4g128"):
         assert scale.cell_config("synthetic", run, quant) == default.cell_config(
             "synthetic", run, quant
@@ -235,15 +239,15 @@ def test_scale_config_errors(change, message):
 def test_scale_dry_run_lists_every_size_with_a_gpu_request(tmp_path):
     out = snakemake(tmp_path, "-n", "all_tables", config=SCALE)
     assert out.returncode == 0, out.stderr
-    sizes, runs = 6, 2 + 4 * 2
+    sizes, runs = 6, 2 + 3 * 2  # references + NPO_GDR x 3 step budgets x 2 weight dtypes
     assert job_counts(out.stdout) == {
         "prepare_benchmark": sizes,
         "train_tokenizer": sizes,
         "train_reference": 2 * sizes,
         "reference_auc": sizes,
-        "unlearn": 4 * 2 * sizes,
-        "evaluate": runs * 3 * sizes,
-        "diagnose": 4 * 2 * sizes,  # the bucket overlap of every unlearned run at 4 bits
+        "unlearn": 3 * 2 * sizes,
+        "evaluate": runs * 2 * sizes,  # none and rtn_w4g128
+        "diagnose": 3 * 2 * sizes,  # the bucket overlap of every unlearned run at 4 bits
         "table1": 1,
         "provenance": 1,
         "scale_table": 1,
