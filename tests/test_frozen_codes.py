@@ -103,3 +103,20 @@ def test_prediction_bounds_a_real_bf16_adamw_run():
     flipped = rtn_quantize(p.detach(), 4).codes != rtn_quantize(weight, 4).codes
     assert flipped.any()
     assert not (flipped & ~pred["can_flip"]).any()
+
+
+def test_pooled_weights_each_tensor_by_its_size():
+    import pandas as pd
+
+    from quantunlearn.reports.frozen_codes import pooled
+
+    keys = dict(benchmark="b", run="r", method="NPO_GDR", weight_dtype="bf16", lr=1e-5, steps=10)
+    frame = pd.DataFrame(
+        [
+            {**keys, "name": "a", "n_weights": 100, "measured_flipped": 0.10},
+            {**keys, "name": "b", "n_weights": 300, "measured_flipped": 0.02},
+        ]
+    )
+    out = pooled(frame)
+    assert len(out) == 1
+    assert out["measured_flipped"].iloc[0] == pytest.approx((10 + 6) / 400)
