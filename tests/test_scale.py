@@ -136,9 +136,9 @@ def test_make_scale_table_files(tmp_path):
     assert (out / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "recovered by rtn_w4g128" in (out / "scale.svg").read_text(encoding="utf-8")
     md = (out / "scale.md").read_text(encoding="utf-8")
-    assert "| 50M | NPO_KLR | fp32 | **no** | 40.0 | 10.0 | 0.0 | -33.3 |" in md
+    assert "| 50M | NPO_KLR | fp32 | 10 | **no** | 40.0 | 10.0 | 0.0 | -33.3 |" in md
     assert (
-        "| 1M | GA_GDR | fp32 | yes | 70.0 | 30.0 | 50.0 | 50.0 | 80.0 | 40.0 | 50.0 | 25.0 |"
+        "| 1M | GA_GDR | fp32 | 10 | yes | 70.0 | 30.0 | 50.0 | 50.0 | 80.0 | 40.0 | 50.0 | 25.0 |"
         in (md)
     )
     assert len(pd.read_parquet(out / "scale.parquet")) == 3

@@ -44,6 +44,7 @@ SCALE_COLUMNS = [
     "n_params",
     "method",
     "weight_dtype",
+    "epochs",
     "quant",
     "memorized",
     *(f"target_{k}" for k in SCALE_METRICS),
@@ -127,7 +128,7 @@ def scale_table(
     table["overlap"] = table["overlap"].astype("float64")
     order = {m: i for i, m in enumerate(REGULARIZED)}
     table = table.assign(_m=table["method"].map(order))
-    table = table.sort_values(["n_params", "_m", "weight_dtype", "run"], kind="mergesort")
+    table = table.sort_values(["n_params", "_m", "weight_dtype", "epochs", "run"], kind="mergesort")
     return table.drop(columns="_m").reset_index(drop=True)
 
 
@@ -137,6 +138,7 @@ def _run_row(target: pd.Series, fp: pd.Series, q: pd.Series) -> dict:
     row = {
         "method": fp["method"],
         "weight_dtype": fp["weight_dtype"],
+        "epochs": fp["epochs"] if "epochs" in fp else None,
         "knowmem_r_fp": fp["knowmem_r"],
         "knowmem_r_q": q["knowmem_r"],
     }
@@ -167,6 +169,7 @@ def scale_markdown(table: pd.DataFrame, notes: str) -> str:
         "size": "Params",
         "method": "Method",
         "weight_dtype": "Weights",
+        "epochs": "Epochs",
         "memorized": "Target memorised",
         "target_knowmem_f": "KnowMem_f target",
         "knowmem_f_fp": "KnowMem_f unlearned",
@@ -194,16 +197,19 @@ def _size_label(n: int) -> str:
 def plot_scale(table: pd.DataFrame, png: Path, svg: Path) -> None:
     """Top row: what unlearning removed; bottom row: the share 4-bit quantization gave back.
 
-    x is the parameter count (log scale); one line per (method, weight dtype): colour by method,
-    solid fp32 / dashed bf16 weights; hollow markers where the target did not memorise its
-    forget set. A third column shows the code overlap when the diagnostics are available.
+    x is the parameter count (log scale); one line per (method, weight dtype, epochs: the step
+    axis): colour by (method, epochs), solid fp32 / dashed bf16 weights; hollow markers where
+    the target did not memorise its forget set. A third column shows the code overlap when the
+    diagnostics are available.
     """
     plt = pyplot()
     with_overlap = bool(table["overlap"].notna().any())
     ncols = len(SCALE_METRICS) + int(with_overlap)
     fig, axes = plt.subplots(2, ncols, figsize=(4.6 * ncols, 7.4), squeeze=False)
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colours = dict(zip(REGULARIZED, palette, strict=False))
+    table = table.assign(epochs=table["epochs"].astype("Float64").fillna(-1).astype(int))
+    series = sorted(set(zip(table["method"], table["epochs"], strict=True)))
+    colours = dict(zip(series, palette * (1 + len(series) // len(palette)), strict=False))
     names = {"knowmem_f": "KnowMem_f", "verbmem_f": "VerbMem_f"}
     quant = table["quant"].iloc[0] if len(table) else "4-bit"
     panels = [
@@ -220,13 +226,13 @@ def plot_scale(table: pd.DataFrame, png: Path, svg: Path) -> None:
         axes[1, ncols - 1].set_axis_off()
     for r, c, column, title in panels:
         ax = axes[r, c]
-        for (method, dtype), part in table.groupby(["method", "weight_dtype"], sort=False):
+        groups = table.groupby(["method", "weight_dtype", "epochs"], sort=False)
+        for (method, dtype, epochs), part in groups:
             part = part.sort_values("n_params")
             style = "-" if dtype == "fp32" else "--"
-            colour = colours.get(method, "grey")
-            ax.plot(
-                part["n_params"], part[column], style, color=colour, label=f"{method} · {dtype}"
-            )
+            colour = colours.get((method, epochs), "grey")
+            label = f"{method} · {dtype} · {epochs} ep." if epochs >= 0 else f"{method} · {dtype}"
+            ax.plot(part["n_params"], part[column], style, color=colour, label=label)
             for mem, fill in ((True, colour), (False, "none")):
                 sel = part[part["memorized"] == mem]
                 ax.scatter(sel["n_params"], sel[column], facecolors=fill, edgecolors=colour, s=28)
@@ -239,7 +245,7 @@ def plot_scale(table: pd.DataFrame, png: Path, svg: Path) -> None:
         sizes = sorted(set(table["n_params"]))
         ax.set_xticks(sizes, [_size_label(n) for n in sizes])
         ax.minorticks_off()
-    axes[0, 0].legend(fontsize=7, title="method · weights", title_fontsize=7)
+    axes[0, 0].legend(fontsize=7, title="method · weights · epochs", title_fontsize=7)
     fig.suptitle(
         "Does 4-bit quantization undo unlearning as the model grows? (hollow: target "
         "did not memorise)",
