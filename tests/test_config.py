@@ -27,25 +27,17 @@ def _config(**changes) -> dict:
 def test_default_config_grid():
     study = load_study_file(DEFAULT)
     runs = study.runs
-    assert len(runs) == 2 + 6 * 2  # target, retrain, six methods x two weight dtypes
-    assert set(runs.method) == {
-        "target",
-        "retrain",
-        "GA",
-        "GA_GDR",
-        "GA_KLR",
-        "NPO",
-        "NPO_GDR",
-        "NPO_KLR",
-    }
-    assert "method~GA/weight_dtype~bf16/lr~1e-05/epochs~10/seed~0" in set(runs.run)
-    npo_klr = "method~NPO_KLR/weight_dtype~fp32/lr~1e-05/epochs~10/alpha~1/beta~0.1/"
-    assert npo_klr + "npo_klr_form~paper/seed~0" in set(runs.run)
+    assert len(runs) == 2 + 1 * 2  # target, retrain, NPO_GDR x two weight dtypes
+    assert set(runs.method) == {"target", "retrain", "NPO_GDR"}
+    npo_gdr = "method~NPO_GDR/weight_dtype~bf16/lr~1e-05/epochs~64/alpha~1/beta~0.1/"
+    run = npo_gdr + "npo_klr_form~paper/seed~0"
+    assert run in set(runs.run)
     assert len(study.cells()) == len(runs) * len(study.quantizers)
-    params = study.run_params("synthetic", "method~GA/weight_dtype~bf16/lr~1e-05/epochs~10/seed~0")
+    params = study.run_params("synthetic", run)
     assert params["lr"] == 1e-05 and isinstance(params["lr"], float)
-    assert params["alpha"] is None  # GA has no retain term
-    assert isinstance(params["epochs"], int)
+    assert params["alpha"] == 1.0 and params["beta"] == 0.1
+    assert isinstance(params["epochs"], int) and params["epochs"] == 64
+    assert study.cell_config("synthetic", run)["unlearn"]["batch_size"] == 2  # the papers' batch
 
 
 def test_yaml_exponent_trap_is_converted():
@@ -99,11 +91,11 @@ def test_hub_ids_and_local_folders_are_accepted(tmp_path):
 
 def test_cell_hash_ignores_unrelated_config_changes():
     base = load_study(_config())
-    run = "method~GA/weight_dtype~bf16/lr~1e-05/epochs~10/seed~0"
+    run = "method~NPO_GDR/weight_dtype~bf16/lr~1e-05/epochs~64/alpha~1/beta~0.1/npo_klr_form~paper"
+    run += "/seed~0"
+    methods = {"NPO_GDR": {}, "GA": {}}
     grown = load_study(
-        _config(
-            **{"quantizers": ["none", "rtn_w8", "rtn_w3"], "unlearn.methods": {"GA": {}, "NPO": {}}}
-        )
+        _config(**{"quantizers": ["none", "rtn_w8", "rtn_w3"], "unlearn.methods": methods})
     )
     assert config_hash(base.cell_config("synthetic", run, "none")) == config_hash(
         grown.cell_config("synthetic", run, "none")
