@@ -85,17 +85,25 @@ def test_scale_table_hand_computed(table):
     assert fp32.share_verbmem_f == pytest.approx(25.0)
     assert fp32.share_knowmem_f == pytest.approx(50.0)
     assert fp32.share_pooled == pytest.approx(100 * 30 / 80)
+    # given back, against the target under the same quantizer: verbmem 1 - (78-50)/(80-40),
+    # knowmem 1 - (70-50)/(70-30); pooled 1 - (148-100)/(150-70)
+    assert fp32.given_back_verbmem_f == pytest.approx(30.0)
+    assert fp32.given_back_knowmem_f == pytest.approx(50.0)
+    assert fp32.given_back_pooled == pytest.approx(40.0)
     assert fp32.knowmem_r_fp == 55 and fp32.knowmem_r_q == 54
     assert fp32.memorized and fp32.n_params == 1_000_000
     bf16 = row(table, "small", "bf16")
     assert bf16.removed_verbmem_f == pytest.approx(0.5)
     assert math.isnan(bf16.share_verbmem_f) and math.isnan(bf16.share_knowmem_f)
     assert math.isnan(bf16.share_pooled)  # 0.5 points removed in all: below MIN_REMOVED
+    assert math.isnan(bf16.given_back_pooled)  # below the 5-point guard
     large = row(table, "large", "fp32")
     assert not large.memorized
     assert large.share_verbmem_f == pytest.approx(100.0)
     assert large.share_knowmem_f == pytest.approx(-100 / 3)
     assert large.share_pooled == pytest.approx(100 * 50 / 90)
+    assert large.given_back_knowmem_f == pytest.approx(-100 / 3)
+    assert large.given_back_pooled == pytest.approx(100 * (1 - 40 / 90))
     assert table.overlap.isna().all()
 
 
@@ -134,7 +142,7 @@ def test_make_scale_table_files(tmp_path):
     out = tmp_path / "tables"
     make_scale_table(paths, dirs, out, scale, QUANTS)
     assert (out / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "recovered by rtn_w4g128" in (out / "scale.svg").read_text(encoding="utf-8")
+    assert "given back by rtn_w4g128" in (out / "scale.svg").read_text(encoding="utf-8")
     md = (out / "scale.md").read_text(encoding="utf-8")
     assert "| 50M | NPO_KLR | fp32 | 10 | **no** | 40.0 | 10.0 | 0.0 | -33.3 |" in md
     assert (

@@ -31,6 +31,7 @@ import pandas as pd
 from quantunlearn.reports.cells import REGULARIZED, build_table1, read_cells
 from quantunlearn.reports.quantizers import read_diagnostics
 from quantunlearn.reports.render import pyplot, save_figure, to_markdown, write_frames, write_text
+from quantunlearn.reports.table1 import given_back_pct
 
 #: Forget metrics whose recovery the scale table reports.
 SCALE_METRICS = ["knowmem_f", "verbmem_f"]
@@ -54,6 +55,8 @@ SCALE_COLUMNS = [
     *(f"recovered_{k}" for k in SCALE_METRICS),
     *(f"share_{k}" for k in SCALE_METRICS),
     "share_pooled",
+    *(f"given_back_{k}" for k in SCALE_METRICS),
+    "given_back_pooled",
     "knowmem_r_fp",
     "knowmem_r_q",
     "overlap",
@@ -107,6 +110,8 @@ def scale_table(
         if len(target) != 1:
             raise ValueError(f"scale_table: benchmark {bench!r} has no full-precision target row")
         t = target.iloc[0]
+        target_q = part[(part["method"] == "target") & (part["quant"] == quant)]
+        tq = target_q.iloc[0] if len(target_q) == 1 else None
         memorized = bool(
             t["knowmem_f"] >= min_target_knowmem_f and t["verbmem_f"] >= min_target_verbmem_f
         )
@@ -118,6 +123,7 @@ def scale_table(
                     f"scale_table: run {run!r} of {bench!r} lacks its 'none' or {quant!r} cell"
                 )
             row = _run_row(t, fp.iloc[0], q.iloc[0])
+            row |= _given_back(t, tq, fp.iloc[0], q.iloc[0])
             rows.append({**row, "benchmark": bench, "n_params": int(sizes[bench]), "run": run,
                          "quant": quant, "memorized": memorized})  # fmt: skip
     table = pd.DataFrame(rows, columns=SCALE_COLUMNS)
@@ -159,6 +165,21 @@ def _run_row(target: pd.Series, fp: pd.Series, q: pd.Series) -> dict:
     return row
 
 
+def _given_back(target: pd.Series, target_q: pd.Series | None, fp: pd.Series, q: pd.Series):
+    """`table1.given_back_pct` per forget metric and pooled (sums of the four values): the
+    share of the full-precision forgetting that the quantizer undoes, each model against the
+    target under the same quantizer; NaN without a quantized target row."""
+    if target_q is None:
+        return {f"given_back_{k}": np.nan for k in [*SCALE_METRICS, "pooled"]}
+    four = [[target[k], fp[k], target_q[k], q[k]] for k in SCALE_METRICS]
+    out = {
+        f"given_back_{k}": given_back_pct(*map(float, v))
+        for k, v in zip(SCALE_METRICS, four, strict=True)
+    }
+    out["given_back_pooled"] = given_back_pct(*map(float, np.sum(four, axis=0)))
+    return out
+
+
 def scale_markdown(table: pd.DataFrame, notes: str) -> str:
     quant = table["quant"].iloc[0] if len(table) else "4-bit"
     shown = table.assign(
@@ -180,6 +201,9 @@ def scale_markdown(table: pd.DataFrame, notes: str) -> str:
         "verbmem_f_q": f"VerbMem_f + {quant}",
         "share_verbmem_f": "VerbMem_f recovered %",
         "share_pooled": "pooled recovered %",
+        "given_back_knowmem_f": "KnowMem_f given back %",
+        "given_back_verbmem_f": "VerbMem_f given back %",
+        "given_back_pooled": "pooled given back %",
         "knowmem_r_fp": "KnowMem_r",
     }
     if table["overlap"].notna().any():
@@ -195,7 +219,9 @@ def _size_label(n: int) -> str:
 
 
 def plot_scale(table: pd.DataFrame, png: Path, svg: Path) -> None:
-    """Top row: what unlearning removed; bottom row: the share 4-bit quantization gave back.
+    """Top row: what unlearning removed; bottom row: the share of that forgetting 4-bit
+    quantization gave back (`given_back_pct`, each model against the target under the same
+    quantizer; blank below its 5-point guard).
 
     x is the parameter count (log scale); one line per (method, weight dtype, epochs: the step
     axis): colour by (method, epochs), solid fp32 / dashed bf16 weights; hollow markers where
@@ -217,7 +243,7 @@ def plot_scale(table: pd.DataFrame, png: Path, svg: Path) -> None:
         for j, k in enumerate(SCALE_METRICS)
     ]
     panels += [
-        (1, j, f"share_{k}", f"{names[k]}: % of it recovered by {quant}")
+        (1, j, f"given_back_{k}", f"{names[k]}: % of it given back by {quant}")
         for j, k in enumerate(SCALE_METRICS)
     ]
     table = table.assign(overlap_pct=100 * table["overlap"])
@@ -239,7 +265,7 @@ def plot_scale(table: pd.DataFrame, png: Path, svg: Path) -> None:
         ax.set_xscale("log")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("parameters")
-        if column.startswith("share"):
+        if column.startswith("given_back"):
             ax.axhline(0, color="black", linewidth=0.8)
             ax.axhline(100, color="black", linewidth=0.8, linestyle=":")
         sizes = sorted(set(table["n_params"]))
