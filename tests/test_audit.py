@@ -456,10 +456,15 @@ def test_audit_frame_by_hand():
     assert frame.at["rtn_w4", "retained_knowmem_f"] == pytest.approx(100 * 55 / 70)
     assert frame.at["rtn_w4", "d_knowmem_f"] == 35.0 and frame.at["rtn_w4", "d_knowmem_r"] == -5.0
     assert frame.at["rtn_w4", "verdict"] == "does not survive"
+    # given back = 100 - kept: 75 % of the knowmem_f forgetting, 87.5 % of the verbmem_f one
+    assert frame.at["rtn_w4", "given_back_knowmem_f"] == pytest.approx(75.0)
+    assert frame.at["rtn_w4", "given_back_verbmem_f"] == pytest.approx(87.5)
+    assert frame.at["none", "given_back_knowmem_f"] == 0.0
     # bnb_nf4: knowmem_f 76 - 24 = 52 of 60 = 86.7 %; verbmem_f 48 - 12 = 36 of 40 = 90 %
     assert frame.at["bnb_nf4", "kept_knowmem_f"] == pytest.approx(100 * 52 / 60)
     assert frame.at["bnb_nf4", "kept_verbmem_f"] == pytest.approx(90.0)
     assert frame.at["bnb_nf4", "verdict"] == "survives"
+    assert frame.at["bnb_nf4", "given_back_verbmem_f"] == pytest.approx(10.0)
     # noflip: compared with the target under its RTN base, shown, never judged
     assert frame.at["noflip_rtn_w4", "target_knowmem_f"] == 70.0
     assert frame.at["noflip_rtn_w4", "verdict"] == "counterfactual"
@@ -505,12 +510,13 @@ def test_make_audit_writes_every_report(tmp_path):
     report = (tmp_path / "tables" / "audit_news_ck.md").read_text()
     assert "# Audit: ck (external checkpoint) on benchmark news" in report
     assert "`org/ck@main` at commit `" + SHA + "`" in report
-    assert "| rtn_w4 | 15.0 | 25.0 | 5.0 | 12.5 | does not survive |" in report
-    assert "| bnb_nf4 | 52.0 | 86.7 | 36.0 | 90.0 | survives |" in report
+    assert "| rtn_w4 | 15.0 | 25.0 | 75.0 | 5.0 | 12.5 | 87.5 | does not survive |" in report
+    assert "| bnb_nf4 | 52.0 | 86.7 | 13.3 | 36.0 | 90.0 | 10.0 | survives |" in report
     assert "## noflip counterfactual" in report and "No diagnostics" in report
     assert "- knowmem_f: 4 questions on the forget set" in report
     overview = (tmp_path / "tables" / "audit.md").read_text()
-    assert "| news | ck | rtn_w4 | 25.0 | 12.5 | does not survive | audit_news_ck.md |" in overview
+    row = "| news | ck | rtn_w4 | 25.0 | 75.0 | 12.5 | 87.5 | does not survive | audit_news_ck.md |"
+    assert row in overview
 
 
 def test_provenance_tables_count_cells():

@@ -29,25 +29,17 @@ def _config(**changes) -> dict:
 def test_default_config_grid():
     study = load_study_file(DEFAULT)
     runs = study.runs
-    assert len(runs) == 2 + 6 * 2  # target, retrain, six methods x two weight dtypes
-    assert set(runs.method) == {
-        "target",
-        "retrain",
-        "GA",
-        "GA_GDR",
-        "GA_KLR",
-        "NPO",
-        "NPO_GDR",
-        "NPO_KLR",
-    }
-    assert "method~GA/weight_dtype~bf16/lr~1e-05/epochs~10/seed~0" in set(runs.run)
-    npo_klr = "method~NPO_KLR/weight_dtype~fp32/lr~1e-05/epochs~10/alpha~1/beta~0.1/"
-    assert npo_klr + "npo_klr_form~paper/seed~0" in set(runs.run)
+    assert len(runs) == 2 + 1 * 2  # target, retrain, NPO_GDR x two weight dtypes
+    assert set(runs.method) == {"target", "retrain", "NPO_GDR"}
+    npo_gdr = "method~NPO_GDR/weight_dtype~bf16/lr~1e-05/epochs~64/alpha~1/beta~0.1/"
+    run = npo_gdr + "npo_klr_form~paper/seed~0"
+    assert run in set(runs.run)
     assert len(study.cells()) == len(runs) * len(study.quantizers)
-    params = study.run_params("synthetic", "method~GA/weight_dtype~bf16/lr~1e-05/epochs~10/seed~0")
+    params = study.run_params("synthetic", run)
     assert params["lr"] == 1e-05 and isinstance(params["lr"], float)
-    assert params["alpha"] is None  # GA has no retain term
-    assert isinstance(params["epochs"], int)
+    assert params["alpha"] == 1.0 and params["beta"] == 0.1
+    assert isinstance(params["epochs"], int) and params["epochs"] == 64
+    assert study.cell_config("synthetic", run)["unlearn"]["batch_size"] == 2  # the papers' batch
 
 
 def test_yaml_exponent_trap_is_converted():
@@ -101,11 +93,10 @@ def test_hub_ids_and_local_folders_are_accepted(tmp_path):
 
 def test_cell_hash_ignores_unrelated_config_changes():
     base = load_study(_config())
-    run = base.runs[base.runs.method == "GA"].run.iloc[0]
+    run = base.runs[base.runs.method == "NPO_GDR"].run.iloc[0]
+    methods = {"NPO_GDR": {}, "GA": {}}
     grown = load_study(
-        _config(
-            **{"quantizers": ["none", "rtn_w8", "rtn_w3"], "unlearn.methods": {"GA": {}, "NPO": {}}}
-        )
+        _config(**{"quantizers": ["none", "rtn_w8", "rtn_w3"], "unlearn.methods": methods})
     )
     assert config_hash(base.cell_config("synthetic", run, "none")) == config_hash(
         grown.cell_config("synthetic", run, "none")
@@ -339,10 +330,10 @@ def test_type_and_key_errors_read_plainly(changes, message):
 def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
     from quantunlearn.study.config import read_config_file
 
-    text = DEFAULT.read_text().replace("  batch_size: 16 ", "  batch_size: [16 ", 1)
+    text = DEFAULT.read_text().replace("  batch_size: 2 ", "  batch_size: [2 ", 1)
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
-    line = text.splitlines().index(next(s for s in text.splitlines() if "[16 " in s)) + 1
+    line = text.splitlines().index(next(s for s in text.splitlines() if "[2 " in s)) + 1
     with pytest.raises(ConfigError) as info:
         load_study_file(bad)
     message = str(info.value)

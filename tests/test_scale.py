@@ -85,17 +85,25 @@ def test_scale_table_hand_computed(table):
     assert fp32.share_verbmem_f == pytest.approx(25.0)
     assert fp32.share_knowmem_f == pytest.approx(50.0)
     assert fp32.share_pooled == pytest.approx(100 * 30 / 80)
+    # given back, against the target under the same quantizer: verbmem 1 - (78-50)/(80-40),
+    # knowmem 1 - (70-50)/(70-30); pooled 1 - (148-100)/(150-70)
+    assert fp32.given_back_verbmem_f == pytest.approx(30.0)
+    assert fp32.given_back_knowmem_f == pytest.approx(50.0)
+    assert fp32.given_back_pooled == pytest.approx(40.0)
     assert fp32.knowmem_r_fp == 55 and fp32.knowmem_r_q == 54
     assert fp32.memorized and fp32.n_params == 1_000_000
     bf16 = row(table, "small", "bf16")
     assert bf16.removed_verbmem_f == pytest.approx(0.5)
     assert math.isnan(bf16.share_verbmem_f) and math.isnan(bf16.share_knowmem_f)
     assert math.isnan(bf16.share_pooled)  # 0.5 points removed in all: below MIN_REMOVED
+    assert math.isnan(bf16.given_back_pooled)  # below the 5-point guard
     large = row(table, "large", "fp32")
     assert not large.memorized
     assert large.share_verbmem_f == pytest.approx(100.0)
     assert large.share_knowmem_f == pytest.approx(-100 / 3)
     assert large.share_pooled == pytest.approx(100 * 50 / 90)
+    assert large.given_back_knowmem_f == pytest.approx(-100 / 3)
+    assert large.given_back_pooled == pytest.approx(100 * (1 - 40 / 90))
     assert table.overlap.isna().all()
 
 
@@ -134,11 +142,11 @@ def test_make_scale_table_files(tmp_path):
     out = tmp_path / "tables"
     make_scale_table(paths, dirs, out, scale, QUANTS)
     assert (out / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "recovered by rtn_w4g128" in (out / "scale.svg").read_text(encoding="utf-8")
+    assert "given back by rtn_w4g128" in (out / "scale.svg").read_text(encoding="utf-8")
     md = (out / "scale.md").read_text(encoding="utf-8")
-    assert "| 50M | NPO_KLR | fp32 | **no** | 40.0 | 10.0 | 0.0 | -33.3 |" in md
+    assert "| 50M | NPO_KLR | fp32 | 10 | **no** | 40.0 | 10.0 | 0.0 | -33.3 |" in md
     assert (
-        "| 1M | GA_GDR | fp32 | yes | 70.0 | 30.0 | 50.0 | 50.0 | 80.0 | 40.0 | 50.0 | 25.0 |"
+        "| 1M | GA_GDR | fp32 | 10 | yes | 70.0 | 30.0 | 50.0 | 50.0 | 80.0 | 40.0 | 50.0 | 25.0 |"
         in (md)
     )
     assert len(pd.read_parquet(out / "scale.parquet")) == 3
@@ -161,8 +169,9 @@ def test_scale_config_grid_and_per_benchmark_models():
         "scale_200m",
         "scale_1b",
     ]
-    # 2 references + 4 regularized methods x 2 weight dtypes, per size
-    assert len(study.runs) == 6 * (2 + 4 * 2)
+    # 2 references + NPO_GDR x 3 step budgets (epochs) x 2 weight dtypes, per size
+    assert len(study.runs) == 6 * (2 + 3 * 2)
+    assert set(study.runs["epochs"].dropna()) == {2, 16, 64}
     assert study.tiny_model("scale_1b")["hidden_size"] == 2048
     assert study.tiny_model("scale_1b")["max_len"] == 256  # inherited from the top level
     assert study.tiny_model("scale_1b")["train"]["target_epochs"] == 30
@@ -177,7 +186,10 @@ def test_scale_sizes_are_shared_with_the_default_study():
     """The scale config's `synthetic` size is the default study's: same cells, same hashes."""
     default = load_study(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
     scale = load_study(scale_config())
-    run = "method~GA_GDR/weight_dtype~fp32/lr~1e-05/epochs~10/alpha~1/seed~0"
+    run = (
+        "method~NPO_GDR/weight_dtype~fp32/lr~1e-05/epochs~64/alpha~1/beta~0.1/npo_klr_form~paper"
+        "/seed~0"
+    )
     for quant in ("none", "rtn_w4g128"):
         assert scale.cell_config("synthetic", run, quant) == default.cell_config(
             "synthetic", run, quant
@@ -235,15 +247,15 @@ def test_scale_config_errors(change, message):
 def test_scale_dry_run_lists_every_size_with_a_gpu_request(tmp_path):
     out = snakemake(tmp_path, "-n", "all_tables", config=SCALE)
     assert out.returncode == 0, out.stderr
-    sizes, runs = 6, 2 + 4 * 2
+    sizes, runs = 6, 2 + 3 * 2  # references + NPO_GDR x 3 step budgets x 2 weight dtypes
     assert job_counts(out.stdout) == {
         "prepare_benchmark": sizes,
         "train_tokenizer": sizes,
         "train_reference": 2 * sizes,
         "reference_auc": sizes,
-        "unlearn": 4 * 2 * sizes,
-        "evaluate": runs * 3 * sizes,
-        "diagnose": 4 * 2 * sizes,  # the bucket overlap of every unlearned run at 4 bits
+        "unlearn": 3 * 2 * sizes,
+        "evaluate": runs * 2 * sizes,  # none and rtn_w4g128
+        "diagnose": 3 * 2 * sizes,  # the bucket overlap of every unlearned run at 4 bits
         "table1": 1,
         "provenance": 1,
         "scale_table": 1,

@@ -17,7 +17,9 @@ import pytest
 from quantunlearn.reports.cells import build_table1, metric_columns, read_cells, table1_columns
 from quantunlearn.reports.render import row_label, to_markdown
 from quantunlearn.reports.table1 import (
+    MIN_FORGETTING_POINTS,
     POOLED_METRIC,
+    given_back_pct,
     headline_retention,
     make_table1,
     plot_retention,
@@ -396,6 +398,7 @@ def test_retention_summary_hand_computed(table):
         "quant",
         "metric",
         "retained_pct",
+        "given_back_pct",
         "n_runs",
     ]
     assert len(s) == 2 * 3 * 2  # dtypes x quants x metrics
@@ -414,6 +417,52 @@ def test_retention_summary_hand_computed(table):
     value, n = pct(s, "verbmem_f", "fp32", "rtn_w8")
     assert math.isnan(value) and n == 2
     assert s["retained_pct"].dropna().map(math.isfinite).all()
+
+
+def back(summary, metric, dtype, quant, bench="news"):
+    sel = summary[
+        (summary["benchmark"] == bench)
+        & (summary["metric"] == metric)
+        & (summary["weight_dtype"] == dtype)
+        & (summary["quant"] == quant)
+    ]
+    assert len(sel) == 1
+    return float(sel["given_back_pct"].iloc[0])
+
+
+def test_given_back_pct_hand_computed():
+    # target 80 -> unlearned 20 in full precision (60 points forgotten); under q the target is
+    # 60 and the unlearned model 45: 15 points of forgetting left, 75% of it given back
+    assert given_back_pct(80, 20, 60, 45) == pytest.approx(75.0)
+    # a quantizer that leaves the target alone: (model_q - model_fp) / (target - model_fp)
+    assert given_back_pct(84.4, 62.5, 84.4, 69.8) == pytest.approx(100 * 7.3 / 21.9)
+    assert given_back_pct(80, 20, 80, 20) == 0.0  # every point of forgetting kept
+    assert given_back_pct(80, 20, 80, 80) == 100.0  # all of it undone
+    assert given_back_pct(80, 20, 80, 10) == pytest.approx(-100 / 6)  # forgets more under q
+    # the guard: a full-precision forgetting below MIN_FORGETTING_POINTS is too small to share
+    assert math.isnan(given_back_pct(80, 80 - MIN_FORGETTING_POINTS / 2, 80, 80))
+    assert given_back_pct(80, 80 - MIN_FORGETTING_POINTS, 80, 80) == 100.0
+    assert math.isnan(given_back_pct(80, 90, 80, 80))  # no forgetting at all
+    assert math.isnan(given_back_pct(80, 20, float("nan"), 45))
+    assert math.isnan(given_back_pct(80, 20, 60, None))
+
+
+def test_retention_summary_given_back_per_method_then_mean(table):
+    s = retention_summary(table)
+    # knowmem_f bf16, 4 bit: GA_GDR 1 - (60-45)/(80-20) = 75%; NPO_KLR 1 - (60-54)/(80-40) = 85%
+    assert back(s, "knowmem_f", "bf16", "rtn_w4g128") == pytest.approx(80.0)
+    # fp32: GA_GDR 1 - (60-30)/(80-8); NPO_KLR 1 - (60-42)/(80-16)
+    expected = 100 * ((1 - 30 / 72) + (1 - 18 / 64)) / 2
+    assert back(s, "knowmem_f", "fp32", "rtn_w4g128") == pytest.approx(expected)
+    assert back(s, "knowmem_f", "bf16", "none") == 0.0  # full precision gives nothing back
+
+
+def test_headline_given_back_pools_sums(table):
+    head = headline_retention(table)
+    row = head[(head["weight_dtype"] == "bf16") & (head["quant"] == "rtn_w4g128")].iloc[0]
+    # knowmem_f: targets 80/60, GA_GDR 20/45, NPO_KLR 40/54; verbmem_f: targets 40/20,
+    # GA_GDR 4/18, NPO_KLR 8/14 -> sums: target fp 240, model fp 72, target q 160, model q 131
+    assert row["given_back_pct"] == pytest.approx(100 * (1 - (160 - 131) / (240 - 72)))
 
 
 def test_retention_averages_cells_then_methods_and_skips_unregularized(long):
@@ -472,6 +521,9 @@ def test_headline_reproduces_paper_21_and_83_percent():
     assert full["retained_pct"] == pytest.approx(100 * 240.6 / 1126.0, abs=1e-9)
     assert four["retained_pct"] == pytest.approx(100 * 697.0 / 842.8, abs=1e-9)
     assert round(full["retained_pct"]) == 21 and round(four["retained_pct"]) == 83
+    # given back at 4 bit: 1 - (842.8 - 697.0) / (1126.0 - 240.6) = 83.5%
+    assert four["given_back_pct"] == pytest.approx(100 * (1 - 145.8 / 885.4), abs=1e-9)
+    assert full["given_back_pct"] == 0.0
     assert full["n_runs"] == 8  # 4 methods x 2 benchmarks (GA and the target excluded)
     # per benchmark and metric: NEWS KnowMem_f, full precision = mean(28.9, 27.1, 46.1, 36.6)/63.9
     s = retention_summary(table)
@@ -525,7 +577,10 @@ def test_make_table1_end_to_end(tmp_path, long):
     assert pct(ret, "knowmem_f", "bf16", "rtn_w4g128")[0] == pytest.approx(82.5)
     assert pct(ret, POOLED_METRIC, "bf16", "none", bench="all")[0] == pytest.approx(30.0)
     md = (out / "retention.md").read_text(encoding="utf-8")
-    assert "| Benchmark | Metric | Weights | Quantizer | Retained % of target | Cells |" in md
+    assert (
+        "| Benchmark | Metric | Weights | Quantizer | Retained % of target "
+        "| Given back % of fp forgetting | Cells |"
+    ) in md
     assert "Embedded tiny benchmark." in (out / "table1.md").read_text(encoding="utf-8")
 
 

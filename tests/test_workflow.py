@@ -48,8 +48,8 @@ def test_default_study_dry_run(tmp_path):
         "train_tokenizer": 1,
         "train_reference": 2,
         "reference_auc": 1,
-        "unlearn": 12,
-        "evaluate": 14 * 4,
+        "unlearn": 2,  # NPO_GDR x {bf16, fp32}
+        "evaluate": 4 * 4,  # (target, retrain, 2 runs) x 4 quantizers
         "table1": 1,
         "provenance": 1,
         "all_tables": 1,

@@ -9,6 +9,11 @@ k in ``audit.metrics`` (KnowMem_f, VerbMem_f; lower is better), each model quant
                                                                forgetting that remains under q
     retained(k, q)   = 100 * k(c, q) / k(t, q)                 Zhang et al.'s share retained
                                                                (ICLR 2025, section 4.2)
+    given_back(k, q) = 100 - kept(k, q)                        % of the full-precision
+                                                               forgetting that q undoes (Table
+                                                               1's retention report: the same
+                                                               `given_back_pct`), left out
+                                                               below ``min_forgetting`` points
 
 The verdict of q (thresholds from the config's ``audit`` section): a metric is judged when its
 full-precision forgetting is at least ``min_forgetting`` points; the forgetting *survives* q
@@ -37,7 +42,7 @@ from quantunlearn.reports.render import (
     write_frames,
     write_text,
 )
-from quantunlearn.reports.table1 import join_utility_columns
+from quantunlearn.reports.table1 import given_back_pct, join_utility_columns
 from quantunlearn.study.grid import external_method, is_external
 
 #: The summary of every audited checkpoint (relative to the tables folder); each checkpoint's
@@ -107,6 +112,13 @@ def audit_frame(table: pd.DataFrame, bench: str, name: str, audit: dict) -> pd.D
             row[f"retained_{k}"] = _pct(row[k], row[f"target_{k}"])
             fp_forgetting[k] = _value(target, "none", k) - _value(ckpt, "none", k)
             kept[k] = row[f"kept_{k}"] = _pct(row[f"forgetting_{k}"], fp_forgetting[k])
+            row[f"given_back_{k}"] = given_back_pct(
+                _value(target, "none", k),
+                _value(ckpt, "none", k),
+                row[f"target_{k}"],
+                row[k],
+                min_forgetting=audit["min_forgetting"],
+            )
         row["verdict"] = (
             "reference"
             if quant == "none"
@@ -183,6 +195,7 @@ def _verdict_table(frame: pd.DataFrame, audit: dict) -> str:
     for k in audit["metrics"]:
         columns[f"forgetting_{k}"] = f"{k} forgetting (points)"
         columns[f"kept_{k}"] = f"{k} kept %"
+        columns[f"given_back_{k}"] = f"{k} given back %"
     columns["verdict"] = "Verdict"
     if not len(judged):
         return "No quantizer besides none.\n"
@@ -236,7 +249,9 @@ def checkpoint_markdown(
         "## Verdict per quantizer",
         "",
         f"Forgetting = target − checkpoint under the same quantizer (points, "
-        f"{', '.join(audit['metrics'])}); kept % = its share of the full-precision forgetting. "
+        f"{', '.join(audit['metrics'])}); kept % = its share of the full-precision forgetting, "
+        "given back % = 100 − kept % (the share the quantizer undoes; blank where the "
+        "full-precision forgetting is below the threshold). "
         f"Thresholds (config `audit`): a metric is judged when its full-precision forgetting "
         f"is at least {audit['min_forgetting']:g} points; the forgetting survives a quantizer "
         f"when at least {audit['min_survival_pct']:g}% of it is kept on every judged metric. "
@@ -325,11 +340,13 @@ def summary_markdown(summary: pd.DataFrame, audit: dict) -> str:
     pairs = zip(judged["benchmark"], judged["checkpoint"], strict=True)
     judged["report"] = [checkpoint_file(b, n) for b, n in pairs]
     columns = {"benchmark": "Benchmark", "checkpoint": "Checkpoint", "quant": "Quantizer"}
-    columns |= {f"kept_{k}": f"{k} kept %" for k in audit["metrics"]}
+    for k in audit["metrics"]:
+        columns |= {f"kept_{k}": f"{k} kept %", f"given_back_{k}": f"{k} given back %"}
     columns |= {"verdict": "Verdict", "report": "Report"}
     text += [
         f"Kept % = the share of the full-precision forgetting (target − checkpoint) that remains "
-        f"under the quantizer; the forgetting survives a quantizer when at least "
+        f"under the quantizer, given back % = 100 − kept % (blank below the threshold); the "
+        f"forgetting survives a quantizer when at least "
         f"{audit['min_survival_pct']:g}% is kept on every metric whose full-precision "
         f"forgetting is at least {audit['min_forgetting']:g} points (config `audit`). Each "
         "report says on which data this was measured.",

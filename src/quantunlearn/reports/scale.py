@@ -31,6 +31,7 @@ import pandas as pd
 from quantunlearn.reports.cells import REGULARIZED, build_table1, read_cells
 from quantunlearn.reports.quantizers import read_diagnostics
 from quantunlearn.reports.render import pyplot, save_figure, to_markdown, write_frames, write_text
+from quantunlearn.reports.table1 import given_back_pct
 
 #: Forget metrics whose recovery the scale table reports.
 SCALE_METRICS = ["knowmem_f", "verbmem_f"]
@@ -44,6 +45,7 @@ SCALE_COLUMNS = [
     "n_params",
     "method",
     "weight_dtype",
+    "epochs",
     "quant",
     "memorized",
     *(f"target_{k}" for k in SCALE_METRICS),
@@ -53,6 +55,8 @@ SCALE_COLUMNS = [
     *(f"recovered_{k}" for k in SCALE_METRICS),
     *(f"share_{k}" for k in SCALE_METRICS),
     "share_pooled",
+    *(f"given_back_{k}" for k in SCALE_METRICS),
+    "given_back_pooled",
     "knowmem_r_fp",
     "knowmem_r_q",
     "overlap",
@@ -106,6 +110,8 @@ def scale_table(
         if len(target) != 1:
             raise ValueError(f"scale_table: benchmark {bench!r} has no full-precision target row")
         t = target.iloc[0]
+        target_q = part[(part["method"] == "target") & (part["quant"] == quant)]
+        tq = target_q.iloc[0] if len(target_q) == 1 else None
         memorized = bool(
             t["knowmem_f"] >= min_target_knowmem_f and t["verbmem_f"] >= min_target_verbmem_f
         )
@@ -117,6 +123,7 @@ def scale_table(
                     f"scale_table: run {run!r} of {bench!r} lacks its 'none' or {quant!r} cell"
                 )
             row = _run_row(t, fp.iloc[0], q.iloc[0])
+            row |= _given_back(t, tq, fp.iloc[0], q.iloc[0])
             rows.append({**row, "benchmark": bench, "n_params": int(sizes[bench]), "run": run,
                          "quant": quant, "memorized": memorized})  # fmt: skip
     table = pd.DataFrame(rows, columns=SCALE_COLUMNS)
@@ -127,7 +134,7 @@ def scale_table(
     table["overlap"] = table["overlap"].astype("float64")
     order = {m: i for i, m in enumerate(REGULARIZED)}
     table = table.assign(_m=table["method"].map(order))
-    table = table.sort_values(["n_params", "_m", "weight_dtype", "run"], kind="mergesort")
+    table = table.sort_values(["n_params", "_m", "weight_dtype", "epochs", "run"], kind="mergesort")
     return table.drop(columns="_m").reset_index(drop=True)
 
 
@@ -137,6 +144,7 @@ def _run_row(target: pd.Series, fp: pd.Series, q: pd.Series) -> dict:
     row = {
         "method": fp["method"],
         "weight_dtype": fp["weight_dtype"],
+        "epochs": fp["epochs"] if "epochs" in fp else None,
         "knowmem_r_fp": fp["knowmem_r"],
         "knowmem_r_q": q["knowmem_r"],
     }
@@ -157,6 +165,21 @@ def _run_row(target: pd.Series, fp: pd.Series, q: pd.Series) -> dict:
     return row
 
 
+def _given_back(target: pd.Series, target_q: pd.Series | None, fp: pd.Series, q: pd.Series):
+    """`table1.given_back_pct` per forget metric and pooled (sums of the four values): the
+    share of the full-precision forgetting that the quantizer undoes, each model against the
+    target under the same quantizer; NaN without a quantized target row."""
+    if target_q is None:
+        return {f"given_back_{k}": np.nan for k in [*SCALE_METRICS, "pooled"]}
+    four = [[target[k], fp[k], target_q[k], q[k]] for k in SCALE_METRICS]
+    out = {
+        f"given_back_{k}": given_back_pct(*map(float, v))
+        for k, v in zip(SCALE_METRICS, four, strict=True)
+    }
+    out["given_back_pooled"] = given_back_pct(*map(float, np.sum(four, axis=0)))
+    return out
+
+
 def scale_markdown(table: pd.DataFrame, notes: str) -> str:
     quant = table["quant"].iloc[0] if len(table) else "4-bit"
     shown = table.assign(
@@ -167,6 +190,7 @@ def scale_markdown(table: pd.DataFrame, notes: str) -> str:
         "size": "Params",
         "method": "Method",
         "weight_dtype": "Weights",
+        "epochs": "Epochs",
         "memorized": "Target memorised",
         "target_knowmem_f": "KnowMem_f target",
         "knowmem_f_fp": "KnowMem_f unlearned",
@@ -177,6 +201,9 @@ def scale_markdown(table: pd.DataFrame, notes: str) -> str:
         "verbmem_f_q": f"VerbMem_f + {quant}",
         "share_verbmem_f": "VerbMem_f recovered %",
         "share_pooled": "pooled recovered %",
+        "given_back_knowmem_f": "KnowMem_f given back %",
+        "given_back_verbmem_f": "VerbMem_f given back %",
+        "given_back_pooled": "pooled given back %",
         "knowmem_r_fp": "KnowMem_r",
     }
     if table["overlap"].notna().any():
@@ -192,18 +219,23 @@ def _size_label(n: int) -> str:
 
 
 def plot_scale(table: pd.DataFrame, png: Path, svg: Path) -> None:
-    """Top row: what unlearning removed; bottom row: the share 4-bit quantization gave back.
+    """Top row: what unlearning removed; bottom row: the share of that forgetting 4-bit
+    quantization gave back (`given_back_pct`, each model against the target under the same
+    quantizer; blank below its 5-point guard).
 
-    x is the parameter count (log scale); one line per (method, weight dtype): colour by method,
-    solid fp32 / dashed bf16 weights; hollow markers where the target did not memorise its
-    forget set. A third column shows the code overlap when the diagnostics are available.
+    x is the parameter count (log scale); one line per (method, weight dtype, epochs: the step
+    axis): colour by (method, epochs), solid fp32 / dashed bf16 weights; hollow markers where
+    the target did not memorise its forget set. A third column shows the code overlap when the
+    diagnostics are available.
     """
     plt = pyplot()
     with_overlap = bool(table["overlap"].notna().any())
     ncols = len(SCALE_METRICS) + int(with_overlap)
     fig, axes = plt.subplots(2, ncols, figsize=(4.6 * ncols, 7.4), squeeze=False)
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colours = dict(zip(REGULARIZED, palette, strict=False))
+    table = table.assign(epochs=table["epochs"].astype("Float64").fillna(-1).astype(int))
+    series = sorted(set(zip(table["method"], table["epochs"], strict=True)))
+    colours = dict(zip(series, palette * (1 + len(series) // len(palette)), strict=False))
     names = {"knowmem_f": "KnowMem_f", "verbmem_f": "VerbMem_f"}
     quant = table["quant"].iloc[0] if len(table) else "4-bit"
     panels = [
@@ -211,7 +243,7 @@ def plot_scale(table: pd.DataFrame, png: Path, svg: Path) -> None:
         for j, k in enumerate(SCALE_METRICS)
     ]
     panels += [
-        (1, j, f"share_{k}", f"{names[k]}: % of it recovered by {quant}")
+        (1, j, f"given_back_{k}", f"{names[k]}: % of it given back by {quant}")
         for j, k in enumerate(SCALE_METRICS)
     ]
     table = table.assign(overlap_pct=100 * table["overlap"])
@@ -220,26 +252,26 @@ def plot_scale(table: pd.DataFrame, png: Path, svg: Path) -> None:
         axes[1, ncols - 1].set_axis_off()
     for r, c, column, title in panels:
         ax = axes[r, c]
-        for (method, dtype), part in table.groupby(["method", "weight_dtype"], sort=False):
+        groups = table.groupby(["method", "weight_dtype", "epochs"], sort=False)
+        for (method, dtype, epochs), part in groups:
             part = part.sort_values("n_params")
             style = "-" if dtype == "fp32" else "--"
-            colour = colours.get(method, "grey")
-            ax.plot(
-                part["n_params"], part[column], style, color=colour, label=f"{method} · {dtype}"
-            )
+            colour = colours.get((method, epochs), "grey")
+            label = f"{method} · {dtype} · {epochs} ep." if epochs >= 0 else f"{method} · {dtype}"
+            ax.plot(part["n_params"], part[column], style, color=colour, label=label)
             for mem, fill in ((True, colour), (False, "none")):
                 sel = part[part["memorized"] == mem]
                 ax.scatter(sel["n_params"], sel[column], facecolors=fill, edgecolors=colour, s=28)
         ax.set_xscale("log")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("parameters")
-        if column.startswith("share"):
+        if column.startswith("given_back"):
             ax.axhline(0, color="black", linewidth=0.8)
             ax.axhline(100, color="black", linewidth=0.8, linestyle=":")
         sizes = sorted(set(table["n_params"]))
         ax.set_xticks(sizes, [_size_label(n) for n in sizes])
         ax.minorticks_off()
-    axes[0, 0].legend(fontsize=7, title="method · weights", title_fontsize=7)
+    axes[0, 0].legend(fontsize=7, title="method · weights · epochs", title_fontsize=7)
     fig.suptitle(
         "Does 4-bit quantization undo unlearning as the model grows? (hollow: target "
         "did not memorise)",
