@@ -117,23 +117,15 @@ def greedy_generate(
     batched by the length of their own part and leave the batch when done.
 
     ``batch_invariant=False`` (the cell's `Quantizer.batch_invariant`: LLM.int8, whose outputs
-    depend on the other rows of a batch) takes the reference path itself. A `RuntimeModel`
-    (llama.cpp) gets the same token ids and returns generated ids, decoded and cut here as for
-    torch. ``return_ids``: also
-    each row's generated ids (up to the token that ended it), for token-level tests."""
+    depend on the other rows of a batch) takes the reference path itself; a `RuntimeModel`
+    (llama.cpp) `_runtime_generate`. ``return_ids``: also each row's generated ids (up
+    to the token that ended it), for token-level tests."""
     check_positive(max_new_tokens=max_new_tokens, batch_size=batch_size)
     stops = _stop_tuple(stop_strings)
     if not prompts:
         return ([], []) if return_ids else []
-    if isinstance(model, RuntimeModel):  # llama.cpp: the same ids in, generated ids out
-        ends = end_token_ids(tokenizer)
-        generated = model.greedy_ids(
-            _encode(tokenizer, prompts),
-            max_new_tokens,
-            ends,
-            lambda ids: bool(stops) and _has_stop(tokenizer, ids, stops),
-        )
-        return _finish(tokenizer, generated, stops, return_ids)
+    if isinstance(model, RuntimeModel):
+        return _runtime_generate(model, tokenizer, prompts, max_new_tokens, stops, return_ids)
     if not batch_invariant:
         if return_ids:
             raise ValueError("return_ids: the reference path (batch_invariant=False) keeps no ids")
@@ -162,6 +154,20 @@ def greedy_generate(
             )
             for index, ids in zip(batch, rows, strict=True):
                 generated[index] = ids
+    return _finish(tokenizer, generated, stops, return_ids)
+
+
+def _runtime_generate(
+    model: RuntimeModel, tokenizer, prompts: list[str], max_new_tokens: int, stops, return_ids
+):
+    """`greedy_generate` in a runtime outside torch (llama.cpp): the same token ids in, the
+    generated ids out, decoded and cut here exactly as on the torch path."""
+    generated = model.greedy_ids(
+        _encode(tokenizer, prompts),
+        max_new_tokens,
+        end_token_ids(tokenizer),
+        lambda ids: bool(stops) and _has_stop(tokenizer, ids, stops),
+    )
     return _finish(tokenizer, generated, stops, return_ids)
 
 

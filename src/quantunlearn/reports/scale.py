@@ -218,6 +218,30 @@ def _size_label(n: int) -> str:
     return f"{n / 1e9:.2g}B" if n >= 1e9 else f"{n / 1e6:.3g}M"
 
 
+def _draw_panel(ax, table: pd.DataFrame, column: str, title: str, colours: dict) -> None:
+    """One panel of `plot_scale`: `column` against the parameter count, one line per (method,
+    weight dtype, epochs), hollow markers where the target did not memorise."""
+    groups = table.groupby(["method", "weight_dtype", "epochs"], sort=False)
+    for (method, dtype, epochs), part in groups:
+        part = part.sort_values("n_params")
+        style = "-" if dtype == "fp32" else "--"
+        colour = colours.get((method, epochs), "grey")
+        label = f"{method} · {dtype} · {epochs} ep." if epochs >= 0 else f"{method} · {dtype}"
+        ax.plot(part["n_params"], part[column], style, color=colour, label=label)
+        for mem, fill in ((True, colour), (False, "none")):
+            sel = part[part["memorized"] == mem]
+            ax.scatter(sel["n_params"], sel[column], facecolors=fill, edgecolors=colour, s=28)
+    ax.set_xscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("parameters")
+    if column.startswith("given_back"):
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.axhline(100, color="black", linewidth=0.8, linestyle=":")
+    sizes = sorted(set(table["n_params"]))
+    ax.set_xticks(sizes, [_size_label(n) for n in sizes])
+    ax.minorticks_off()
+
+
 def plot_scale(table: pd.DataFrame, png: Path, svg: Path) -> None:
     """Top row: what unlearning removed; bottom row: the share of that forgetting 4-bit
     quantization gave back (`given_back_pct`, each model against the target under the same
@@ -251,26 +275,7 @@ def plot_scale(table: pd.DataFrame, png: Path, svg: Path) -> None:
         panels += [(0, ncols - 1, "overlap_pct", f"{quant} codes equal to the target's (%)")]
         axes[1, ncols - 1].set_axis_off()
     for r, c, column, title in panels:
-        ax = axes[r, c]
-        groups = table.groupby(["method", "weight_dtype", "epochs"], sort=False)
-        for (method, dtype, epochs), part in groups:
-            part = part.sort_values("n_params")
-            style = "-" if dtype == "fp32" else "--"
-            colour = colours.get((method, epochs), "grey")
-            label = f"{method} · {dtype} · {epochs} ep." if epochs >= 0 else f"{method} · {dtype}"
-            ax.plot(part["n_params"], part[column], style, color=colour, label=label)
-            for mem, fill in ((True, colour), (False, "none")):
-                sel = part[part["memorized"] == mem]
-                ax.scatter(sel["n_params"], sel[column], facecolors=fill, edgecolors=colour, s=28)
-        ax.set_xscale("log")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("parameters")
-        if column.startswith("given_back"):
-            ax.axhline(0, color="black", linewidth=0.8)
-            ax.axhline(100, color="black", linewidth=0.8, linestyle=":")
-        sizes = sorted(set(table["n_params"]))
-        ax.set_xticks(sizes, [_size_label(n) for n in sizes])
-        ax.minorticks_off()
+        _draw_panel(axes[r, c], table, column, title, colours)
     axes[0, 0].legend(fontsize=7, title="method · weights · epochs", title_fontsize=7)
     fig.suptitle(
         "Does 4-bit quantization undo unlearning as the model grows? (hollow: target "
