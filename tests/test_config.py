@@ -32,7 +32,8 @@ def test_default_config_grid():
     assert len(runs) == 2 + 1 * 2  # target, retrain, NPO_GDR x two weight dtypes
     assert set(runs.method) == {"target", "retrain", "NPO_GDR"}
     npo_gdr = "method~NPO_GDR/weight_dtype~bf16/lr~1e-05/epochs~64/alpha~1/beta~0.1/"
-    run = npo_gdr + "npo_klr_form~paper/seed~0"
+    # the papers' batch of 2 is not PLAIN_TRAINING: the run's path ends in its train~ tag
+    run = npo_gdr + f"npo_klr_form~paper/seed~0/train~{training_tag(study.config, 'bf16')}"
     assert run in set(runs.run)
     assert len(study.cells()) == len(runs) * len(study.quantizers)
     params = study.run_params("synthetic", run)
@@ -148,14 +149,14 @@ def test_the_plain_training_settings_keep_plain_run_paths():
     study = load_study(_config(**{f"unlearn.{k}": v for k, v in PLAIN_TRAINING.items()}))
     assert training_tag(study.config, "bf16") is None
     assert training_tag(study.config, "fp32") is None
-    assert "method~GA/weight_dtype~bf16/lr~1e-05/epochs~10/seed~0" in set(study.runs.run)
+    plain = "method~NPO_GDR/weight_dtype~bf16/lr~1e-05/epochs~64/alpha~1/beta~0.1/"
+    plain += "npo_klr_form~paper/seed~0"
+    assert plain in set(study.runs.run)
     assert not any("train~" in r for r in study.runs.run)
     other = load_study(_config(**{"unlearn.batch_size": 2}))
     tag = training_tag(other.config, "bf16")
     assert re.fullmatch("[0-9a-f]{8}", tag)
-    assert f"method~GA/weight_dtype~bf16/lr~1e-05/epochs~10/seed~0/train~{tag}" in set(
-        other.runs.run
-    )
+    assert f"{plain}/train~{tag}" in set(other.runs.run)
 
 
 def test_method_overrides_expand_their_own_grid():
