@@ -28,6 +28,19 @@ SKIP_MODULES = ["lm_head"]
 LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
+def file_type_of(name: str, prefix: str, types, label: str) -> str | None:
+    """The file type a ``{prefix}{type}`` quantizer name asks for (None: not this prefix); an
+    unknown type is an error that lists the `types` (GGUF emulated and llama.cpp rows)."""
+    if not name.startswith(prefix):
+        return None
+    kind = name.removeprefix(prefix)
+    if kind not in types:
+        raise ValueError(
+            f"unknown quantizer {name!r}: {label} are " + ", ".join(f"{prefix}{t}" for t in types)
+        )
+    return kind
+
+
 def layer_of(name: str) -> int | None:
     """The decoder layer index in a parameter or module name (``model.layers.3.mlp...`` -> 3)."""
     match = LAYER_RE.search(name)

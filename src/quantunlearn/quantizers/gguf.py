@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from quantunlearn.quantizers.base import Quantizer, layer_of
+from quantunlearn.quantizers.base import Quantizer, file_type_of, layer_of
 
 #: llama.cpp types: (bits, block of weights sharing a scale) -> the nominal step of diagnostics.
 GGUF_TYPES = {
@@ -53,15 +53,8 @@ class GGUF(Quantizer):
 
     @classmethod
     def parse(cls, name: str) -> GGUF | None:
-        if not name.startswith("gguf_"):
-            return None
-        kind = name.removeprefix("gguf_")
-        if kind not in GGUF_TYPES:
-            raise ValueError(
-                f"unknown quantizer {name!r}: GGUF types are "
-                + ", ".join(f"gguf_{t}" for t in GGUF_TYPES)
-            )
-        return cls(name, GGUF_TYPES[kind][0], gguf_type=kind)
+        kind = file_type_of(name, "gguf_", GGUF_TYPES, "GGUF types")
+        return None if kind is None else cls(name, GGUF_TYPES[kind][0], gguf_type=kind)
 
     @property
     def block(self) -> int:

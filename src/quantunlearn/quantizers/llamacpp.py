@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from quantunlearn.quantizers.base import Quantizer, RuntimeModel
+from quantunlearn.quantizers.base import Quantizer, RuntimeModel, file_type_of
 
 #: llama.cpp's file types (``LLAMA_FTYPE_*`` of llama.h) by lower-case name; f32 is not
 #: quantized. Their weight bits give the nominal width.
@@ -61,15 +61,8 @@ class LlamaCpp(Quantizer):
 
     @classmethod
     def parse(cls, name: str) -> LlamaCpp | None:
-        if not name.startswith("llamacpp_"):
-            return None
-        kind = name.removeprefix("llamacpp_")
-        if kind not in LLAMACPP_TYPES:
-            raise ValueError(
-                f"unknown quantizer {name!r}: llama.cpp file types are "
-                + ", ".join(f"llamacpp_{t}" for t in LLAMACPP_TYPES)
-            )
-        return cls(name, LLAMACPP_TYPES[kind][1], file_type=kind)
+        kind = file_type_of(name, "llamacpp_", LLAMACPP_TYPES, "llama.cpp file types")
+        return None if kind is None else cls(name, LLAMACPP_TYPES[kind][1], file_type=kind)
 
     @property
     def is_quantized(self) -> bool:
