@@ -53,7 +53,7 @@ from quantunlearn.data.documents import read_documents, tokenize_documents  # no
 from quantunlearn.data.muse import load_benchmark  # noqa: E402
 from quantunlearn.data.synthetic import generate_synthetic  # noqa: E402
 from quantunlearn.evaluation.generation import _greedy_generate_hf, cut_at_stop  # noqa: E402
-from quantunlearn.evaluation.muse import (  # noqa: E402
+from quantunlearn.evaluation.muse_metrics import (  # noqa: E402
     KNOWMEM_STOP,
     knowmem,
     knowmem_prompt,

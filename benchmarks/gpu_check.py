@@ -654,7 +654,7 @@ def news_shaped(tok, ctx) -> Benchmark:
 def section_cell4bit(ctx: dict) -> dict:
     """One evaluation cell of the 7B-shaped model, as evaluate_cell runs it, stage by stage."""
     from quantunlearn.evaluation import metrics
-    from quantunlearn.evaluation.muse import knowmem
+    from quantunlearn.evaluation.muse_metrics import knowmem
 
     if "model7b" not in ctx:
         raise Skip("needs the model that step7b saves")

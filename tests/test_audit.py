@@ -23,7 +23,7 @@ from quantunlearn.reports.audit import (
     verdict,
 )
 from quantunlearn.reports.cells import table1_columns
-from quantunlearn.reports.provenance import code_table, input_table, version_table
+from quantunlearn.reports.provenance_report import code_table, input_table, version_table
 from quantunlearn.reports.render import row_label
 from quantunlearn.study import load_study, load_study_file
 from quantunlearn.study.config import ConfigError

@@ -152,7 +152,7 @@ def test_a_new_quantizer_is_a_module_and_a_row(monkeypatch, tiny_model_dir, benc
 def knowmem_f_exact(ctx):
     """Share (x 100) of forget questions answered exactly (case and outer spaces ignored): a
     stricter KnowMem than ROUGE-L."""
-    from quantunlearn.evaluation.muse import knowmem
+    from quantunlearn.evaluation.muse_metrics import knowmem
 
     bench, ev = ctx.benchmark, ctx.evaluation
     _, records = knowmem(ctx.model, ctx.tokenizer, bench.knowmem_forget_qa,

@@ -108,7 +108,7 @@ def test_prediction_bounds_a_real_bf16_adamw_run():
 def test_pooled_weights_each_tensor_by_its_size():
     import pandas as pd
 
-    from quantunlearn.reports.frozen_codes import pooled
+    from quantunlearn.reports.frozen_codes_report import pooled
 
     keys = dict(benchmark="b", run="r", method="NPO_GDR", weight_dtype="bf16", lr=1e-5, steps=10)
     frame = pd.DataFrame(

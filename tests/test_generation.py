@@ -30,7 +30,7 @@ from quantunlearn.evaluation.generation import (
     prefix_cache,
     shared_prefix_length,
 )
-from quantunlearn.evaluation.muse import KNOWMEM_STOP, knowmem, knowmem_prompt, verbmem
+from quantunlearn.evaluation.muse_metrics import KNOWMEM_STOP, knowmem, knowmem_prompt, verbmem
 from quantunlearn.models.tiny import build_llama, train_tokenizer
 from quantunlearn.models.training import train_lm
 from quantunlearn.quantizers import parse_quantizer

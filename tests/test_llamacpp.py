@@ -13,7 +13,7 @@ from quantunlearn.data.documents import read_documents, tokenize_documents
 from quantunlearn.data.muse import load_benchmark
 from quantunlearn.data.synthetic import generate_synthetic
 from quantunlearn.evaluation.generation import greedy_generate
-from quantunlearn.evaluation.muse import KNOWMEM_STOP, knowmem, min_k_scores, verbmem
+from quantunlearn.evaluation.muse_metrics import KNOWMEM_STOP, knowmem, min_k_scores, verbmem
 from quantunlearn.models.loading import load_model, load_tokenizer
 from quantunlearn.models.tiny import build_llama, train_tokenizer
 from quantunlearn.models.training import train_lm

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from quantunlearn.evaluation.generation import _decode_until_eos, cut_at_stop, greedy_generate
-from quantunlearn.evaluation.muse import (
+from quantunlearn.evaluation.muse_metrics import (
     KNOWMEM_STOP,
     knowmem,
     knowmem_prompt,

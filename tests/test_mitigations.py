@@ -18,7 +18,7 @@ from quantunlearn.study.grid import expand_runs, run_path
 from quantunlearn.unlearning import losses
 from quantunlearn.unlearning.loop import unlearn
 from quantunlearn.unlearning.methods import METHODS, get_method
-from quantunlearn.unlearning.quail import logit_perturbation, parse_margin
+from quantunlearn.unlearning.quail_margin import logit_perturbation, parse_margin
 from quantunlearn.unlearning.scopes import (
     ADAPTER_DIR,
     SALIENCY_FILE,

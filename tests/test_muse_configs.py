@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from quantunlearn.data.muse import load_benchmark, prepare_benchmark
-from quantunlearn.evaluation.muse import knowmem_prompt
+from quantunlearn.evaluation.muse_metrics import knowmem_prompt
 from quantunlearn.study import load_study, load_study_file
 from quantunlearn.study.plan import request
 from quantunlearn.study.storage import LLAMA2_7B_PARAMS, disk_estimate, llama_params

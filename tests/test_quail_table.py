@@ -16,7 +16,7 @@ from quantunlearn.evaluation.quail_table import (
 )
 from quantunlearn.models.loading import load_model
 from quantunlearn.quantizers import parse_quantizer, quantizable_linears
-from quantunlearn.quantizers.quail import Grid, grid_of, quantize
+from quantunlearn.quantizers.quail_uniform import Grid, grid_of, quantize
 from quantunlearn.reports.quantizers import quail_table
 
 

@@ -21,8 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from quantunlearn.data.documents import tokenize_documents
 from quantunlearn.evaluation.generation import cut_at_stop, greedy_generate
-from quantunlearn.evaluation.muse import KNOWMEM_STOP, knowmem_prompt
-from quantunlearn.evaluation.utility import mmlu_rwku_message
+from quantunlearn.evaluation.muse_metrics import KNOWMEM_STOP, knowmem_prompt
+from quantunlearn.evaluation.utility_metrics import mmlu_rwku_message
 from quantunlearn.models.loading import copy_tokenizer, load_tokenizer
 from quantunlearn.models.training import collate
 from quantunlearn.unlearning.loop import unlearn

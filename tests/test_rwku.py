@@ -39,7 +39,7 @@ from quantunlearn.data.synthetic_rwku import (
     _reverse_query,
     generate_synthetic_rwku,
 )
-from quantunlearn.evaluation.rwku import (
+from quantunlearn.evaluation.rwku_metrics import (
     clean_prediction,
     lcs_words,
     mia_loss,
@@ -318,7 +318,7 @@ def test_generation_is_deterministic(tmp_path):
 
 # --------------------------------------------------------------------------- answer matching
 
-# (prediction, reference, recall) worked out by hand from RWKU's rule (evaluation/rwku.py)
+# (prediction, reference, recall) worked out by hand from RWKU's rule (evaluation/rwku_metrics.py)
 HAND_CASES = [
     ("He was born in Portland", "Portland", 1.0),  # the answer appears as a word
     ("Portland, Maine", "Portland", 0.0),  # "," stays on the word: "Portland," is not "Portland"

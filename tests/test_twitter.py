@@ -25,7 +25,7 @@ from quantunlearn.data.twitter import (
 )
 from quantunlearn.evaluation.classification import LABEL_WORDS, PROMPT, accuracy, classify
 from quantunlearn.evaluation.metrics import BY_NAME, Context
-from quantunlearn.reports.twitter import twitter_table
+from quantunlearn.reports.twitter_table import twitter_table
 from quantunlearn.study import ConfigError, load_study
 
 HUBLIKE = {  # rows in the hub's schema, with its quirks: an empty text, a None, a newline

@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from quantunlearn.data.utility import write_utility_fixture
-from quantunlearn.evaluation import utility
+from quantunlearn.evaluation import utility_metrics as utility
 from quantunlearn.evaluation.metrics import BY_NAME, Context, metric_names
-from quantunlearn.evaluation.utility import (
+from quantunlearn.evaluation.utility_metrics import (
     continuation_logprobs,
     fluency_entropy,
     ngram_entropy,

@@ -21,7 +21,7 @@ rule check_utility_data:
 
 
 # The benchmark's folder: generated (embedded), copied (local folder) or fetched (hub), by its
-# kind's row of quantunlearn.data.BENCHMARKS.
+# kind's row of quantunlearn.data.benchmarks.BENCHMARKS.
 # update(): Snakemake does not delete an existing folder before the job (every finished cell
 # depends on it) but backs it up and restores it if the job fails; the job builds the new one
 # beside it and swaps it in only when complete (quantunlearn.io.atomic_dir). The row's checks

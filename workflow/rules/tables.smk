@@ -1,5 +1,5 @@
 # Aggregation: a plain concatenation of the per-cell Parquet files into the paper's tables. Each
-# rule's outputs are the files its report module declares (quantunlearn.reports.REPORTS).
+# rule's outputs are the files its report module declares (quantunlearn.reports.registry.REPORTS).
 
 
 rule table1:

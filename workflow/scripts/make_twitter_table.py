@@ -3,7 +3,7 @@ from pathlib import Path
 from quantunlearn.jobs import logged
 
 with logged(snakemake.log[0]):
-    from quantunlearn.reports.twitter import make_twitter_table
+    from quantunlearn.reports.twitter_table import make_twitter_table
 
     make_twitter_table(
         snakemake.input,

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
+from quantunlearn.data.provenance import HubDownloadError
 from quantunlearn.io import atomic_dir
 
 LAYOUT_VERSION = 1
@@ -153,10 +154,6 @@ HUB_COLUMNS["privleak"] = ("text",)
 #: The files of a MUSE dataset repo that the download step fetches: the card (its YAML names
 #: each config's data files) and the folders of the configs read (not scal, sust, train).
 HUB_PATTERNS = ["README.md", *sorted({f"{config}/*" for config, _ in MUSE_HUB_FILES})]
-
-
-class HubDownloadError(RuntimeError):
-    """A MUSE split could not be loaded from the hub (no network, wrong name, ...)."""
 
 
 def _rows_to_local(rows, config: str, where: str) -> Any:

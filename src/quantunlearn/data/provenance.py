@@ -41,6 +41,11 @@ TOKENIZER_PATTERNS = ["*.json", "*.model", "*.txt"]
 ROLES = ("model", "tokenizer", "target", "retrain", "benchmark")
 
 
+class HubDownloadError(RuntimeError):
+    """A hub dataset (MUSE split, RWKU config, ...) could not be loaded: no network, a wrong name
+    or revision; the message names the dataset and what to do."""
+
+
 @dataclass(frozen=True)
 class Source:
     """A model, tokenizer or dataset source: a local folder or a hub repo at a revision."""

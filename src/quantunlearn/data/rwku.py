@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from quantunlearn.data.documents import IGNORE
+from quantunlearn.data.provenance import HubDownloadError
 from quantunlearn.io import atomic_dir
 
 HUB_ID = "jinzhuoran/RWKU"
@@ -386,10 +387,6 @@ def check_folder(root: str | os.PathLike, configs: Sequence[str] = EVAL_CONFIGS)
 # ----------------------------------------------------------------------------------------------
 # The hub, and the prepare_benchmark job
 # ----------------------------------------------------------------------------------------------
-
-
-class HubDownloadError(RuntimeError):
-    """An RWKU config could not be loaded from the hub (no network, wrong revision, ...)."""
 
 
 def load_hub_config(config: str, revision: str | None = HUB_REVISION, hub_id: str = HUB_ID):

@@ -147,7 +147,7 @@ def evaluate_cell(
     """Quantize (at load time, or decode a stored checkpoint) and evaluate one model; `cell`
     holds the row's parameters. quant_dir: the stored checkpoint of a GPTQ/AWQ quantizer;
     target_model: the target, which the noflip counterfactual needs; kind: the benchmark's row
-    of quantunlearn.data.BENCHMARKS; subjects: the RWKU targets the cell evaluates;
+    of quantunlearn.data.benchmarks.BENCHMARKS; subjects: the RWKU targets the cell evaluates;
     reference_auc_json: None without a retrain model (RWKU); inputs: role -> {"source",
     "commit"} of every input (`provenance.Pins.record`), else the folders'."""
     # long: a cell's every input is a keyword (the rule's params); the body is one straight line

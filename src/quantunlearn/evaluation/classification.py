@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from quantunlearn.evaluation.utility import continuation_logprobs
+from quantunlearn.evaluation.utility_metrics import continuation_logprobs
 
 PROMPT = "Tweet: {text}\nLabel:"
 LABEL_WORDS = {0: " factual", 1: " misinformation"}

@@ -46,7 +46,7 @@ class Context:
     def membership(self) -> tuple[float, list[dict]]:
         """Min-K% Prob AUC of the forget texts (label 0) against the holdout texts (label 1),
         and the per-text scores it comes from (`evaluation.muse.membership_scores`)."""
-        from quantunlearn.evaluation.muse import membership_scores
+        from quantunlearn.evaluation.muse_metrics import membership_scores
 
         ev, bench = self.evaluation, self.benchmark
         return membership_scores(
@@ -102,7 +102,7 @@ class Metric:
 
 
 def _verbmem(ctx: Context):
-    from quantunlearn.evaluation.muse import verbmem
+    from quantunlearn.evaluation.muse_metrics import verbmem
 
     ev = ctx.evaluation
     items = ctx.benchmark.verbmem_forget
@@ -119,7 +119,7 @@ def _verbmem(ctx: Context):
 
 def _knowmem(split: str) -> Callable[[Context], tuple[float, int, list[dict]]]:
     def compute(ctx: Context):
-        from quantunlearn.evaluation.muse import knowmem
+        from quantunlearn.evaluation.muse_metrics import knowmem
 
         ev, bench = ctx.evaluation, ctx.benchmark
         value, records = knowmem(
@@ -138,7 +138,7 @@ def _knowmem(split: str) -> Callable[[Context], tuple[float, int, list[dict]]]:
 
 
 def _privleak(ctx: Context):
-    from quantunlearn.evaluation.muse import privleak
+    from quantunlearn.evaluation.muse_metrics import privleak
 
     value = privleak(ctx.membership_auc, ctx.auc_retrain)
     return value, len(ctx.benchmark.privleak_forget), []
@@ -167,7 +167,7 @@ def _probe(probe_set: str, kind: str) -> Callable[[Context], tuple]:
     name = f"{kind.lower()}_{probe_set}"
 
     def compute(ctx: Context):
-        from quantunlearn.evaluation.rwku import probe_metric
+        from quantunlearn.evaluation.rwku_metrics import probe_metric
 
         ev = ctx.evaluation
         value, records = probe_metric(
@@ -182,7 +182,7 @@ def _mia(which: str) -> Callable[[Context], tuple]:
     """RWKU's MIA LOSS of the ``which`` texts (mia_forget, mia_retain), the metric's name."""
 
     def compute(ctx: Context):
-        from quantunlearn.evaluation.rwku import mia_loss
+        from quantunlearn.evaluation.rwku_metrics import mia_loss
 
         ev, bench = ctx.evaluation, ctx.benchmark
         batch, length = ev["batch_size"], ev["max_length"]
@@ -215,7 +215,7 @@ def _truthfulqa_mc1(ctx: Context):
 
 
 def _triviaqa(ctx: Context):
-    from quantunlearn.evaluation import utility
+    from quantunlearn.evaluation import utility_metrics as utility
 
     rows, shots = benchmark_rows("triviaqa", ctx.evaluation)
     value, records = utility.triviaqa(
@@ -230,7 +230,7 @@ def _triviaqa(ctx: Context):
 
 
 def _fluency(ctx: Context):
-    from quantunlearn.evaluation import utility
+    from quantunlearn.evaluation import utility_metrics as utility
 
     rows, _ = benchmark_rows("fluency", ctx.evaluation)
     ev = ctx.evaluation
@@ -247,10 +247,10 @@ def _fluency(ctx: Context):
 
 
 def _seeds(name: str) -> Callable[[Context], tuple]:
-    """The seeds' protocol on RWKU's utility files: evaluation/utility.py's function ``name``."""
+    """The seeds' protocol on RWKU's utility files: evaluation/utility_metrics.py's function ``name``."""
 
     def compute(ctx: Context):
-        from quantunlearn.evaluation import utility
+        from quantunlearn.evaluation import utility_metrics as utility
 
         rows, _ = benchmark_rows(name, ctx.evaluation)
         value, records = getattr(utility, name)(ctx.model, ctx.tokenizer, rows, ctx.evaluation)
@@ -276,7 +276,7 @@ METRICS: tuple[Metric, ...] = (
         "acc_r", "Acc_r", "higher", _accuracy("retain"), table=False, needs="classification_retain"
     ),  # fmt: skip
     # RWKU (Jin et al., NeurIPS 2024; Zhang et al. Table 7): the forget probes at three levels and
-    # the neighbor probes, ROUGE-L recall of the answer x 100 (evaluation/rwku.py)
+    # the neighbor probes, ROUGE-L recall of the answer x 100 (evaluation/rwku_metrics.py)
     Metric("fb_forget", "FB", "lower", _probe("forget", "FB"), group="rwku"),
     Metric("qa_forget", "QA", "lower", _probe("forget", "QA"), group="rwku"),
     Metric("aa_forget", "AA", "lower", _probe("forget", "AA"), group="rwku"),

@@ -1,6 +1,6 @@
 """Table I of Mishra and Mehreen ("QUAIL: Quantization Aware Unlearning for Mitigating
 Misinformation in LLMs", section V): how much of an unlearned model quantizes to the target's
-values under QUAIL's own uniform min-max quantizer (`quantunlearn.quantizers.quail`).
+values under QUAIL's own uniform min-max quantizer (`quantunlearn.quantizers.quail_uniform`).
 
 Over *all* parameters of the two models (V-B: "all model parameters"; embeddings, norms and
 lm_head included), compared as stored (bf16 checkpoints in the papers' code):
@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from quantunlearn.evaluation.diagnostics import write_cell_frame
-from quantunlearn.quantizers.quail import GRANULARITIES, grid_of, quantize
+from quantunlearn.quantizers.quail_uniform import GRANULARITIES, grid_of, quantize
 
 RANGES_FROM = ("reference", "each")
 TABLE_ONE_BITS = (16, 8, 4)

@@ -34,7 +34,7 @@ import pandas as pd
 from quantunlearn.evaluation.metrics import headers, metric_names
 from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.reports.cells import build_table1, metric_columns, read_cells
-from quantunlearn.reports.provenance import provenance_markdown
+from quantunlearn.reports.provenance_report import provenance_markdown
 from quantunlearn.reports.quantizers import NOFLIP_HEADERS, noflip_table, read_diagnostics
 from quantunlearn.reports.render import (
     ordered_quants,

@@ -328,7 +328,7 @@ def normalize_config(user: dict) -> dict:
 
 
 def _normalize_benchmark(bench: dict) -> dict:
-    """A benchmark entry with its kind's defaults (quantunlearn.data.BENCHMARKS): the entry's
+    """A benchmark entry with its kind's defaults (quantunlearn.data.benchmarks.BENCHMARKS): the entry's
     own, its generator's (embedded benchmarks) and, for RWKU, the list of targets."""
     kind = benchmark_kind(bench)
     merged = deep_merge(kind.entry_defaults, bench)

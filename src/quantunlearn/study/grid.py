@@ -291,7 +291,7 @@ class Study:
         return entry
 
     def kind(self, bench: str):
-        """The benchmark's row of quantunlearn.data.BENCHMARKS."""
+        """The benchmark's row of quantunlearn.data.benchmarks.BENCHMARKS."""
         return benchmark_kind(self.benchmark(bench))
 
     def layout(self, bench: str) -> str:

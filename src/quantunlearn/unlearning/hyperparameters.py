@@ -174,11 +174,11 @@ class QUAILParams(Group):
     quail_delta: float | str = hp(
         1.0,
         "QUAIL's margin Delta_q (eq. 14; the paper uses 1.0), or a quantizer name: Delta_q = 4 x "
-        "the mean |logit change| that quantizer causes on the target (unlearning/quail.py).",
+        "the mean |logit change| that quantizer causes on the target (unlearning/quail_margin.py).",
     )
 
     def __post_init__(self):
-        from quantunlearn.unlearning.quail import parse_margin
+        from quantunlearn.unlearning.quail_margin import parse_margin
 
         self._check("quail_gamma", self.quail_gamma > 0, "must be > 0")
         try:

@@ -231,7 +231,7 @@ class QUAILHinge(Term):
         return run.quail_gamma
 
     def setup(self, context):
-        from quantunlearn.unlearning.quail import quail_margin
+        from quantunlearn.unlearning.quail_margin import quail_margin
 
         margin = quail_margin(
             context["run"].quail_delta,

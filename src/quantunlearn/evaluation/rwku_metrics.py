@@ -161,7 +161,7 @@ def mia_loss(
 ) -> tuple[float, list[dict]]:
     """RWKU's LOSS membership score of the ``which`` ("mia_forget" / "mia_retain") texts: the
     mean token NLL of BOS + text (no template; eval_mia.py), x 100, per target then averaged."""
-    from quantunlearn.evaluation.muse import min_k_scores  # k = 1: the mean log-probability
+    from quantunlearn.evaluation.muse_metrics import min_k_scores  # k = 1: the mean log-probability
 
     rows = [(t, r) for t in bench.targets for r in getattr(t, which)]
     if not rows:

@@ -1,7 +1,7 @@
 """The predictor of frozen codes against the measured codes, per tensor, for every unlearned run
 of a results folder (`quantunlearn.evaluation.frozen_codes`: the derivation).
 
-    python -m quantunlearn.reports.frozen_codes results/ results/tables --quant rtn_w4g128
+    python -m quantunlearn.reports.frozen_codes_report results/ results/tables --quant rtn_w4g128
 
 writes ``frozen_codes.{md,csv,parquet,png,svg}``: one row per (run, quantizable Linear) with
 the predicted shares (weights that can move, codes that can change) and the measured ones
