@@ -856,7 +856,7 @@ def run_size(ctx: dict, bench: str, results: Path) -> dict:  # long: one size's 
                     evaluation=study.config["evaluation"],
                 ),
             )
-            for c in study.cells().itertuples()
+            for c in study.cells()
         ],
     )
     stages["evaluate"] = time.time() - start
@@ -882,7 +882,7 @@ def scale_tables(ctx: dict, done: dict, results: Path) -> dict:
         files, targets = [], {}
         for bench, info in done.items():
             study, epochs = info["study"], info["regimes"][regime]
-            for c in study.cells().itertuples():
+            for c in study.cells():
                 params = study.run_params(bench, c.run)
                 if c.method in REFERENCES or params["epochs"] == epochs:
                     files.append(study.metric_file(bench, c.run, c.quant))

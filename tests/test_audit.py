@@ -66,9 +66,9 @@ def test_external_checkpoints_are_runs_of_their_own(tmp_path, tiny_model_dir):
     assert study.external_checkpoints("news")["mine"] == str(tmp_path / "ckpt")
     # every quantizer; diagnostics against the target even with `diagnostics: false`
     cells = study.cells()
-    assert len(cells[cells.run == "method~external/checkpoint~simnpo"]) == 8
+    assert len([c for c in cells if c.run == "method~external/checkpoint~simnpo"]) == 8
     diag = study.diagnostic_cells()
-    assert set(diag.run) == set(external.run) and len(diag) == 2 * 7  # not 'none'
+    assert {c.run for c in diag} == set(external.run) and len(diag) == 2 * 7  # not 'none'
     # the checkpoint's source is in its cells' config (a new revision: a new cell) ...
     cell = study.cell_config("news", "method~external/checkpoint~simnpo", "rtn_w4")
     assert cell["external"].endswith(f"@{SHA}") and "unlearn" not in cell

@@ -192,12 +192,12 @@ def test_diagnostics_restricted_by_quantizers_and_methods():
     config["diagnostics"] = {"quantizers": ["rtn_w4"], "methods": ["GA_GDR"], "quail_table": True}
     study = load_study(config)
     cells = study.diagnostic_cells()
-    assert cells[["method", "quant"]].values.tolist() == [["GA_GDR", "rtn_w4"]]
+    assert [(c.method, c.quant) for c in cells] == [("GA_GDR", "rtn_w4")]
     ga = study.runs.query("method == 'GA_GDR'").run.item()
     assert study.quail_table_files() == [f"results/quail_table1/micro/{ga}.parquet"]
     config["diagnostics"] = True  # every run and every quantizer the diagnostics can analyse
     everything = load_study(config).diagnostic_cells()
-    assert sorted(set(everything.quant)) == ["bnb_nf4", "rtn_w4"]  # not none, not QUAIL's grid
+    assert sorted({c.quant for c in everything}) == ["bnb_nf4", "rtn_w4"]  # not none, not QUAIL's grid
     assert len(everything) == 2 * 2 and not load_study(config).quail_table_files()
     config["diagnostics"] = {"quantizers": ["quail_w4", "rtn_w8"], "methods": ["GA"]}
     with pytest.raises(ConfigError) as err:

@@ -195,6 +195,20 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One evaluated (benchmark, run, quantizer): it writes one metrics and one records file."""
+
+    benchmark: str
+    run: str  # the run's path, the {run} wildcard (`run_path`)
+    method: str
+    quant: str
+
+
+def _cells(frame: pd.DataFrame) -> tuple[Cell, ...]:
+    return tuple(Cell(c.benchmark, c.run, c.method, c.quant) for c in frame.itertuples())
+
+
 @dataclass
 class Study:
     """The validated config and its grid; the only place that turns the grid into paths."""
@@ -347,9 +361,12 @@ class Study:
             keep.add("subject")
         return {k: _plain(v) for k, v in row.items() if k in keep}
 
-    def cells(self) -> pd.DataFrame:
+    def cells(self) -> tuple[Cell, ...]:
         """Every evaluated (benchmark, run, quantizer); the noflip counterfactuals only for
         unlearned runs (for the target itself noflip is plain RTN)."""
+        return _cells(self._cell_frame())
+
+    def _cell_frame(self) -> pd.DataFrame:
         quants = pd.DataFrame({"quant": self.quantizers})
         cells = self.runs[["benchmark", "run", "method"]].merge(quants, how="cross")
         counterfactual = cells.quant.map(lambda q: parse_quantizer(q).counterfactual)
@@ -362,7 +379,7 @@ class Study:
     def record_files(self) -> list[str]:
         """Every cell's records (the per-item outputs behind its metrics): part of the cell's
         output, so a missing one is rebuilt (the `all_tables` target names them)."""
-        return [self.record_file(c.benchmark, c.run, c.quant) for c in self.cells().itertuples()]
+        return [self.record_file(c.benchmark, c.run, c.quant) for c in self.cells()]
 
     def record_file(self, bench: str, run: str, quant: str) -> str:
         return str(self.results / "records" / bench / run / f"{quant}.parquet")
@@ -371,7 +388,7 @@ class Study:
         """Every cell's metric file, or those of the benchmarks of one layout (muse | rwku)."""
         return [
             self.metric_file(c.benchmark, c.run, c.quant)
-            for c in self.cells().itertuples()
+            for c in self.cells()
             if layout is None or self.layout(c.benchmark) == layout
         ]
 
@@ -399,20 +416,20 @@ class Study:
             runs = runs[runs.method.isin(spec["methods"])]
         return runs.reset_index(drop=True)
 
-    def diagnostic_cells(self) -> pd.DataFrame:
+    def diagnostic_cells(self) -> tuple[Cell, ...]:
         """(benchmark, run, quant) of the weight diagnostics: every diagnosed run x quantizer
         (``diagnostics.quantizers``; by default every quantizer but 'none', the noflip
         counterfactuals, whose codes are the target's by design, and QUAIL's grid), and every
         external checkpoint's always (its audit report shows them)."""
         spec = self.config.get("diagnostics")
-        cells = self.cells()
+        cells = self._cell_frame()
         keep = cells.run.isin(set(self.diagnosed_runs().run))
         if spec and spec["quantizers"] is not None:
             keep &= cells.quant.isin(spec["quantizers"])
         keep = (keep | cells.method.map(is_external)) & cells.quant.map(
             lambda q: parse_quantizer(q).diagnosable
         )
-        return cells[keep].reset_index(drop=True)
+        return _cells(cells[keep])
 
     def quail_table_file(self, bench: str, run: str) -> str:
         return str(self.results / "quail_table1" / bench / f"{run}.parquet")
@@ -436,24 +453,24 @@ class Study:
     def audit_metric_files(self) -> list[str]:
         """The audit's inputs: every cell of each external checkpoint and of its target."""
         cells = self.cells()
-        benches = cells[cells.method.map(is_external)].benchmark.unique()
-        keep = cells.benchmark.isin(benches) & (
-            cells.method.map(is_external) | (cells.method == "target")
-        )
-        return [self.metric_file(c.benchmark, c.run, c.quant) for c in cells[keep].itertuples()]
+        benches = {c.benchmark for c in cells if is_external(c.method)}
+        return [
+            self.metric_file(c.benchmark, c.run, c.quant)
+            for c in cells
+            if c.benchmark in benches and (is_external(c.method) or c.method == "target")
+        ]
 
     def audit_diagnostic_files(self) -> list[str]:
         """The weight diagnostics of every external checkpoint against its target."""
-        cells = self.diagnostic_cells()
-        cells = cells[cells.method.map(is_external)]
-        return [self.diagnostic_file(c.benchmark, c.run, c.quant) for c in cells.itertuples()]
+        cells = [c for c in self.diagnostic_cells() if is_external(c.method)]
+        return [self.diagnostic_file(c.benchmark, c.run, c.quant) for c in cells]
 
     def diagnostic_file(self, bench: str, run: str, quant: str) -> str:
         return str(self.results / "diagnostics" / bench / run / f"{quant}.parquet")
 
     def diagnostic_files(self) -> list[str]:
         cells = self.diagnostic_cells()
-        return [self.diagnostic_file(c.benchmark, c.run, c.quant) for c in cells.itertuples()]
+        return [self.diagnostic_file(c.benchmark, c.run, c.quant) for c in cells]
 
     def cell_config(self, bench: str, run: str, quant: str | None = None) -> dict:
         """The parts of the config that determine one cell (or one run, without quant).
@@ -546,6 +563,7 @@ def load_study_file(path: str | Path) -> Study:
 
 
 __all__ = [
+    "Cell",
     "ConfigError",
     "Study",
     "config_owner",

@@ -148,7 +148,7 @@ def jobs(study: Study, gpu: GPU) -> pd.DataFrame:
     for r in study.runs.itertuples():
         if unlearned_here(r.method) and model_shape(study, r.benchmark) is not None:
             rows.append((r.benchmark, r.run, "", unlearn_job(study, r.benchmark, r.run, gpu)))
-    for c in study.cells().itertuples():
+    for c in study.cells():
         if model_shape(study, c.benchmark) is None:
             continue
         rows.append((c.benchmark, c.run, c.quant, evaluate_job(study, c.benchmark, c.quant, gpu)))
