@@ -18,6 +18,18 @@ from pathlib import Path
 
 import pandas as pd
 
+#: A number as YAML 1.1 (PyYAML) may leave it as text: ``1e-5`` (no dot) is read as a string.
+_NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def parse_number(text: str) -> int | float | None:
+    """The number ``text`` spells (surrounding blanks ignored): an int for digits alone
+    (``"16"``), else a float (``"1e-5"``, ``"0.1"``); None when it is not a number."""
+    text = text.strip()
+    if not _NUMBER_RE.fullmatch(text):
+        return None
+    return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file in the same folder, then rename it to ``path``."""
