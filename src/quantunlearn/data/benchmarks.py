@@ -85,6 +85,9 @@ class BenchmarkKind:
     generator_defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: hub dataset ids of this kind
     hub_ids: tuple[str, ...] = ()
+    #: ``recognise(source)``: whether a local source is this row's, for a row that the layout's
+    #: marker file does not tell apart (e.g. a file of the row's own format); see `recognises`
+    recognise: Callable[[str], bool] | None = None
 
     layout: ClassVar[str]
     #: a file that marks a local folder of this layout
@@ -98,6 +101,14 @@ class BenchmarkKind:
     entry_defaults: ClassVar[Mapping[str, Any]]
     #: the files of a hub dataset of this layout that the download step fetches
     hub_patterns: ClassVar[tuple[str, ...]]
+
+    def recognises(self, source: str) -> bool:
+        """Whether a local ``source`` is this row's: the row's ``recognise``, else a folder
+        holding the layout's marker file (rows of a generator are named by their keyword)."""
+        if self.recognise is not None:
+            return self.recognise(source)
+        marked = self.generator is None and self.marker is not None
+        return marked and Path(source).is_dir() and (Path(source) / self.marker).is_file()
 
     def hub_dataset(self, entry: dict) -> str | None:
         """The hub dataset the benchmark's data are read from (``owner/name[@revision]``, what
@@ -423,14 +434,18 @@ BENCHMARKS: tuple[BenchmarkKind, ...] = (
     ),
 )
 BY_NAME: dict[str, BenchmarkKind] = {kind.name: kind for kind in BENCHMARKS}
-LAYOUTS: dict[str, BenchmarkKind] = {k.layout: k for k in BENCHMARKS if k.generator is None}
+#: The row a ``kind: muse`` / ``kind: rwku`` entry means: the first of its layout with no generator.
+LAYOUTS: dict[str, BenchmarkKind] = {
+    k.layout: k for k in reversed(BENCHMARKS) if k.generator is None
+}
 
 
 def benchmark_kind(entry: Mapping[str, Any]) -> BenchmarkKind:
     """The row of ``entry`` (a benchmark's config entry): ``kind`` when given ("muse" or
     "rwku": the layout of a folder or hub id); else the embedded benchmark whose keyword the
-    source is; a hub id of a row; a local folder holding a row's marker file; otherwise MUSE
-    (a folder or hub id in the MUSE layout, what a source meant before RWKU existed)."""
+    source is; a hub id of a row; a local source a row recognises (a folder holding its marker
+    file); otherwise MUSE (a folder or hub id in the MUSE layout, what a source meant before
+    RWKU existed)."""
     source = str(entry.get("source"))
     if entry.get("kind") in LAYOUTS:
         return LAYOUTS[entry["kind"]]
@@ -438,10 +453,9 @@ def benchmark_kind(entry: Mapping[str, Any]) -> BenchmarkKind:
     for kind in BENCHMARKS:
         if kind.generator == source or repo_id in kind.hub_ids:
             return kind
-    if Path(source).is_dir():
-        for kind in LAYOUTS.values():
-            if kind.marker and (Path(source) / kind.marker).is_file():
-                return kind
+    for kind in BENCHMARKS:
+        if kind.recognises(source):
+            return kind
     return BY_NAME["muse"]
 
 
