@@ -2,6 +2,8 @@
 
 Every file and folder is written under a temporary name beside its destination and renamed
 into place only when complete: a crash, a NaN loss or a killed job leaves no partial result.
+The lowest layer also holds the one parser of numbers that YAML leaves as text (`parse_number`),
+shared by the config and the hyperparameter groups.
 """
 
 from __future__ import annotations

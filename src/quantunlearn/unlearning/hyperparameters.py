@@ -5,7 +5,12 @@ of the paper it comes from and a help text citing it; ``__post_init__`` checks t
 raises `HyperparameterError` naming the field. These classes are the single source of the config
 keys under ``unlearn.common`` / ``unlearn.methods.<name>``, of their defaults, of the checks, of
 the order of the keys in run paths and of the column types of every result file (the JSON
-schema is generated from them: `quantunlearn.study.schema`).
+schema is generated from them: `quantunlearn.study.schema`). A group also answers for its valid
+values that are almost surely a mistake (`Group.warnings`: an lr above 1e-2, a gamma_pct below
+1) and for those a model's depth rules out (`Group.depth_problems`: RMU's layer); the config
+asks every group and names the key. `UnlearnSettings` is the same for the study-wide settings
+under ``unlearn`` (batch size, sequence length, schedule, ...): their defaults, schema and
+documented help come from it alone.
 
 A method (`quantunlearn.unlearning.methods`) takes the groups its forget term, retain term,
 scope and extra terms declare; every method takes `Optimization` and `Seed`.
@@ -35,6 +40,17 @@ def hp(default: Any, help: str, label: str | None = None, bounds: dict | None = 
     in table rows (default: the key; "" shows the bare value) and its JSON-schema bounds
     (``{"minimum": 1}``: the schema and `Group.check_bounds` read them)."""
     return field(default=default, metadata={"help": help, "label": label, "bounds": bounds or {}})
+
+
+#: The JSON-schema bounds a field may declare: (whether a value keeps it, what one that does not
+#: is, as jsonschema says it).
+_BOUNDS = {
+    "minimum": (lambda value, bound: value >= bound, "is less than the minimum of"),
+    "exclusiveMinimum": (
+        lambda value, bound: value > bound,
+        "is less than or equal to the minimum of",
+    ),
+}
 
 
 def _values(values: dict[str, Any], key: str) -> list:
@@ -104,15 +120,12 @@ class Group:
         return []
 
     def check_bounds(self) -> None:
-        """`HyperparameterError` for a value outside its field's declared bounds (`hp`)."""
-        tests = {
-            "minimum": (lambda v, b: v >= b, "is less than the minimum of"),
-            "exclusiveMinimum": (lambda v, b: v > b, "is less than or equal to the minimum of"),
-        }
+        """`HyperparameterError` for a value outside its field's declared bounds (`hp`), in the
+        words of the schema's message."""
         for f in self.fields():
             value = getattr(self, f.name)
             for name, bound in f.metadata["bounds"].items():
-                ok, says = tests[name]
+                ok, says = _BOUNDS[name]
                 if value is not None and not ok(value, bound):
                     raise HyperparameterError(f.name, f"{value!r} {says} {bound}")
 
