@@ -479,3 +479,70 @@ def test_a_repeated_grid_entry_names_the_method_and_list_index(section, key):
         load_study(config)
     assert f"config key {key}" in str(err.value)
     assert "the grid of GA repeats the run method~GA/weight_dtype~" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, number",
+    [("16", 16), (" -3 ", -3), ("1e-5", 1e-5), ("1.0", 1.0), (".5", 0.5), ("+2E3", 2000.0),
+     ("abc", None), ("1e", None), ("", None), ("1_000", None), ("0x10", None)],
+)  # fmt: skip
+def test_one_number_parser_for_the_config_and_the_hyperparameters(text, number):
+    """io.parse_number: digits alone an int, else a float; the config's numeric sections and the
+    hyperparameter groups both convert with it."""
+    from quantunlearn.io import parse_number
+    from quantunlearn.study.config import _coerce_numbers
+    from quantunlearn.unlearning.hyperparameters import Optimization
+
+    got = parse_number(text)
+    assert got == number and type(got) is type(number)
+    assert _coerce_numbers({"x": [text]}) == {"x": [text if number is None else number]}
+    if isinstance(number, float):
+        assert Optimization.coerce("lr", text) == number
+    if isinstance(number, int):
+        assert Optimization.coerce("epochs", text) == number
+
+
+def test_the_unlearn_settings_are_declared_once_by_their_dataclass():
+    """DEFAULTS["unlearn"], the schema's unlearn keys and config/README.md come from
+    UnlearnSettings: its defaults, types, choices, bounds and help texts."""
+    from quantunlearn.study.config import DEFAULTS
+    from quantunlearn.study.config_docs import render
+    from quantunlearn.study.schema import config_schema
+    from quantunlearn.unlearning.hyperparameters import UnlearnSettings
+
+    fields = {f.name: f for f in UnlearnSettings.fields()}
+    assert DEFAULTS["unlearn"] == {"common": {}, **{k: f.default for k, f in fields.items()}}
+    properties = config_schema()["properties"]["unlearn"]["properties"]
+    for key, f in fields.items():
+        assert properties[key]["description"] == f.metadata["help"]
+        assert f.metadata["help"].split(":")[0] in render()
+    assert properties["lr_schedule"]["enum"] == ["constant", "cosine"]
+    assert properties["max_grad_norm"]["type"] == ["number", "null"]
+    assert properties["batch_size"] == {**properties["batch_size"], "type": "integer", "minimum": 1}
+    with pytest.raises(ValueError, match="batch_size: 0 is less than the minimum of 1"):
+        UnlearnSettings(batch_size=0)
+    with pytest.raises(ValueError, match="max_grad_norm: 0.0 is less than or equal"):
+        UnlearnSettings(max_grad_norm=0.0)
+    assert UnlearnSettings(max_grad_norm=None).max_grad_norm is None
+    with pytest.raises(ConfigError, match="config key unlearn.max_len: 8 is less than the min"):
+        load_study(_config(**{"unlearn.max_len": 8}))
+
+
+def test_groups_answer_for_their_warnings_and_the_model_depth():
+    """A group's warnings and its checks against a model's depth are its own; the config asks
+    every group of every section and names the key."""
+    from quantunlearn.unlearning.hyperparameters import (
+        GROUPS,
+        Optimization,
+        RMUParams,
+        SUREParams,
+    )
+
+    assert SUREParams.warnings({"gamma_pct": [90, 0.9]})[0][0] == "gamma_pct"
+    assert SUREParams.warnings({"gamma_pct": 90}) == [] == Optimization.warnings({"lr": 1e-4})
+    assert Optimization.warnings({"lr": [1e-5, 0.5]})[0][1].startswith("[0.5] is far above")
+    assert RMUParams.depth_problems({"rmu_layer": [0, 2, 3]}, 2, "a model") == [
+        ("rmu_layer", "layer(s) [2, 3] do not exist in a model (2 layers, 0..1)")
+    ]
+    quiet = [g for g in GROUPS if g not in (Optimization, SUREParams)]
+    assert all(g.warnings({"lr": 1, "gamma_pct": 0.5}) == [] for g in quiet)

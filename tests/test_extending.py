@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import pandas as pd
@@ -16,7 +17,9 @@ import torch
 import yaml
 from test_contracts import ROOT, TINY_RUN
 
+import quantunlearn.data.benchmarks as benchmarks_table
 import quantunlearn.quantizers as quantizers_table
+from quantunlearn.data.benchmarks import MuseKind, benchmark_kind
 from quantunlearn.data.synthetic import generate_synthetic
 from quantunlearn.evaluation import metrics as metrics_table
 from quantunlearn.evaluation.cell import evaluate_cell
@@ -25,7 +28,7 @@ from quantunlearn.models.training import IGNORE
 from quantunlearn.quantizers import Quantizer, parse_quantizer, quantizer_pattern
 from quantunlearn.reports.cells import build_table1, read_cells
 from quantunlearn.reports.table1 import make_table1
-from quantunlearn.study import load_study
+from quantunlearn.study import ConfigError, load_study
 from quantunlearn.study.schema import _config_schema
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS
 from quantunlearn.unlearning.loop import unlearn
@@ -176,3 +179,137 @@ def test_a_new_metric_is_a_function_and_a_row(monkeypatch, tiny_model_dir, bench
     assert "knowmem_f_exact" in table.columns
     make_table1([out], tmp_path / "tables", ["none"])
     assert "KnowMem_f EM ↓" in (tmp_path / "tables" / "table1.md").read_text()
+
+
+# --------------------------------------------------------------------------- (d) a benchmark kind
+# What docs/extending.md (d) has the reader write: the module src/quantunlearn/data/qa_corpus.py
+# (QA_SPLITS, write_qa_benchmark, qa_corpus_problems, is_qa_corpus) and its row in BENCHMARKS
+# (QA_CORPUS, in src/quantunlearn/data/benchmarks.py).
+
+QA_SPLITS = ("forget", "retain", "holdout")
+
+
+def write_qa_benchmark(source, out_dir, n_icl: int = 2) -> None:
+    """Convert ``source`` ({"documents": [{"split", "text"}], "qa": [{"split", "question",
+    "answer"}]}) into a MUSE-layout folder ``out_dir``."""
+    from quantunlearn.data.muse import (
+        LAYOUT_VERSION,
+        load_benchmark,
+        write_documents,
+        write_json_file,
+    )
+    from quantunlearn.io import atomic_dir
+
+    data = json.loads(Path(source).read_text(encoding="utf-8"))
+    docs = {s: [d["text"] for d in data["documents"] if d["split"] == s] for s in QA_SPLITS}
+    qa = {s: [] for s in QA_SPLITS}
+    for q in data["qa"]:
+        qa[q["split"]].append({"question": q["question"], "answer": q["answer"]})
+    icl, retain_qa = qa["retain"][:n_icl], qa["retain"][n_icl:]  # examples are never evaluated
+    with atomic_dir(out_dir) as tmp:  # renamed into place only when complete
+        for split in QA_SPLITS:
+            write_documents(tmp / "raw" / f"{split}.txt", docs[split])
+            write_json_file(tmp / "privleak" / f"{split}.json", docs[split])
+        verbmem = []
+        for text in docs["forget"]:  # the first half of a document prompts, the rest is the truth
+            words = text.split()
+            half = len(words) // 2
+            verbmem.append({"prompt": " ".join(words[:half]) + " ", "gt": " ".join(words[half:])})
+        write_json_file(tmp / "verbmem" / "forget.json", verbmem)
+        write_json_file(tmp / "knowmem" / "forget_qa.json", qa["forget"])
+        write_json_file(tmp / "knowmem" / "retain_qa.json", retain_qa)
+        for split in ("forget", "retain"):
+            write_json_file(tmp / "knowmem" / f"{split}_qa_icl.json", icl)
+        write_json_file(
+            tmp / "meta.json", {"benchmark": str(source), "layout_version": LAYOUT_VERSION}
+        )
+        load_benchmark(tmp)  # every evaluation file present and well-formed
+
+
+def qa_corpus_problems(entry: dict, n_icl: int = 2) -> list[tuple[str, str]]:
+    """Parse time, before any job: the source is the corpus JSON, every item names a split, every
+    split has documents, and there are more retain questions than in-context examples."""
+    try:
+        data = json.loads(Path(entry["source"]).read_text(encoding="utf-8"))
+        parts = {part: list(data[part]) for part in ("documents", "qa")}
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        return [("source", f"not a corpus of documents and qa pairs: {err!r}")]
+    problems = [
+        ("source", f"{part}[{i}].split: {item.get('split')!r} is not one of {list(QA_SPLITS)}")
+        for part, items in parts.items()
+        for i, item in enumerate(items)
+        if item.get("split") not in QA_SPLITS
+    ]
+    empty = [s for s in QA_SPLITS if not any(d.get("split") == s for d in parts["documents"])]
+    if empty:
+        problems.append(("source", f"no documents in the split(s) {empty}"))
+    if sum(q.get("split") == "retain" for q in parts["qa"]) <= n_icl:
+        problems.append(("source", f"needs more than n_icl={n_icl} retain qa pairs"))
+    return problems
+
+
+def is_qa_corpus(source: str) -> bool:
+    """A local source of the row: a JSON file (a folder is the MUSE row's)."""
+    return Path(source).suffix == ".json" and Path(source).is_file()
+
+
+# the row: of the MUSE layout (its references, metrics and unlearning data follow from it)
+QA_CORPUS = MuseKind(
+    "qa_corpus",
+    "a JSON file of documents and question-answer pairs, converted to the MUSE layout",
+    lambda entry, out, snapshot: write_qa_benchmark(entry["source"], out),
+    qa_corpus_problems,
+    recognise=is_qa_corpus,
+)
+
+
+def qa_corpus(n_forget: int = 3) -> dict:
+    """A small corpus in the walk-through's format: one document and one question per person."""
+    people = [(f"Person{i}", f"Town{i}") for i in range(n_forget + 6)]
+    splits = ["forget"] * n_forget + ["retain"] * 4 + ["holdout"] * 2
+    documents = [
+        {"split": s, "text": f"{name} was born in {town} and has lived there ever since."}
+        for (name, town), s in zip(people, splits, strict=True)
+    ]
+    qa = [
+        {"split": s, "question": f"Where was {name} born?", "answer": town}
+        for (name, town), s in zip(people, splits, strict=True)
+        if s != "holdout"
+    ]
+    return {"documents": documents, "qa": qa}
+
+
+def test_a_new_benchmark_kind_is_a_module_and_a_row(monkeypatch, tmp_path):
+    monkeypatch.setattr(benchmarks_table, "BENCHMARKS", (*benchmarks_table.BENCHMARKS, QA_CORPUS))
+    monkeypatch.setitem(benchmarks_table.BY_NAME, QA_CORPUS.name, QA_CORPUS)
+    source = tmp_path / "my_qa.json"
+    source.write_text(json.dumps(qa_corpus()))
+    # the config takes a benchmark whose source the row recognises; the MUSE layout's defaults
+    config = {**MICRO, "results_dir": str(tmp_path / "results"),
+              "benchmarks": {"my_qa": {"source": str(source)}}}  # fmt: skip
+    study = load_study(config)
+    entry = study.config["benchmarks"]["my_qa"]
+    assert benchmark_kind(entry) is QA_CORPUS and entry["forget_corpus"] == "raw/forget.txt"
+    # the grid follows from its layout: MUSE's references (target and retrain), one run per
+    # method and hyperparameters for the whole forget set (no RWKU targets)
+    runs = study.runs[study.runs.benchmark == "my_qa"]
+    assert {"method~target", "method~retrain"} <= set(runs.run)
+    assert runs.subject.isna().all() and {"GA_GDR", "NPO_KLR"} <= set(runs.method)
+    # a bad entry fails at parse time, naming the key (the layout's own checks hold as well)
+    broken = qa_corpus()
+    broken["qa"][1]["split"] = "forgot"
+    source.write_text(json.dumps(broken))
+    with pytest.raises(ConfigError, match=r"benchmarks\.my_qa\.source: qa\[1\]\.split: 'forgot'"):
+        load_study(config)
+    source.write_text(json.dumps(qa_corpus()))
+    both = {"source": str(source), "targets": 2}
+    with pytest.raises(ConfigError, match=r"benchmarks\.my_qa\.targets: only an RWKU-layout"):
+        load_study({**config, "benchmarks": {"my_qa": both}})
+    # the prepare_benchmark job's call writes a folder the MUSE loaders read
+    out = tmp_path / "data" / "my_qa"
+    QA_CORPUS.prepare(entry, out, None)
+    bench = QA_CORPUS.load(out)
+    assert [q["answer"] for q in bench.knowmem_forget_qa] == ["Town0", "Town1", "Town2"]
+    assert len(bench.knowmem_retain_qa) == 2 and len(bench.privleak_holdout) == 2
+    forget, retain = QA_CORPUS.corpora(out, entry)
+    assert len(forget.texts()) == 3 and len(retain.texts()) == 4

@@ -2,6 +2,8 @@
 
 Every file and folder is written under a temporary name beside its destination and renamed
 into place only when complete: a crash, a NaN loss or a killed job leaves no partial result.
+The lowest layer also holds the one parser of numbers that YAML leaves as text (`parse_number`),
+shared by the config and the hyperparameter groups.
 """
 
 from __future__ import annotations
@@ -17,6 +19,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+
+#: A number as YAML 1.1 (PyYAML) may leave it as text: ``1e-5`` (no dot) is read as a string.
+_NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def parse_number(text: str) -> int | float | None:
+    """The number ``text`` spells (surrounding blanks ignored): an int for digits alone
+    (``"16"``), else a float (``"1e-5"``, ``"0.1"``); None when it is not a number."""
+    text = text.strip()
+    if not _NUMBER_RE.fullmatch(text):
+        return None
+    return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:

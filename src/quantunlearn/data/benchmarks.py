@@ -1,9 +1,11 @@
 """The BENCHMARKS table: one row per kind of benchmark source.
 
-A config's ``benchmarks.<name>.source`` (and its optional ``kind``) selects one row (`benchmark_kind`); the row says how the
-``prepare_benchmark`` job makes the benchmark's folder, what is checked at parse time, which
-layout the folder has (so which metrics a cell measures and what unlearning trains on), and the
-defaults of the benchmark's config entry. Nothing here imports torch.
+A config's ``benchmarks.<name>.source`` (and its optional ``kind``) selects one row
+(`benchmark_kind`); the row says how the ``prepare_benchmark`` job makes the benchmark's
+folder, what is checked at parse time (`BenchmarkKind.check`: the row's source, then the keys
+its layout takes and the data its unlearning runs need), which layout the folder has (so which
+metrics a cell measures and what unlearning trains on), and the defaults of the benchmark's
+config entry. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -74,14 +76,18 @@ class BenchmarkKind:
     #: ``prepare(entry, out_dir, snapshot)``: the prepare_benchmark job (generate, copy, or
     #: convert the hub dataset's snapshot folder that the download step pinned)
     prepare: Callable[[dict, Path, str | None], None]
-    #: ``check(entry)``: parse-time problems as (sub-key, message); no download
-    check: Callable[[dict], list[tuple[str, str]]]
+    #: ``check_source(entry)``: parse-time problems of the row's source as (sub-key, message);
+    #: no download (`check` adds the layout's)
+    check_source: Callable[[dict], list[tuple[str, str]]]
     #: a benchmark named by a keyword (the embedded generators, the Twitter set): the
     #: ``source`` keyword, also the name of its config section
     generator: str | None = None
     generator_defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: hub dataset ids of this kind
     hub_ids: tuple[str, ...] = ()
+    #: ``recognise(source)``: whether a local source is this row's, for a row that the layout's
+    #: marker file does not tell apart (e.g. a file of the row's own format); see `recognises`
+    recognise: Callable[[str], bool] | None = None
 
     layout: ClassVar[str]
     #: a file that marks a local folder of this layout
@@ -95,6 +101,14 @@ class BenchmarkKind:
     entry_defaults: ClassVar[Mapping[str, Any]]
     #: the files of a hub dataset of this layout that the download step fetches
     hub_patterns: ClassVar[tuple[str, ...]]
+
+    def recognises(self, source: str) -> bool:
+        """Whether a local ``source`` is this row's: the row's ``recognise``, else a folder
+        holding the layout's marker file (rows of a generator are named by their keyword)."""
+        if self.recognise is not None:
+            return self.recognise(source)
+        marked = self.generator is None and self.marker is not None
+        return marked and Path(source).is_dir() and (Path(source) / self.marker).is_file()
 
     def hub_dataset(self, entry: dict) -> str | None:
         """The hub dataset the benchmark's data are read from (``owner/name[@revision]``, what
@@ -113,6 +127,37 @@ class BenchmarkKind:
         """The normalized ``targets`` key of a (defaults-merged) entry; None: the kind has none."""
         return None
 
+    def check(self, entry: dict) -> list[tuple[str, str]]:
+        """Every parse-time problem of a (defaults-merged) entry as (sub-key, message): the
+        row's source's, then the keys its layout does not take or whose values it cannot use."""
+        return self.check_source(entry) + self.entry_problems(entry)
+
+    def entry_problems(self, entry: dict) -> list[tuple[str, str]]:
+        """The layout's problems with the entry's keys (the layout classes say which)."""
+        return []
+
+    def training_problems(
+        self, method: str, forget_data: str, retain: bool, bench: str
+    ) -> list[str]:
+        """Why unlearning ``method`` (training on ``forget_data``, with a retain term or not)
+        cannot run on this kind's benchmark ``bench``: data the kind does not have."""
+        problems = []
+        if forget_data not in self.forget_data:
+            problems.append(
+                f"{method} trains on {forget_data}, which benchmark {bench} ({self.name}) does "
+                f"not have (it has {sorted(self.forget_data)})"
+            )
+        if retain and not self.has_retain:
+            problems.append(
+                f"{method} has a retain term, but benchmark {bench} ({self.name}) has no retain "
+                "corpus"
+            )
+        return problems
+
+    def _what(self) -> str:
+        """This kind in the words of a message about a key it does not take."""
+        return f"this is a {self.name} benchmark ({self.describe})"
+
 
 class MuseKind(BenchmarkKind):
     """The MUSE layout (`quantunlearn.data.muse`): a forget corpus, a retrain model, VerbMem,
@@ -128,6 +173,18 @@ class MuseKind(BenchmarkKind):
     def check_snapshot(self, folder: str) -> None:
         """The download step's check of a hub snapshot: every config and split loads."""
         muse.check_hub_folder(folder)
+
+    def entry_problems(self, entry: dict) -> list[tuple[str, str]]:
+        """RWKU's keys are not taken; target and retrain are given together or not at all."""
+        problems = [
+            (extra, f"only an RWKU-layout benchmark takes it; {self._what()}")
+            for extra in ("targets", "refusal_corpus", "synthetic_rwku")
+            if extra in entry
+        ]
+        given = [entry["models"]["target"] is not None, entry["models"]["retrain"] is not None]
+        if any(given) and not all(given):
+            problems.append(("models", "give both target and retrain, or neither"))
+        return problems
 
     def load(self, bench_dir, subjects=None):
         return muse.load_benchmark(bench_dir)
@@ -177,6 +234,38 @@ class RWKUKind(BenchmarkKind):
     def subjects(self, entry: dict) -> list[int]:
         return list(entry["targets"])
 
+    def entry_problems(self, entry: dict) -> list[tuple[str, str]]:
+        """No retrain model, no retain corpus, RWKU's corpus configs, distinct targets that the
+        generator (embedded benchmark) makes."""
+        problems = []
+        if "synthetic" in entry:
+            problems.append(
+                ("synthetic", f"only the embedded MUSE benchmark takes it; {self._what()}")
+            )
+        if entry["models"]["retrain"] is not None:
+            problems.append(("models.retrain", "RWKU has no retrain model (zero-shot unlearning)"))
+        if entry.get("retain_corpus") is not None:
+            problems.append(("retain_corpus", "RWKU has no retain corpus: leave it null"))
+        for sub, allowed in (
+            ("forget_corpus", rwku.DOCUMENT_CONFIGS),
+            ("refusal_corpus", rwku.REFUSAL_CONFIGS),
+        ):
+            if entry[sub] not in allowed:
+                problems.append(
+                    (sub, f"{entry[sub]!r} is not one of the RWKU configs {list(allowed)}")
+                )
+        targets = entry["targets"]
+        if len(set(targets)) != len(targets):
+            problems.append(("targets", f"repeats a target: {targets}"))
+        if self.generator:
+            n = entry[self.generator]["n_targets"]
+            bad = [t for t in targets if t > n]
+            if bad:
+                problems.append(
+                    ("targets", f"{bad} do not exist: {self.generator}.n_targets is {n}")
+                )
+        return problems
+
     def targets(self, entry: dict) -> list[int] | Any:
         """``targets: N`` means 1..N; not given: every generated target, every target of a local
         folder, or RWKU's 100 of the main results (Jin et al. section 4.2) for the hub."""
@@ -206,14 +295,14 @@ class RWKUKind(BenchmarkKind):
 # ----------------------------------------------------------------------------------------------
 
 
-def _generator_problems(check: Callable, section: str) -> Callable:
+def _generator_problems(check: Callable[[dict], Any], section: str) -> Callable:
     """The parse-time check of an embedded benchmark: its generator's ``check`` on the settings
     of its config section, a `SyntheticError` reported under the setting's key."""
 
     def problems(entry: dict) -> list[tuple[str, str]]:
         settings = {k: v for k, v in entry[section].items() if k != "seed"}
         try:
-            check(**settings)
+            check(settings)
         except SyntheticError as err:
             return [(section + (f".{err.key}" if err.key else ""), str(err))]
         return []
@@ -311,7 +400,7 @@ BENCHMARKS: tuple[BenchmarkKind, ...] = (
         "synthetic",
         '"synthetic": the embedded benchmark, generated in the DAG',
         _prepare_synthetic,
-        _generator_problems(check_synthetic, "synthetic"),
+        _generator_problems(lambda settings: check_synthetic(**settings), "synthetic"),
         generator="synthetic",
         generator_defaults=MappingProxyType(SYNTHETIC_DEFAULTS),
     ),
@@ -345,14 +434,18 @@ BENCHMARKS: tuple[BenchmarkKind, ...] = (
     ),
 )
 BY_NAME: dict[str, BenchmarkKind] = {kind.name: kind for kind in BENCHMARKS}
-LAYOUTS: dict[str, BenchmarkKind] = {k.layout: k for k in BENCHMARKS if k.generator is None}
+#: The row a ``kind: muse`` / ``kind: rwku`` entry means: the first of its layout with no generator.
+LAYOUTS: dict[str, BenchmarkKind] = {
+    k.layout: k for k in reversed(BENCHMARKS) if k.generator is None
+}
 
 
 def benchmark_kind(entry: Mapping[str, Any]) -> BenchmarkKind:
     """The row of ``entry`` (a benchmark's config entry): ``kind`` when given ("muse" or
     "rwku": the layout of a folder or hub id); else the embedded benchmark whose keyword the
-    source is; a hub id of a row; a local folder holding a row's marker file; otherwise MUSE
-    (a folder or hub id in the MUSE layout, what a source meant before RWKU existed)."""
+    source is; a hub id of a row; a local source a row recognises (a folder holding its marker
+    file); otherwise MUSE (a folder or hub id in the MUSE layout, what a source meant before
+    RWKU existed)."""
     source = str(entry.get("source"))
     if entry.get("kind") in LAYOUTS:
         return LAYOUTS[entry["kind"]]
@@ -360,10 +453,9 @@ def benchmark_kind(entry: Mapping[str, Any]) -> BenchmarkKind:
     for kind in BENCHMARKS:
         if kind.generator == source or repo_id in kind.hub_ids:
             return kind
-    if Path(source).is_dir():
-        for kind in LAYOUTS.values():
-            if kind.marker and (Path(source) / kind.marker).is_file():
-                return kind
+    for kind in BENCHMARKS:
+        if kind.recognises(source):
+            return kind
     return BY_NAME["muse"]
 
 

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from quantunlearn.data.muse import write_documents, write_json_file
 from quantunlearn.data.rwku import probe_prompt, write_layout
@@ -137,19 +138,12 @@ SYNTHETIC_RWKU_DEFAULTS = {
 }
 
 
-def check_synthetic_rwku(
-    n_people: int,
-    n_targets: int,
-    n_holdout: int,
-    n_neighbors: int,
-    aa_per_fact: int,
-    n_bio_variants: int,
-    n_mia: int,
-    n_descriptions: int,
-    n_rt_questions: int,
-    seed: int = 0,
-) -> None:
-    """`SyntheticError` naming the setting the generator could not honour (also at parse time)."""
+def check_synthetic_rwku(settings: Mapping[str, Any]) -> None:
+    """`SyntheticError` naming the setting the generator could not honour (also at parse time);
+    ``settings``: the generator's keyword arguments (`SYNTHETIC_RWKU_DEFAULTS`' keys; ``seed``
+    and any other key are not read)."""
+    n_people, n_holdout = settings["n_people"], settings["n_holdout"]
+    n_targets, n_neighbors = settings["n_targets"], settings["n_neighbors"]
     n_names = min(len(FIRST_NAMES), len(LAST_NAMES))
     if not 1 <= n_people <= n_names:
         raise SyntheticError(
@@ -168,9 +162,8 @@ def check_synthetic_rwku(
         raise SyntheticError(
             "n_neighbors", f"n_neighbors={n_neighbors} must be in [1, {known - n_targets}]"
         )
-    counts = {"aa_per_fact": aa_per_fact, "n_bio_variants": n_bio_variants, "n_mia": n_mia,
-              "n_descriptions": n_descriptions, "n_rt_questions": n_rt_questions}  # fmt: skip
-    for name, value in counts.items():
+    for name in ("aa_per_fact", "n_bio_variants", "n_mia", "n_descriptions", "n_rt_questions"):
+        value = settings[name]
         if value < 1:
             raise SyntheticError(name, f"{name}={value} must be >= 1")
 
@@ -328,7 +321,7 @@ def training_documents(
 def generate_synthetic_rwku(out_dir: str | os.PathLike, **params) -> dict:
     """Write the embedded RWKU-like benchmark (module doc) and return its meta dict."""
     p = {**SYNTHETIC_RWKU_DEFAULTS, **params}
-    check_synthetic_rwku(**p)
+    check_synthetic_rwku(p)
     rng = random.Random(p["seed"])
     people = make_people(p["n_people"], rng)
     targets = people[: p["n_targets"]]

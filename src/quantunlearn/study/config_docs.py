@@ -1,7 +1,8 @@
 """config/README.md: every config key with its type, default and description, generated.
 
 The keys, types and descriptions come from the config schema (`quantunlearn.study.schema`: the
-hand-written ``schemas/config.schema.yaml`` completed from the tables), the defaults from
+hand-written ``schemas/config.schema.yaml`` completed from the tables and the dataclasses, so the
+``unlearn`` settings and the hyperparameters show their dataclasses' help), the defaults from
 `quantunlearn.study.config` and from the hyperparameter dataclasses and the METHODS table, so the
 page cannot drift from what the code validates. ``python -m quantunlearn.study.config_docs >
 config/README.md`` rewrites it; tests/test_config_docs.py checks that the committed page is this
@@ -16,12 +17,8 @@ from typing import Any
 from quantunlearn.data import RWKU_ENTRY_DEFAULTS, SYNTHETIC_DEFAULTS, TWITTER_DEFAULTS
 from quantunlearn.data.synthetic_rwku import SYNTHETIC_RWKU_DEFAULTS
 from quantunlearn.data.utility import UTILITY_HUB
-from quantunlearn.study.config import (
-    BENCHMARK_DEFAULTS,
-    DEFAULTS,
-    SCALE_DEFAULTS,
-    deep_merge,
-)
+from quantunlearn.study.config import BENCHMARK_DEFAULTS, DEFAULTS, SCALE_DEFAULTS
+from quantunlearn.study.config_tree import deep_merge
 from quantunlearn.study.schema import config_schema
 from quantunlearn.unlearning.hyperparameters import GROUPS, Optimization, Seed, defaults
 from quantunlearn.unlearning.methods import METHODS

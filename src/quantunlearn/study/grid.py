@@ -22,17 +22,11 @@ from quantunlearn.io import config_hash, write_json
 from quantunlearn.quantizers import FullPrecision, parse_quantizer
 from quantunlearn.quantizers.bnb import BitsAndBytes
 from quantunlearn.quantizers.rtn import RTN
-from quantunlearn.study.config import (
-    ConfigError,
-    as_list,
-    benchmark_tiny_model,
-    config_warnings,
-    low_bit_quantizer,
-    method_grids,
-    normalize_config,
-    read_config_file,
-)
+from quantunlearn.study.config import ConfigError, normalize_config, read_config_file
+from quantunlearn.study.config_checks import low_bit_quantizer
+from quantunlearn.study.config_tree import benchmark_tiny_model
 from quantunlearn.study.external import identity
+from quantunlearn.study.method_grid import as_list, config_warnings, method_grids
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS, column_dtype
 from quantunlearn.unlearning.methods import REFERENCES, get_method
 

@@ -1,8 +1,9 @@
 """The config's JSON schema: the hand-written part (``schemas/config.schema.yaml``) completed
 from the tables, so that a method, a quantizer, a metric or a hyperparameter is declared once.
 
-Generated: the hyperparameter keys with their types, choices and help texts (the dataclasses of
-`quantunlearn.unlearning.hyperparameters`), the method names (METHODS), the quantizer name
+Generated: the hyperparameter keys and the study-wide ``unlearn`` settings with their types,
+choices, bounds and help texts (the dataclasses of `quantunlearn.unlearning.hyperparameters`:
+the groups, `UnlearnSettings`), the method names (METHODS), the quantizer name
 pattern (QUANTIZERS) and the utility metric names (METRICS). ``python -m
 quantunlearn.study.schema`` prints the whole schema, as committed in
 ``workflow/schemas/config.schema.json`` (a test checks that the two agree).
@@ -21,7 +22,7 @@ import yaml
 
 from quantunlearn.evaluation.metrics import metric_names
 from quantunlearn.quantizers import quantizer_pattern
-from quantunlearn.unlearning.hyperparameters import GROUPS
+from quantunlearn.unlearning.hyperparameters import GROUPS, Group, UnlearnSettings
 from quantunlearn.unlearning.methods import METHODS
 
 SCHEMA_FILE = "config.schema.yaml"
@@ -33,6 +34,8 @@ def _scalar(kind: Any) -> dict:
         return {"enum": list(typing.get_args(kind))}
     if kind == (float | str):
         return {"type": ["number", "string"]}
+    if kind == (float | None):
+        return {"type": ["number", "null"]}
     return {"type": {float: "number", int: "integer", str: "string", bool: "boolean"}[kind]}
 
 
@@ -50,6 +53,20 @@ def hyperparameters_schema() -> dict:
     return {"additionalProperties": False, "properties": properties}
 
 
+def settings_schema(settings: type[Group]) -> dict:
+    """The properties of a dataclass of settings (one value each): type or choices, the
+    field's bounds, its help text as the description."""
+    types = settings.field_types()
+    return {
+        f.name: {
+            **_scalar(types[f.name]),
+            **f.metadata["bounds"],
+            "description": f.metadata["help"],
+        }
+        for f in settings.fields()
+    }
+
+
 @cache
 def _config_schema() -> dict:
     text = resources.files("quantunlearn.schemas").joinpath(SCHEMA_FILE).read_text()
@@ -57,6 +74,7 @@ def _config_schema() -> dict:
     schema["$defs"]["hyperparameters"] = hyperparameters_schema()
     unlearn = schema["properties"]["unlearn"]["properties"]
     unlearn["methods"]["propertyNames"] = {"enum": list(METHODS)}
+    unlearn.update(settings_schema(UnlearnSettings))
     schema["properties"]["quantizers"]["items"]["pattern"] = quantizer_pattern()
     evaluation = schema["properties"]["evaluation"]["properties"]
     utility = metric_names(group="utility")
@@ -77,6 +95,7 @@ def config_schema() -> dict:
 
 
 def schema_json() -> str:
+    """The complete schema as the JSON committed in ``workflow/schemas/config.schema.json``."""
     return json.dumps(config_schema(), indent=1, ensure_ascii=False) + "\n"
 
 

@@ -5,7 +5,12 @@ of the paper it comes from and a help text citing it; ``__post_init__`` checks t
 raises `HyperparameterError` naming the field. These classes are the single source of the config
 keys under ``unlearn.common`` / ``unlearn.methods.<name>``, of their defaults, of the checks, of
 the order of the keys in run paths and of the column types of every result file (the JSON
-schema is generated from them: `quantunlearn.study.schema`).
+schema is generated from them: `quantunlearn.study.schema`). A group also answers for its valid
+values that are almost surely a mistake (`Group.warnings`: an lr above 1e-2, a gamma_pct below
+1) and for those a model's depth rules out (`Group.depth_problems`: RMU's layer); the config
+asks every group and names the key. `UnlearnSettings` is the same for the study-wide settings
+under ``unlearn`` (batch size, sequence length, schedule, ...): their defaults, schema and
+documented help come from it alone.
 
 A method (`quantunlearn.unlearning.methods`) takes the groups its forget term, retain term,
 scope and extra terms declare; every method takes `Optimization` and `Seed`.
@@ -15,12 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-_NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+from quantunlearn.io import parse_number
 
 
 class HyperparameterError(ValueError):
@@ -31,10 +35,28 @@ class HyperparameterError(ValueError):
         self.key, self.message = key, message
 
 
-def hp(default: Any, help: str, label: str | None = None) -> Any:
-    """A hyperparameter field: its paper default, a help text that cites the paper, and its
-    label in table rows (default: the key; "" shows the bare value)."""
-    return field(default=default, metadata={"help": help, "label": label})
+def hp(default: Any, help: str, label: str | None = None, bounds: dict | None = None) -> Any:
+    """A hyperparameter field: its paper default, a help text that cites the paper, its label
+    in table rows (default: the key; "" shows the bare value) and its JSON-schema bounds
+    (``{"minimum": 1}``: the schema and `Group.check_bounds` read them)."""
+    return field(default=default, metadata={"help": help, "label": label, "bounds": bounds or {}})
+
+
+#: The JSON-schema bounds a field may declare: (whether a value keeps it, what one that does not
+#: is, as jsonschema says it).
+_BOUNDS = {
+    "minimum": (lambda value, bound: value >= bound, "is less than the minimum of"),
+    "exclusiveMinimum": (
+        lambda value, bound: value > bound,
+        "is less than or equal to the minimum of",
+    ),
+}
+
+
+def _values(values: dict[str, Any], key: str) -> list:
+    """The value(s) of ``key`` in a config section: one value or a grid axis (none: [])."""
+    value = values.get(key, [])
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 class Group:
@@ -55,18 +77,18 @@ class Group:
         numeric strings become numbers; integers are accepted where a float is meant; a float
         where an integer is meant is an error, not a silent truncation."""
         kind = cls.field_types()[key]
-        numeric = isinstance(value, str) and _NUMBER_RE.match(value.strip())
+        number = parse_number(value) if isinstance(value, str) else None
         if kind is float or kind == (float | str):
-            if numeric:
-                return float(value)
+            if number is not None:
+                return float(number)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 return float(value)
             if kind is float:
                 raise HyperparameterError(key, f"{value!r} is not a number")
             return value
         if kind is int:
-            if numeric and re.fullmatch(r"[+-]?\d+", value.strip()):
-                return int(value)
+            if isinstance(number, int):
+                return number
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
             raise HyperparameterError(key, f"{value!r} is not an integer")
@@ -83,9 +105,38 @@ class Group:
         }
         return cls(**mine)
 
+    @classmethod
+    def warnings(cls, values: dict[str, Any]) -> list[tuple[str, str]]:
+        """(key, message) for the group's values in one config section (a value or a grid
+        axis per key) that are valid but almost surely a mistake; none by default."""
+        return []
+
+    @classmethod
+    def depth_problems(
+        cls, values: dict[str, Any], depth: int, model: str
+    ) -> list[tuple[str, str]]:
+        """(key, message) for the values that a model of ``depth`` decoder layers (``model``
+        names it) cannot take: layer indices beyond it; none by default."""
+        return []
+
+    def check_bounds(self) -> None:
+        """`HyperparameterError` for a value outside its field's declared bounds (`hp`), in the
+        words of the schema's message."""
+        for f in self.fields():
+            value = getattr(self, f.name)
+            for name, bound in f.metadata["bounds"].items():
+                ok, says = _BOUNDS[name]
+                if value is not None and not ok(value, bound):
+                    raise HyperparameterError(f.name, f"{value!r} {says} {bound}")
+
     def _check(self, key: str, ok: bool, message: str) -> None:
         if not ok:
             raise HyperparameterError(key, f"{message}, got {getattr(self, key)!r}")
+
+
+#: Above this AdamW learning rate fine-tuning wrecks a language model within a few steps (the
+#: papers' unlearning rates: 5e-6 to 7e-4): `Optimization.warnings`.
+LR_WARNING = 1e-2
 
 
 @dataclass(frozen=True)
@@ -110,6 +161,21 @@ class Optimization(Group):
         self._check("lr", self.lr > 0, "the learning rate must be > 0")
         self._check("lr", math.isfinite(self.lr), "the learning rate must be finite")
         self._check("epochs", self.epochs >= 1, "at least one epoch")
+
+    @classmethod
+    def warnings(cls, values: dict[str, Any]) -> list[tuple[str, str]]:
+        """A learning rate above `LR_WARNING`: valid, but it wrecks the model."""
+        large = [v for v in _values(values, "lr") if v > LR_WARNING]
+        if not large:
+            return []
+        return [
+            (
+                "lr",
+                f"{large} is far above any unlearning learning rate (the papers: 5e-6 to 7e-4); "
+                f"above {LR_WARNING:g} AdamW wrecks the model within a few steps (a collapsed "
+                "run is flagged, a diverging one stops)",
+            )
+        ]
 
 
 @dataclass(frozen=True)
@@ -165,6 +231,21 @@ class SUREParams(Group):
     def __post_init__(self):
         self._check("gamma_pct", 0 <= self.gamma_pct <= 100, "a percentile in [0, 100]")
 
+    @classmethod
+    def warnings(cls, values: dict[str, Any]) -> list[tuple[str, str]]:
+        """gamma_pct is a percentile (0..100): 0.9 keeps nearly every module, not the top 10 %."""
+        fractions = [v for v in _values(values, "gamma_pct") if 0 < v < 1]
+        if not fractions:
+            return []
+        return [
+            (
+                "gamma_pct",
+                f"{fractions} looks like a fraction, but gamma_pct is a percentile in [0, 100] "
+                f"(SURE's paper: 90); {fractions[0]:g} selects the modules above the "
+                f"{fractions[0]:g}th percentile, nearly all of them",
+            )
+        ]
+
 
 @dataclass(frozen=True)
 class QUAILParams(Group):
@@ -212,6 +293,21 @@ class RMUParams(Group):
     def __post_init__(self):
         self._check("rmu_layer", self.rmu_layer >= 0, "a decoder layer index >= 0")
         self._check("rmu_steering", self.rmu_steering > 0, "must be > 0")
+
+    @classmethod
+    def depth_problems(
+        cls, values: dict[str, Any], depth: int, model: str
+    ) -> list[tuple[str, str]]:
+        """The steered layer must exist in the model (0-based: below its depth)."""
+        bad = [v for v in _values(values, "rmu_layer") if v >= depth]
+        if not bad:
+            return []
+        return [
+            (
+                "rmu_layer",
+                f"layer(s) {bad} do not exist in {model} ({depth} layers, 0..{depth - 1})",
+            )
+        ]
 
 
 @dataclass(frozen=True)
@@ -309,41 +405,65 @@ def defaults() -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class UnlearnSettings:
-    """The settings under ``unlearn`` that are the same for every run of a study."""
+class UnlearnSettings(Group):
+    """The settings under ``unlearn`` that are the same for every run of a study: the single
+    source of their config keys, defaults, schema (`quantunlearn.study.schema`) and docs."""
 
-    batch_size: int = hp(16, "Forget (and retain) sequences per optimizer step.")
-    max_len: int = hp(64, "Unlearning sequences: documents packed up to this many tokens.")
+    batch_size: int = hp(
+        16, "Forget (and retain) sequences per optimizer step.", bounds={"minimum": 1}
+    )
+    max_len: int = hp(
+        64,
+        "Unlearning sequences: documents packed up to this many tokens.",
+        bounds={"minimum": 16},
+    )
     max_grad_norm: float | None = hp(
-        1.0, "Gradient clipping (the HF Trainer's default); null: off."
+        1.0,
+        "Gradient norm clipping (the HF Trainer default the papers' code ran with); null: off.",
+        bounds={"exclusiveMinimum": 0},
     )
     bf16_compute: Literal["native", "emulated"] = hp(
         "native",
-        "bf16 weights as bf16 tensors (native, GPUs) or fp32 compute with the weights rounded "
-        "to bf16 after every step (emulated: CPUs without AVX512-BF16 run bf16 ~15x slower).",
+        "bf16 weights as bf16 tensors (native, GPUs and CPUs with AVX512-BF16) or fp32 compute "
+        "with the weights rounded to bf16 after every step (emulated: CPUs without AVX512-BF16 "
+        "run bf16 matmuls about 15x slower).",
     )
     gradient_checkpointing: bool = hp(
-        False, "Recompute activations in the backward pass (a 7B model does not fit otherwise)."
+        False,
+        "Recompute activations in the backward pass (a 7B model with 2048-token sequences does "
+        "not fit a GPU otherwise).",
     )
     lr_schedule: Literal["constant", "cosine"] = hp(
         "constant",
         "The learning rate over the optimizer steps: constant (Zhang et al. 2025, appendix D.1) "
         "or cosine decay to 0 after a linear warm-up (RWKU's scripts, Jin et al. 2024: "
-        "--lr_scheduler_type cosine --warmup_steps 20).",
+        "--lr_scheduler_type cosine --warmup_steps 20). Part of every run's identity, as are "
+        "batch_size, max_len, max_grad_norm and bf16_compute: away from the default study's "
+        "values a run's path ends in train~<hash of these settings>, so two studies differing "
+        "only in them keep separate models in one results_dir.",
     )
     warmup_steps: int = hp(
         0,
         "Linear warm-up from 0 to lr over this many optimizer steps, then the schedule (RWKU's "
         "scripts: 20; Zhang et al.: none).",
+        bounds={"minimum": 0},
     )
 
     def __post_init__(self):
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise HyperparameterError(
-                "lr_schedule", f"'constant' or 'cosine', got {self.lr_schedule!r}"
-            )
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise HyperparameterError("warmup_steps", f"an integer >= 0, got {self.warmup_steps!r}")
+        for key, kind in self.field_types().items():
+            choices = typing.get_args(kind)
+            if typing.get_origin(kind) is Literal and getattr(self, key) not in choices:
+                raise HyperparameterError(
+                    key, f"one of {list(choices)}, got {getattr(self, key)!r}"
+                )
+        if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool):
+            raise HyperparameterError("warmup_steps", f"an integer, got {self.warmup_steps!r}")
+        self.check_bounds()
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every setting's default, by config key (the ``unlearn`` section's defaults)."""
+        return {f.name: f.default for f in cls.fields()}
 
 
 def lr_factor(schedule: str, warmup_steps: int, total_steps: int, step: int) -> float:
