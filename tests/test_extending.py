@@ -18,7 +18,7 @@ import yaml
 from test_contracts import ROOT, TINY_RUN
 
 import quantunlearn.data.benchmarks as benchmarks_table
-import quantunlearn.quantizers as quantizers_table
+import quantunlearn.quantizers.families as quantizers_table
 from quantunlearn.data.benchmarks import MuseKind, benchmark_kind
 from quantunlearn.data.synthetic import generate_synthetic
 from quantunlearn.evaluation import metrics as metrics_table
