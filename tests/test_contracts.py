@@ -33,6 +33,7 @@ from quantunlearn.quantizers import QUANTIZERS, allowed_names, parse_quantizer, 
 from quantunlearn.quantizers.base import quantizable_linears, relative_error
 from quantunlearn.reports import REPORTS
 from quantunlearn.study.schema import config_schema, schema_json
+from quantunlearn.unlearning.families import PLAIN, RMU
 from quantunlearn.unlearning.hyperparameters import GROUPS, all_fields, column_dtype
 from quantunlearn.unlearning.loop import unlearn
 from quantunlearn.unlearning.methods import METHODS
@@ -81,7 +82,7 @@ def test_method_row_is_consistent(name):
     assert method.hyperparameters[-1] == "seed"  # the run paths of the first release
     assert len(set(method.hyperparameters)) == len(method.hyperparameters)
     assert set(method.defaults) <= set(method.hyperparameters)
-    assert method.base in METHODS and METHODS[method.base].family in ("base", "RMU")
+    assert method.base in METHODS and METHODS[method.base].family in (PLAIN, RMU)
     method.run({})  # the defaults (paper's and the method's own) pass the checks
 
 

@@ -95,6 +95,8 @@ class BenchmarkKind:
     entry_defaults: ClassVar[Mapping[str, Any]]
     #: the files of a hub dataset of this layout that the download step fetches
     hub_patterns: ClassVar[tuple[str, ...]]
+    #: labelled items scored by classification accuracy (acc_f, acc_r; the Twitter table)
+    classification: ClassVar[bool] = False
 
     def hub_dataset(self, entry: dict) -> str | None:
         """The hub dataset the benchmark's data are read from (``owner/name[@revision]``, what
@@ -147,6 +149,7 @@ class TwitterKind(MuseKind):
     revision)."""
 
     hub_patterns = tuple(twitter.HUB_PATTERNS)
+    classification = True
 
     def hub_dataset(self, entry: dict) -> str | None:
         return twitter.hub_spec(entry["twitter"])

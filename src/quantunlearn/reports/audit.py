@@ -33,6 +33,7 @@ import pandas as pd
 
 from quantunlearn.evaluation.metrics import headers, metric_names
 from quantunlearn.quantizers import parse_quantizer
+from quantunlearn.reports.cell_files import metric_files
 from quantunlearn.reports.cells import build_table1, metric_columns, read_cells
 from quantunlearn.reports.provenance_report import provenance_markdown
 from quantunlearn.reports.quantizers import NOFLIP_HEADERS, noflip_table, read_diagnostics
@@ -354,3 +355,36 @@ def summary_markdown(summary: pd.DataFrame, audit: dict) -> str:
         to_markdown(judged, columns) if len(judged) else "No quantizer besides none.\n",
     ]
     return "\n".join(text)
+
+
+# --------------------------------------------------------------------------- its REPORTS row
+
+
+def applies(study) -> bool:
+    """Audit mode: a benchmark names checkpoints unlearned elsewhere
+    (``benchmarks.<b>.models.unlearned``)."""
+    return any(is_external(c.method) for c in study.cells())
+
+
+def needs(study) -> dict[str, list[str]]:
+    """Every cell of each external checkpoint and of its benchmark's target, and the weight
+    diagnostics of every external checkpoint against its target."""
+    benches = {c.benchmark for c in study.cells() if is_external(c.method)}
+    return {
+        "metrics": metric_files(
+            study,
+            lambda c: c.benchmark in benches and (is_external(c.method) or c.method == "target"),
+        ),
+        "diagnostics": [
+            study.diagnostic_file(c.benchmark, c.run, c.quant)
+            for c in study.diagnostic_cells()
+            if is_external(c.method)
+        ],
+    }
+
+
+def make(study, inputs: dict[str, list[str]], out_dir: Path) -> None:
+    """The audit reports of ``inputs`` (`needs`) into ``out_dir``."""
+    make_audit(
+        inputs["metrics"], inputs["diagnostics"], out_dir, study.quantizers, study.config["audit"]
+    )

@@ -28,10 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from quantunlearn.reports.cell_files import metric_files
 from quantunlearn.reports.cells import REGULARIZED, build_table1, read_cells
 from quantunlearn.reports.quantizers import read_diagnostics
 from quantunlearn.reports.render import pyplot, save_figure, to_markdown, write_frames, write_text
 from quantunlearn.reports.table1 import given_back_pct
+from quantunlearn.study.grid import unlearned_here
 
 #: Forget metrics whose recovery the scale table reports.
 SCALE_METRICS = ["knowmem_f", "verbmem_f"]
@@ -329,6 +331,40 @@ def make_scale_table(
     write_text(out_dir / "scale.md", scale_markdown(table, notes))
     plot_scale(table, out_dir / "scale.png", out_dir / "scale.svg")
     return table
+
+
+# --------------------------------------------------------------------------- its REPORTS row
+
+
+def applies(study) -> bool:
+    """The scale study (config key ``scale``, config/scale.yaml)."""
+    return "scale" in study.config
+
+
+def needs(study) -> dict[str, list[str]]:
+    """Every cell's metric file, each benchmark's target (its size), and the bucket overlap of
+    every unlearned run at ``scale.quant``."""
+    if not applies(study):
+        return {"metrics": [], "targets": [], "diagnostics": []}
+    quant = study.config["scale"]["quant"]
+    runs = dict.fromkeys((c.benchmark, c.run) for c in study.cells() if unlearned_here(c.method))
+    return {
+        "metrics": metric_files(study),
+        "targets": [f"{study.results}/models/{bench}/target" for bench in study.benchmarks],
+        "diagnostics": [study.diagnostic_file(bench, run, quant) for bench, run in runs],
+    }
+
+
+def make(study, inputs: dict[str, list[str]], out_dir: Path) -> None:
+    """The scale table and figure of ``inputs`` (`needs`) into ``out_dir``."""
+    make_scale_table(
+        inputs["metrics"],
+        dict(zip(study.benchmarks, inputs["targets"], strict=True)),
+        out_dir,
+        study.config["scale"],
+        study.quantizers,
+        diagnostic_files=inputs["diagnostics"],
+    )
 
 
 __all__ = ["make_scale_table", "model_sizes", "plot_scale", "scale_markdown", "scale_table"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from quantunlearn.evaluation.metrics import headers as headers_of
+from quantunlearn.reports.cell_files import RWKU, layout_metric_files, layouts
 from quantunlearn.reports.cells import read_cells
 from quantunlearn.reports.render import (
     label_keys,
@@ -88,3 +89,21 @@ def make_table7(metric_files: Sequence[str | Path], out_dir: Path, quant_order: 
     write_frames(table, Path(out_dir) / "table7")
     write_text(Path(out_dir) / "table7.md", table7_markdown(table))
     return table
+
+
+# --------------------------------------------------------------------------- its REPORTS row
+
+
+def applies(study) -> bool:
+    """A study with an RWKU-layout benchmark makes Table 7."""
+    return RWKU in layouts(study)
+
+
+def needs(study) -> dict[str, list[str]]:
+    """The metric files of every RWKU-layout cell."""
+    return {"metrics": layout_metric_files(study, RWKU)}
+
+
+def make(study, inputs: dict[str, list[str]], out_dir: Path) -> None:
+    """Table 7 of ``inputs`` (`needs`) into ``out_dir``."""
+    make_table7(inputs["metrics"], out_dir, study.quantizers)
