@@ -26,7 +26,7 @@ from quantunlearn.data.muse import load_benchmark, write_json_file
 from quantunlearn.data.rwku import RWKUCorpus, load_rwku
 from quantunlearn.data.synthetic import generate_synthetic
 from quantunlearn.data.utility import UTILITY_HUB, write_utility_fixture
-from quantunlearn.evaluation.generation import _greedy_generate_hf, greedy_generate
+from quantunlearn.evaluation.generation import Execution, _greedy_generate_hf, greedy_generate
 from quantunlearn.evaluation.metrics import ARROWS, METRIC_GROUPS, METRICS, Context, metric_names
 from quantunlearn.models.loading import load_model
 from quantunlearn.quantizers import QUANTIZERS, allowed_names, parse_quantizer, quantizer_pattern
@@ -152,7 +152,9 @@ def test_generation_on_the_quantized_model_is_the_reference(
     shots = "Question: Where was Alice Moreau born?\nAnswer: Tarsk\n\nQuestion: "
     prompts = [shots + q for q in ("Who is Bruno?", "What pet?", "Where does Chen Valdez teach?")]
     flag = quantizer.batch_invariant
-    out = greedy_generate(model, tiny_tokenizer, prompts, 6, 2, ["\n"], batch_invariant=flag)
+    out = greedy_generate(
+        model, tiny_tokenizer, prompts, 6, 2, ["\n"], execution=Execution(batch_invariant=flag)
+    )
     reference = tiny_model if quantizer.runtime else model
     assert out == _greedy_generate_hf(reference, tiny_tokenizer, prompts, 6, 2, ["\n"])
 
