@@ -344,14 +344,12 @@ def applies(study) -> bool:
 def needs(study) -> dict[str, list[str]]:
     """Every cell's metric file, each benchmark's target (its size), and the bucket overlap of
     every unlearned run at ``scale.quant``."""
-    if not applies(study):
-        return {"metrics": [], "targets": [], "diagnostics": []}
-    quant = study.config["scale"]["quant"]
     runs = dict.fromkeys((c.benchmark, c.run) for c in study.cells() if unlearned_here(c.method))
+    quant = study.config["scale"]["quant"] if applies(study) else None
     return {
         "metrics": metric_files(study),
         "targets": [f"{study.results}/models/{bench}/target" for bench in study.benchmarks],
-        "diagnostics": [study.diagnostic_file(bench, run, quant) for bench, run in runs],
+        "diagnostics": [study.diagnostic_file(b, run, quant) for b, run in runs] if quant else [],
     }
 
 
