@@ -32,6 +32,7 @@ from quantunlearn.models.loading import load_model
 from quantunlearn.quantizers import QUANTIZERS, allowed_names, parse_quantizer, quantizer_pattern
 from quantunlearn.quantizers.base import quantizable_linears, relative_error
 from quantunlearn.reports import REPORTS
+from quantunlearn.study import load_study_file
 from quantunlearn.study.schema import config_schema, schema_json
 from quantunlearn.unlearning.families import PLAIN, RMU
 from quantunlearn.unlearning.hyperparameters import GROUPS, all_fields, column_dtype
@@ -240,6 +241,20 @@ def test_reports_write_distinct_files_with_captions():
             assert category in ("Tables", "Figures", "Audit", "Provenance")
             caption = ROOT / "workflow" / "report" / f"{report.caption(file)}.rst"
             assert caption.is_file(), f"{report.name}: no caption {caption.name} for {file}"
+
+
+@pytest.mark.parametrize("report", REPORTS, ids=lambda report: report.name)
+def test_report_row_declares_its_rule(report):
+    """Each row gives its generated rule (workflow/rules/tables.smk) a name, a log of its own and
+    named lists of input files, in the default study and in the quantizer study."""
+    assert report.name.isidentifier() and callable(report.make)
+    assert [r.log_name for r in REPORTS].count(report.log_name) == 1
+    for name in ("config.yaml", "quantizers.yaml"):
+        study = load_study_file(ROOT / "config" / name)
+        assert isinstance(report.applies(study), bool)
+        needs = report.needs(study)
+        assert needs and all(key.isidentifier() for key in needs)
+        assert all(isinstance(f, str) for files in needs.values() for f in files)
 
 
 # --------------------------------------------------------------------------- hyperparameters

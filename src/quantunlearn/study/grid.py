@@ -289,10 +289,6 @@ class Study:
         """muse | rwku: the benchmark's folder layout."""
         return self.kind(bench).layout
 
-    @property
-    def layouts(self) -> set[str]:
-        return {self.layout(b) for b in self.benchmarks}
-
     def eval_subjects(self, bench: str, run: str) -> list[int] | None:
         """The RWKU targets a cell evaluates: its run's target, or every target for the original
         model; None for a MUSE benchmark."""
