@@ -24,7 +24,7 @@ from quantunlearn.evaluation.metrics import headers
 from quantunlearn.reports.cells import REGULARIZED, cell_of, value_columns
 from quantunlearn.reports.render import fmt_number, to_markdown, write_frames, write_text
 from quantunlearn.unlearning.families import RMU, SURE, SURE_S, Family
-from quantunlearn.unlearning.methods import METHODS
+from quantunlearn.unlearning.methods import METHODS, TARGET
 
 #: The files these tables write (part of the mitigation_tables report).
 FILES = tuple(
@@ -65,7 +65,7 @@ def layout(
         group = specs(chosen)
         if not group:
             continue
-        rows.append(_row(table, bench, dtype, "Target", "target", TARGET_RUN, "none", cols))
+        rows.append(_row(table, bench, dtype, "Target", TARGET, TARGET_RUN, "none", cols))
         for label, method, quant in group:
             rows.append(_row(table, bench, dtype, label, method, chosen.get(method), quant, cols))
     return pd.DataFrame(rows, columns=[*KEYS, *cols])
@@ -106,7 +106,7 @@ def gamma_table(table: pd.DataFrame) -> pd.DataFrame:
     sure = sure[sure["quant"] == "none"]
     rows = []
     for (bench, dtype), part in sure.groupby(["benchmark", "weight_dtype"], sort=False):
-        rows.append(_row(table, bench, dtype, "Target", "target", TARGET_RUN, "none", cols))
+        rows.append(_row(table, bench, dtype, "Target", TARGET, TARGET_RUN, "none", cols))
         part = part.sort_values(["method", "gamma_pct", "run"], kind="mergesort")
         for r in part.itertuples():
             base = METHODS[r.method].base

@@ -45,6 +45,7 @@ from quantunlearn.reports.render import (
 )
 from quantunlearn.reports.table1 import given_back_pct, join_utility_columns
 from quantunlearn.study.grid import external_method, is_external
+from quantunlearn.unlearning.methods import TARGET
 
 #: The summary of every audited checkpoint (relative to the tables folder); each checkpoint's
 #: own report is `checkpoint_file` (one per checkpoint: `checkpoint_files`).
@@ -96,7 +97,7 @@ def audit_frame(table: pd.DataFrame, bench: str, name: str, audit: dict) -> pd.D
     metric the target's value, forgetting, kept % and retained % (module docstring)."""
     part = table[table["benchmark"] == bench]
     ckpt = part[part["method"] == external_method(name)].set_index("quant")
-    target = part[part["method"] == "target"].set_index("quant")
+    target = part[part["method"] == TARGET].set_index("quant")
     metrics = [m for m in [*metric_columns(), *metric_names(group="utility")] if m in ckpt]
     rows = []
     for quant in ckpt.index:
@@ -373,7 +374,7 @@ def needs(study) -> dict[str, list[str]]:
     return {
         "metrics": metric_files(
             study,
-            lambda c: c.benchmark in benches and (is_external(c.method) or c.method == "target"),
+            lambda c: c.benchmark in benches and (is_external(c.method) or c.method == TARGET),
         ),
         "diagnostics": [
             study.diagnostic_file(c.benchmark, c.run, c.quant)

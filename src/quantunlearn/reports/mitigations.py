@@ -59,7 +59,7 @@ from quantunlearn.study.grid import is_external
 from quantunlearn.unlearning import families
 from quantunlearn.unlearning.families import Family
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS
-from quantunlearn.unlearning.methods import METHODS, REFERENCES
+from quantunlearn.unlearning.methods import METHODS, REFERENCES, TARGET
 
 #: The files this report writes (relative to the tables folder), declared for its rule.
 FILES = (
@@ -144,7 +144,7 @@ def paired_table(
             groups.add((sel["benchmark"], sel["weight_dtype"]))
             cell = _cell(table, sel["benchmark"], appendix.TARGET_RUN, "none")
             values = [cell[m] if cell is not None else np.nan for m in cols]
-            rows.append((sel["benchmark"], sel["weight_dtype"], "", "Target", "full", "target")
+            rows.append((sel["benchmark"], sel["weight_dtype"], "", "Target", "full", TARGET)
                         + (appendix.TARGET_RUN, "none", *values))  # fmt: skip
         base = METHODS[method].base
         base_sel = selected[

@@ -41,6 +41,7 @@ from quantunlearn.reports.render import (
     write_report_table,
 )
 from quantunlearn.reports.table1 import write_table
+from quantunlearn.unlearning.methods import REFERENCES, TARGET
 
 #: The files this report writes (relative to the tables folder), declared for its rule.
 FILES = (
@@ -107,7 +108,7 @@ def bit_sweep_table(table: pd.DataFrame, quantizers: Sequence[str]) -> pd.DataFr
         sel["group"] = np.where(
             sel["method"].isin(REGULARIZED), "regularized", sel["method"].astype(str)
         )
-        sel = sel[sel["group"].isin(["target", "retrain", "regularized"])]
+        sel = sel[sel["group"].isin([*REFERENCES, "regularized"])]
         sel["weight_dtype"] = (
             sel["weight_dtype"].astype(object).where(sel["group"] == "regularized", "-")
         )
@@ -139,7 +140,7 @@ def plot_bit_sweep(sweep: pd.DataFrame, png: Path, svg: Path) -> None:
             label = f"{group}" + (f" {dtype}" if dtype != "-" else "") + f", {grouping}"
             if sweep["benchmark"].nunique() > 1:
                 label = f"{bench}: {label}"
-            style = "--" if group in ("target", "retrain") else "-"
+            style = "--" if group in REFERENCES else "-"
             x = np.log2(part["bits"].to_numpy(dtype=float))
             ax.plot(x, part[metric], style, marker="o", label=label)
         ticks = sorted(set(sweep["bits"]))
@@ -166,7 +167,7 @@ def noflip_table(table: pd.DataFrame) -> pd.DataFrame:
             if quant not in set(part["quant"]):
                 continue
             by_q = part.set_index("quant")
-            target = table[(table["benchmark"] == bench) & (table["method"] == "target")]
+            target = table[(table["benchmark"] == bench) & (table["method"] == TARGET)]
             target = target.set_index("quant")
             first = part.iloc[0]
             row = {

@@ -34,6 +34,7 @@ from quantunlearn.reports.quantizers import read_diagnostics
 from quantunlearn.reports.render import pyplot, save_figure, to_markdown, write_frames, write_text
 from quantunlearn.reports.table1 import given_back_pct
 from quantunlearn.study.grid import unlearned_here
+from quantunlearn.unlearning.methods import TARGET
 
 #: Forget metrics whose recovery the scale table reports.
 SCALE_METRICS = ["knowmem_f", "verbmem_f"]
@@ -108,11 +109,11 @@ def scale_table(
         raise ValueError(f"scale_table: no cell was evaluated with {quant!r}")
     rows = []
     for bench, part in table1.groupby("benchmark", sort=False):
-        target = part[(part["method"] == "target") & (part["quant"] == "none")]
+        target = part[(part["method"] == TARGET) & (part["quant"] == "none")]
         if len(target) != 1:
             raise ValueError(f"scale_table: benchmark {bench!r} has no full-precision target row")
         t = target.iloc[0]
-        target_q = part[(part["method"] == "target") & (part["quant"] == quant)]
+        target_q = part[(part["method"] == TARGET) & (part["quant"] == quant)]
         tq = target_q.iloc[0] if len(target_q) == 1 else None
         memorized = bool(
             t["knowmem_f"] >= min_target_knowmem_f and t["verbmem_f"] >= min_target_verbmem_f

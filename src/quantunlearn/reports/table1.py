@@ -63,6 +63,7 @@ from quantunlearn.reports.render import (
     write_frames,
     write_text,
 )
+from quantunlearn.unlearning.methods import TARGET
 
 #: Forget-set metrics whose retention the headline reports (M1 VerbMem and M2 KnowMem).
 RETENTION_METRICS = ["knowmem_f", "verbmem_f"]
@@ -180,7 +181,7 @@ def write_table(table: pd.DataFrame, stem: Path, title: str, notes: str = "") ->
 
 
 def _target_lookup(table: pd.DataFrame) -> pd.DataFrame:
-    target = table[table["method"] == "target"]
+    target = table[table["method"] == TARGET]
     dup = target.duplicated(["benchmark", "quant"], keep=False)
     if dup.any():
         first = target.loc[dup, ["benchmark", "quant"]].iloc[0]

@@ -44,6 +44,9 @@ from quantunlearn.unlearning.scopes import RMU as RMU_SCOPE
 from quantunlearn.unlearning.scopes import RMULAT, SURE, Full, LoRA, Scope, SUREWithoutSaliency
 
 REFERENCES = ("target", "retrain")
+#: the references' methods: the model unlearning starts from, and the one trained without the
+#: forget set (the reports compare with these, never with their names)
+TARGET, RETRAIN = REFERENCES
 
 
 @dataclass(frozen=True)
