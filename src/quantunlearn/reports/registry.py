@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantunlearn.reports import (
     audit,
@@ -36,6 +36,9 @@ from quantunlearn.reports import (
     twitter_table,
 )
 
+if TYPE_CHECKING:
+    from quantunlearn.study import Study
+
 
 @dataclass(frozen=True)
 class Report:
@@ -44,16 +47,16 @@ class Report:
 
     name: str  # its rule
     files: tuple[str, ...]  # what it writes, relative to the study's tables folder
-    applies: Callable[[Any], bool]  # Study -> does this study make it?
-    needs: Callable[[Any], dict[str, list[str]]]  # Study -> its named input files
-    make: Callable[[Any, dict[str, list[str]], Path], Any]  # (Study, inputs, out_dir)
+    applies: Callable[[Study], bool]  # does this study make it?
+    needs: Callable[[Study], dict[str, list[str]]]  # its named input files
+    make: Callable[[Study, dict[str, list[str]], Path], Any]  # (study, inputs, out_dir)
     # files that depend on the study (the audit: one report per external checkpoint), shown
     # in the HTML report with the caption workflow/report/<name>_item.rst
-    files_for: Callable | None = None  # Study -> tuple of file names
+    files_for: Callable[[Study], tuple[str, ...]] | None = None
     category: str | None = None  # its category in the HTML report; None: Tables / Figures
     log: str = ""  # the stem of its log file (logs/tables/<log>.log); "": its name
 
-    def all_files(self, study) -> tuple[str, ...]:
+    def all_files(self, study: Study) -> tuple[str, ...]:
         """Every file the report writes for ``study``."""
         return self.files + (tuple(self.files_for(study)) if self.files_for else ())
 
