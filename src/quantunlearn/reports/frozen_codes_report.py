@@ -140,6 +140,7 @@ def make_frozen_codes(runs: list[SavedRun], out_dir: str | Path, quant: str) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command (module docstring): every saved run of a results folder."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", help="a study's results folder (results_dir)")
     parser.add_argument("out_dir", help="where frozen_codes.* are written")
