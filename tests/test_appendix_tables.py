@@ -7,6 +7,7 @@ import pandas as pd
 from quantunlearn.reports.appendix import gamma_table, make_appendix_tables, rmu_table, sure_s_table
 from quantunlearn.reports.mitigations import paired_table
 from quantunlearn.reports.selection import select_runs
+from quantunlearn.unlearning.families import SURE
 
 # method, run, quant, knowmem_f, knowmem_r, gamma_pct, mmlu (Gen)
 ROWS = [
@@ -54,7 +55,7 @@ def test_tables_nine_ten_eleven_by_hand(tmp_path):
     assert eleven["knowmem_f"].tolist() == [74, 10, 40, 12, 30]
     assert eleven["mmlu"].tolist() == [40, 33, 33, 32, 31]
     # Table 3 with its utility column
-    three = paired_table(t, sel, "SURE", "q4", ("", "+ SURE"))
+    three = paired_table(t, sel, SURE, "q4", ("", "+ SURE"))
     assert three["knowmem_f"].tolist() == [74, 50, 58, 30, 31]
     assert three["mmlu"].tolist() == [40, 35, 34, 31, 32]
     make_appendix_tables(t, sel, tmp_path, "q4", "rule")

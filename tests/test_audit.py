@@ -15,6 +15,7 @@ import yaml
 
 from quantunlearn.io import config_hash
 from quantunlearn.reports import BY_NAME as REPORTS
+from quantunlearn.reports import audit as audit_report
 from quantunlearn.reports.audit import (
     VERDICTS,
     audit_frame,
@@ -62,7 +63,7 @@ def test_external_checkpoints_are_runs_of_their_own(tmp_path, tiny_model_dir):
         "method~external/checkpoint~simnpo",
         "method~external/checkpoint~mine",
     ]
-    assert study.has_external and not plain.has_external
+    assert audit_report.applies(study) and not audit_report.applies(plain)
     assert study.external_checkpoints("news")["mine"] == str(tmp_path / "ckpt")
     # every quantizer; diagnostics against the target even with `diagnostics: false`
     cells = study.cells()
@@ -260,7 +261,7 @@ def test_a_checkpoint_unlike_a_local_target_names_the_first_mismatch(tmp_path, t
         config["diagnostics"] = False
         return config
 
-    assert load_study(audit(same)).has_external
+    assert audit_report.applies(load_study(audit(same)))
     for ckpt, first in (
         (wide, f"config.json has hidden_size 256, the target ({target}) 128"),
         (deep, f"config.json has num_hidden_layers 3, the target ({target}) 2"),
@@ -301,7 +302,7 @@ def test_the_shipped_audit_config():
     assert not study.runs.method.map(
         lambda m: m not in ("target", "retrain") and not m.startswith("external:")
     ).any()
-    assert study.has_external
+    assert audit_report.applies(study)
     assert disk_summary(study) == "disk (news): no unlearning runs, nothing written"
 
 
@@ -619,7 +620,7 @@ def test_a_pinned_hub_target_is_compared_too(tmp_path, tiny_tokenizer, tiny_mode
     wide = _save(build_llama(tiny_tokenizer, 256, 384, num_layers=2), tmp_path / "wide")
     config = _news(mine=str(wide))
     config.update(results_dir=str(tmp_path / "results"), diagnostics=False)
-    assert load_study(config).has_external  # not downloaded yet: its own files only
+    assert audit_report.applies(load_study(config))  # not downloaded yet: its own files only
     (pin,) = pin_file(tmp_path / "results", "muse-bench/MUSE-News_target", "model")
     Path(pin).parent.mkdir(parents=True)
     Path(pin).write_text(json.dumps({"spec": "muse-bench/MUSE-News_target", "commit": SHA,

@@ -26,13 +26,15 @@ from quantunlearn.data.muse import load_benchmark, write_json_file
 from quantunlearn.data.rwku import RWKUCorpus, load_rwku
 from quantunlearn.data.synthetic import generate_synthetic
 from quantunlearn.data.utility import UTILITY_HUB, write_utility_fixture
-from quantunlearn.evaluation.generation import _greedy_generate_hf, greedy_generate
+from quantunlearn.evaluation.generation import Execution, _greedy_generate_hf, greedy_generate
 from quantunlearn.evaluation.metrics import ARROWS, METRIC_GROUPS, METRICS, Context, metric_names
 from quantunlearn.models.loading import load_model
 from quantunlearn.quantizers import QUANTIZERS, allowed_names, parse_quantizer, quantizer_pattern
 from quantunlearn.quantizers.base import quantizable_linears, relative_error
 from quantunlearn.reports import REPORTS
+from quantunlearn.study import load_study_file
 from quantunlearn.study.schema import config_schema, schema_json
+from quantunlearn.unlearning.families import PLAIN, RMU
 from quantunlearn.unlearning.hyperparameters import GROUPS, all_fields, column_dtype
 from quantunlearn.unlearning.loop import unlearn
 from quantunlearn.unlearning.methods import METHODS
@@ -81,7 +83,7 @@ def test_method_row_is_consistent(name):
     assert method.hyperparameters[-1] == "seed"  # the run paths of the first release
     assert len(set(method.hyperparameters)) == len(method.hyperparameters)
     assert set(method.defaults) <= set(method.hyperparameters)
-    assert method.base in METHODS and METHODS[method.base].family in ("base", "RMU")
+    assert method.base in METHODS and METHODS[method.base].family in (PLAIN, RMU)
     method.run({})  # the defaults (paper's and the method's own) pass the checks
 
 
@@ -151,7 +153,9 @@ def test_generation_on_the_quantized_model_is_the_reference(
     shots = "Question: Where was Alice Moreau born?\nAnswer: Tarsk\n\nQuestion: "
     prompts = [shots + q for q in ("Who is Bruno?", "What pet?", "Where does Chen Valdez teach?")]
     flag = quantizer.batch_invariant
-    out = greedy_generate(model, tiny_tokenizer, prompts, 6, 2, ["\n"], batch_invariant=flag)
+    out = greedy_generate(
+        model, tiny_tokenizer, prompts, 6, 2, ["\n"], execution=Execution(batch_invariant=flag)
+    )
     reference = tiny_model if quantizer.runtime else model
     assert out == _greedy_generate_hf(reference, tiny_tokenizer, prompts, 6, 2, ["\n"])
 
@@ -237,6 +241,20 @@ def test_reports_write_distinct_files_with_captions():
             assert category in ("Tables", "Figures", "Audit", "Provenance")
             caption = ROOT / "workflow" / "report" / f"{report.caption(file)}.rst"
             assert caption.is_file(), f"{report.name}: no caption {caption.name} for {file}"
+
+
+@pytest.mark.parametrize("report", REPORTS, ids=lambda report: report.name)
+def test_report_row_declares_its_rule(report):
+    """Each row gives its generated rule (workflow/rules/tables.smk) a name, a log of its own and
+    named lists of input files, in the default study and in the quantizer study."""
+    assert report.name.isidentifier() and callable(report.make)
+    assert [r.log_name for r in REPORTS].count(report.log_name) == 1
+    for name in ("config.yaml", "quantizers.yaml"):
+        study = load_study_file(ROOT / "config" / name)
+        assert isinstance(report.applies(study), bool)
+        needs = report.needs(study)
+        assert needs and all(key.isidentifier() for key in needs)
+        assert all(isinstance(f, str) for files in needs.values() for f in files)
 
 
 # --------------------------------------------------------------------------- hyperparameters

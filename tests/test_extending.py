@@ -313,3 +313,86 @@ def test_a_new_benchmark_kind_is_a_module_and_a_row(monkeypatch, tmp_path):
     assert len(bench.knowmem_retain_qa) == 2 and len(bench.privleak_holdout) == 2
     forget, retain = QA_CORPUS.corpora(out, entry)
     assert len(forget.texts()) == 3 and len(retain.texts()) == 4
+
+
+# --------------------------------------------------------------------------- (e) a report
+
+SPREAD_FILES = ("spread.md", "spread.csv", "spread.parquet")
+
+
+def spread_applies(study):
+    """A study with a MUSE-layout benchmark (KnowMem_f is a MUSE metric)."""
+    from quantunlearn.reports.cell_files import MUSE, layouts
+
+    return MUSE in layouts(study)
+
+
+def spread_needs(study):
+    """The metric files of every MUSE-layout cell."""
+    from quantunlearn.reports.cell_files import MUSE, layout_metric_files
+
+    return {"metrics": layout_metric_files(study, MUSE)}
+
+
+def spread_make(study, inputs, out_dir):
+    """spread.{md,csv,parquet}: per (benchmark, run), KnowMem_f's range over the quantizers."""
+    from pathlib import Path
+
+    from quantunlearn.reports.render import to_markdown, write_frames, write_text
+
+    table = build_table1(read_cells(inputs["metrics"]), study.quantizers)
+    by_run = table.groupby(["benchmark", "method", "run"], sort=False)["knowmem_f"]
+    spread = (by_run.max() - by_run.min()).rename("spread").reset_index()
+    write_frames(spread, Path(out_dir) / "spread")
+    text = to_markdown(spread, {"method": "Method", "spread": "KnowMem_f range"})
+    write_text(Path(out_dir) / "spread.md", "# KnowMem_f over the quantizers\n\n" + text)
+
+
+def parsed_workflow(config: dict, workdir):
+    """The workflow of the Snakefile for ``config``, parsed in this process (so that it sees
+    the rows added to the tables here); nothing runs."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    with SnakemakeApi(OutputSettings()) as api:
+        api_workflow = api.workflow(
+            snakefile=ROOT / "Snakefile",
+            resource_settings=ResourceSettings(cores=1),
+            config_settings=ConfigSettings(config=config),
+            workdir=workdir,
+        )
+        return api_workflow._workflow
+
+
+def test_a_new_report_is_a_module_and_a_row(monkeypatch, tiny_model_dir, bench, tmp_path):
+    from quantunlearn.reports import registry
+
+    row = registry.Report("spread", SPREAD_FILES, spread_applies, spread_needs, spread_make)
+    monkeypatch.setattr(registry, "REPORTS", (*registry.REPORTS, row))
+    monkeypatch.setitem(registry.BY_NAME, row.name, row)
+    monkeypatch.chdir(tmp_path)  # the workflow's working directory (results/)
+    study = load_study(MICRO)
+    assert row.applies(study) and row.all_files(study) == SPREAD_FILES
+    cells = [(c.benchmark, c.run, c.quant) for c in study.cells()]
+    assert row.needs(study) == {"metrics": [study.metric_file(*c) for c in cells]}
+    # the workflow generates its rule: the row's inputs, its files, in the all_tables target
+    workflow = parsed_workflow(MICRO, tmp_path)
+    rule = workflow.get_rule("spread")
+    assert (
+        list(rule.input.keys()) == ["metrics"] and list(rule.input) == row.needs(study)["metrics"]
+    )
+    outputs = [f"results/tables/{file}" for file in SPREAD_FILES]
+    assert list(rule.output) == outputs and list(rule.params.keys()) == ["report"]
+    assert set(outputs) <= set(workflow.get_rule("all_tables").input)
+    # its make (what the rule's script calls) on real metric files: the target's two cells
+    files = []
+    for quant in ("none", "rtn_w4"):
+        files.append(study.metric_file("micro", "method~target", quant))
+        cell = {**CELL, "benchmark": "micro"}
+        evaluate_cell(str(tiny_model_dir), quant, *bench, files[-1], tmp_path / f"{quant}.r",
+                      cell=cell, cell_config={"quant": quant}, evaluation=EVALUATION)  # fmt: skip
+    row.make(study, {"metrics": files}, study.tables)
+    knowmem = read_cells(files).query("metric == 'knowmem_f'").set_index("quant")["value"]
+    spread = pd.read_parquet(study.tables / "spread.parquet")
+    assert spread["spread"].tolist() == [pytest.approx(abs(knowmem["none"] - knowmem["rtn_w4"]))]
+    assert "KnowMem_f range" in (study.tables / "spread.md").read_text()

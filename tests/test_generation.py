@@ -21,6 +21,7 @@ from quantunlearn.data.muse import load_benchmark
 from quantunlearn.data.synthetic import generate_synthetic
 from quantunlearn.evaluation.generation import (
     MIN_PREFIX,
+    Execution,
     PreallocatedLayer,
     _greedy_generate_hf,
     batch_cache,
@@ -193,7 +194,9 @@ def test_argument_errors(model, tok):
     with pytest.raises(ValueError, match="empty string"):
         greedy_generate(model, tok, ["a"], 1, stop_strings=[""])
     with pytest.raises(ValueError, match="return_ids"):
-        greedy_generate(model, tok, ["a"], 1, batch_invariant=False, return_ids=True)
+        greedy_generate(
+            model, tok, ["a"], 1, execution=Execution(batch_invariant=False), return_ids=True
+        )
 
 
 @pytest.mark.parametrize("which", ["byte_bpe", "llama_style"])
@@ -304,7 +307,7 @@ def test_random_model_same_as_batch1_generate(model, tok, max_new_tokens, batch_
     assert all(len(row) <= max_new_tokens for row in ids)
     check_tokens(model, tok, prompts, ids, max_new_tokens, stops)
     args = (model, tok, prompts, max_new_tokens, batch_size, stops)
-    assert greedy_generate(*args, share_prefix=False) == ref
+    assert greedy_generate(*args, execution=Execution(share_prefix=False)) == ref
 
 
 def test_llama_style_tokenizer_same_as_reference(llama_style_model, llama_style_tok):

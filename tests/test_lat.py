@@ -13,6 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from quantunlearn.models.loading import decoder_layers, load_model
 from quantunlearn.study import ConfigError, load_study
+from quantunlearn.unlearning import families
 from quantunlearn.unlearning.lat import (
     LatentAdversary,
     LatentPerturbation,
@@ -200,5 +201,5 @@ def test_rmu_lat_layer_must_be_below_rmus(tmp_path):
                        r"must act below RMU's steered layer \(rmu_layer 1"):  # fmt: skip
         load_study(config)
     config["unlearn"]["methods"] = {"RMU_LAT": {"rmu_layer": 1, "lat_layer": 0}}
-    assert METHODS["RMU_LAT"].family == "RMU"
+    assert METHODS["RMU_LAT"].family is families.RMU
     assert len(load_study(config).runs.query("method == 'RMU_LAT'")) == 1

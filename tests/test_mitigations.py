@@ -16,6 +16,7 @@ from quantunlearn.models.training import IGNORE
 from quantunlearn.study.config import ConfigError, normalize_config
 from quantunlearn.study.grid import expand_runs, run_path
 from quantunlearn.unlearning import losses
+from quantunlearn.unlearning.families import PLAIN, RMU
 from quantunlearn.unlearning.loop import unlearn
 from quantunlearn.unlearning.methods import METHODS, get_method
 from quantunlearn.unlearning.quail_margin import logit_perturbation, parse_margin
@@ -380,4 +381,4 @@ def test_every_method_has_a_consistent_base():
         assert name.startswith(spec.base)
         # a mitigation builds on one of Zhang et al.'s six methods; RMU is its own base (and
         # RMU_LAT's)
-        assert get_method(spec.base).family == ("RMU" if name.startswith("RMU") else "base")
+        assert get_method(spec.base).family is (RMU if name.startswith("RMU") else PLAIN)

@@ -28,6 +28,7 @@ from quantunlearn.quantizers.gptq_awq import (
 )
 from quantunlearn.quantizers.noflip import NoFlip, noflip_weight
 from quantunlearn.quantizers.rtn import RTN, rtn_quantize
+from quantunlearn.reports import BY_NAME as REPORTS
 from quantunlearn.study import load_study
 from quantunlearn.study.config import ConfigError
 
@@ -96,7 +97,7 @@ def test_config_rejects_impossible_quantizers_at_parse_time():
     with pytest.raises(ConfigError, match=r"calibration.source"):
         load_study({**_config(["none"]), "calibration": {"source": "wikipedia"}})
     study = load_study({**_config(["none", "gptq_w4g128", "gguf_q4_k_m"]), "diagnostics": True})
-    assert study.has_quant_tables
+    assert REPORTS["quant_tables"].applies(study)
     cell = study.cell_config("synthetic", study.runs.run.iloc[-1], "gptq_w4g128")
     assert cell["calibration"] == {"source": "general", "n_samples": 128, "max_len": 256, "seed": 0}
     assert len(study.diagnostic_files()) == 2  # one unlearned run x 2 quantizers

@@ -17,6 +17,7 @@ from quantunlearn.evaluation.quail_table import (
 from quantunlearn.models.loading import load_model
 from quantunlearn.quantizers import parse_quantizer, quantizable_linears
 from quantunlearn.quantizers.quail_uniform import Grid, grid_of, quantize
+from quantunlearn.reports.quantizers import needs as quant_tables_needs
 from quantunlearn.reports.quantizers import quail_table
 
 
@@ -194,11 +195,12 @@ def test_diagnostics_restricted_by_quantizers_and_methods():
     cells = study.diagnostic_cells()
     assert [(c.method, c.quant) for c in cells] == [("GA_GDR", "rtn_w4")]
     ga = study.runs.query("method == 'GA_GDR'").run.item()
-    assert study.quail_table_files() == [f"results/quail_table1/micro/{ga}.parquet"]
+    assert quant_tables_needs(study)["quail_table"] == [f"results/quail_table1/micro/{ga}.parquet"]
     config["diagnostics"] = True  # every run and every quantizer the diagnostics can analyse
     everything = load_study(config).diagnostic_cells()
-    assert sorted({c.quant for c in everything}) == ["bnb_nf4", "rtn_w4"]  # not none, not QUAIL's grid
-    assert len(everything) == 2 * 2 and not load_study(config).quail_table_files()
+    # not none, not QUAIL's grid
+    assert sorted({c.quant for c in everything}) == ["bnb_nf4", "rtn_w4"]
+    assert len(everything) == 2 * 2 and not quant_tables_needs(load_study(config))["quail_table"]
     config["diagnostics"] = {"quantizers": ["quail_w4", "rtn_w8"], "methods": ["GA"]}
     with pytest.raises(ConfigError) as err:
         load_study(config)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from quantunlearn.io import config_hash
+from quantunlearn.reports.cell_files import low_bit
 from quantunlearn.study import load_study, load_study_file
 from quantunlearn.study.config import ConfigError
 from quantunlearn.study.grid import training_tag
@@ -77,7 +78,7 @@ def test_real_config_has_rwku_table1_settings():
     assert (runs.epochs == 3).all() and (runs.weight_dtype == "fp32").all()
     assert runs.beta["NPO"] == 0.2
     assert study.config["unlearn"]["max_len"] == 512 and study.config["unlearn"]["batch_size"] == 8
-    assert "rtn_w4" in study.quantizers and study.low_bit_quantizer == "rtn_w4"
+    assert "rtn_w4" in study.quantizers and low_bit(study) == "rtn_w4"
     assert len(study.runs) == 1 + 3 * 100
 
 

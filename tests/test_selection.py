@@ -7,6 +7,7 @@ import pytest
 
 from quantunlearn.reports.mitigations import make_mitigation_tables, paired_table, summary_table
 from quantunlearn.reports.selection import mark_selected, select_runs
+from quantunlearn.unlearning.families import SURE
 
 
 def frame(rows):
@@ -70,7 +71,7 @@ PAIR_ROWS = [
 def test_sure_table_and_summary_by_hand():
     table = frame(PAIR_ROWS)
     sel = select_runs(table, threshold=100)
-    pairs = paired_table(table, sel, "SURE", "rtn_w4g128", ("", "+ SURE"))
+    pairs = paired_table(table, sel, SURE, "rtn_w4g128", ("", "+ SURE"))
     # the target first (the paper's tables start with it), then the base and its SURE variant
     assert pairs["knowmem_f"].tolist() == [74, 50, 58, 30, 31]
     assert pairs["precision"].tolist() == ["full", "full", "4 bit", "full", "4 bit"]

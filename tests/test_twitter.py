@@ -25,7 +25,7 @@ from quantunlearn.data.twitter import (
 )
 from quantunlearn.evaluation.classification import LABEL_WORDS, PROMPT, accuracy, classify
 from quantunlearn.evaluation.metrics import BY_NAME, Context
-from quantunlearn.reports.twitter_table import twitter_table
+from quantunlearn.reports.twitter_table import twitter_benchmarks, twitter_table
 from quantunlearn.study import ConfigError, load_study
 
 HUBLIKE = {  # rows in the hub's schema, with its quirks: an empty text, a None, a newline
@@ -143,7 +143,7 @@ def test_config_takes_the_twitter_kind():
     study = load_study(twitter_config(n_forget=6))
     spec = {"data": "synthetic", "revision": None, "n_forget": 6, "n_retain": 80, "seed": 0}
     assert study.benchmark("tw")["twitter"] == spec
-    assert study.twitter_benchmarks == ["tw"]
+    assert twitter_benchmarks(study) == ["tw"]
     with pytest.raises(ConfigError, match=r"benchmarks.tw.twitter.revision: the hub dataset .* "
                        "needs a revision: a 40-hex commit, or a branch"):  # fmt: skip
         load_study(twitter_config(data="kanwal-mehreen18/twitter-misinformation-unlearning-eval"))

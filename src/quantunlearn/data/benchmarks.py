@@ -101,6 +101,8 @@ class BenchmarkKind:
     entry_defaults: ClassVar[Mapping[str, Any]]
     #: the files of a hub dataset of this layout that the download step fetches
     hub_patterns: ClassVar[tuple[str, ...]]
+    #: labelled items scored by classification accuracy (acc_f, acc_r; the Twitter table)
+    classification: ClassVar[bool] = False
 
     def recognises(self, source: str) -> bool:
         """Whether a local ``source`` is this row's: the row's ``recognise``, else a folder
@@ -204,6 +206,7 @@ class TwitterKind(MuseKind):
     revision)."""
 
     hub_patterns = tuple(twitter.HUB_PATTERNS)
+    classification = True
 
     def hub_dataset(self, entry: dict) -> str | None:
         return twitter.hub_spec(entry["twitter"])

@@ -36,6 +36,7 @@ reference path.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -95,6 +96,21 @@ def check_positive(**values: float) -> None:
             raise ValueError(f"{name}={value} must be a positive integer")
 
 
+@dataclass(frozen=True)
+class Execution:
+    """How `greedy_generate` does its work and shows it, never what it generates."""
+
+    desc: str | None = None  # the progress bar's label
+    #: False for a model whose outputs depend on the other rows of a batch (the cell's
+    #: `Quantizer.batch_invariant`: LLM.int8): the reference path
+    batch_invariant: bool = True
+    #: compute the prompts' common token prefix once (False: every prompt whole; tests)
+    share_prefix: bool = True
+
+
+DEFAULT_EXECUTION = Execution()
+
+
 def greedy_generate(
     model,
     tokenizer,
@@ -102,10 +118,8 @@ def greedy_generate(
     max_new_tokens: int,
     batch_size: int = 32,
     stop_strings: list[str] | None = None,
-    desc: str | None = None,
     *,
-    batch_invariant: bool = True,
-    share_prefix: bool = True,
+    execution: Execution = DEFAULT_EXECUTION,
     return_ids: bool = False,
 ):
     """Greedy continuations of `prompts` (decoded continuation only), in the input order.
@@ -116,33 +130,33 @@ def greedy_generate(
     is not (module docstring): the prompts' common token prefix is computed once, rows are
     batched by the length of their own part and leave the batch when done.
 
-    ``batch_invariant=False`` (the cell's `Quantizer.batch_invariant`: LLM.int8, whose outputs
-    depend on the other rows of a batch) takes the reference path itself; a `RuntimeModel`
-    (llama.cpp) `_runtime_generate`. ``return_ids``: also each row's generated ids (up
-    to the token that ended it), for token-level tests."""
+    ``execution.batch_invariant=False`` (the cell's `Quantizer.batch_invariant`: LLM.int8, whose
+    outputs depend on the other rows of a batch) takes the reference path itself; a
+    `RuntimeModel` (llama.cpp) `_runtime_generate`. ``return_ids``: also each row's generated
+    ids (up to the token that ended it), for token-level tests."""
     check_positive(max_new_tokens=max_new_tokens, batch_size=batch_size)
     stops = _stop_tuple(stop_strings)
     if not prompts:
         return ([], []) if return_ids else []
     if isinstance(model, RuntimeModel):
         return _runtime_generate(model, tokenizer, prompts, max_new_tokens, stops, return_ids)
-    if not batch_invariant:
+    if not execution.batch_invariant:
         if return_ids:
             raise ValueError("return_ids: the reference path (batch_invariant=False) keeps no ids")
         return _greedy_generate_hf(
-            model, tokenizer, prompts, max_new_tokens, batch_size, stop_strings, desc
+            model, tokenizer, prompts, max_new_tokens, batch_size, stop_strings, execution.desc
         )
     encoded = _encode(tokenizer, prompts)
     # a cache that is not all full-attention layers (sliding windows, linear attention): no
     # shared prefix, transformers' own cache layers
     preallocate = supports_preallocation(model)
-    n_prefix = shared_prefix_length(encoded) if share_prefix and preallocate else 0
+    n_prefix = shared_prefix_length(encoded) if execution.share_prefix and preallocate else 0
     generated: list[list[int]] = [[] for _ in prompts]
     suffixes = [ids[n_prefix:] for ids in encoded]
     batches = length_batches([len(s) for s in suffixes], batch_size)
     with torch.inference_mode():
         prefix = prefix_cache(model, encoded[0][:n_prefix]) if n_prefix else None
-        for batch in tqdm(batches, desc=desc or "generate", unit="batch", leave=False):
+        for batch in tqdm(batches, desc=execution.desc or "generate", unit="batch", leave=False):
             rows = _generate_batch(
                 model,
                 tokenizer,

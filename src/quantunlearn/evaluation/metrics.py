@@ -246,14 +246,16 @@ def _fluency(ctx: Context):
     return value, len(rows), records
 
 
-def _seeds(name: str) -> Callable[[Context], tuple]:
-    """The seeds' protocol on RWKU's utility files: evaluation/utility_metrics.py's function ``name``."""
+def _seeds(name: str, protocol: Callable[[Any], Callable]) -> Callable[[Context], tuple]:
+    """The seeds' protocol on RWKU's utility files of ``name``: ``protocol(utility_metrics)`` is
+    its function in evaluation/utility_metrics.py (imported when the metric is computed)."""
 
     def compute(ctx: Context):
-        from quantunlearn.evaluation import utility_metrics as utility
+        from quantunlearn.evaluation import utility_metrics
 
         rows, _ = benchmark_rows(name, ctx.evaluation)
-        value, records = getattr(utility, name)(ctx.model, ctx.tokenizer, rows, ctx.evaluation)
+        measure = protocol(utility_metrics)
+        value, records = measure(ctx.model, ctx.tokenizer, rows, ctx.evaluation)
         return value, len(rows), records
 
     return compute
@@ -288,10 +290,30 @@ METRICS: tuple[Metric, ...] = (
     Metric("mia_retain", "MIA RM", "lower", _mia("mia_retain"), group="rwku", table=False),
     # Zhang et al. section 6.2 (Table 3): general knowledge, truthfulness, factuality, fluency, as
     # the seeds measured them: RWKU's code on RWKU's small utility files of target 1
-    Metric("mmlu_rwku", "Gen", "higher", _seeds("mmlu_rwku"), group="utility"),
-    Metric("truthfulqa_rwku", "Tru", "higher", _seeds("truthfulqa_rwku"), group="utility"),
-    Metric("triviaqa_rwku", "Fac", "higher", _seeds("triviaqa_rwku"), group="utility"),
-    Metric("fluency_rwku", "Flu", "higher", _seeds("fluency_rwku"), group="utility"),
+    Metric(
+        "mmlu_rwku", "Gen", "higher", _seeds("mmlu_rwku", lambda u: u.mmlu_rwku), group="utility"
+    ),
+    Metric(
+        "truthfulqa_rwku",
+        "Tru",
+        "higher",
+        _seeds("truthfulqa_rwku", lambda u: u.truthfulqa_rwku),
+        group="utility",
+    ),
+    Metric(
+        "triviaqa_rwku",
+        "Fac",
+        "higher",
+        _seeds("triviaqa_rwku", lambda u: u.triviaqa_rwku),
+        group="utility",
+    ),
+    Metric(
+        "fluency_rwku",
+        "Flu",
+        "higher",
+        _seeds("fluency_rwku", lambda u: u.fluency_rwku),
+        group="utility",
+    ),
     # the same four on the full public benchmarks (MMLU and TruthfulQA through lm-eval)
     Metric("mmlu", "MMLU", "higher", _mmlu, group="utility"),
     Metric("truthfulqa_mc1", "TruthfulQA MC1", "higher", _truthfulqa_mc1, group="utility"),

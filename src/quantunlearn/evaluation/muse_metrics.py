@@ -22,7 +22,7 @@ import torch
 from rouge_score import rouge_scorer
 from tqdm.auto import tqdm
 
-from quantunlearn.evaluation.generation import check_positive, greedy_generate
+from quantunlearn.evaluation.generation import Execution, check_positive, greedy_generate
 from quantunlearn.quantizers.base import RuntimeModel
 
 KNOWMEM_STOP = ("\n\n", "\nQuestion", "Question:")
@@ -84,8 +84,7 @@ def verbmem(
         prompts,
         max_new_tokens,
         batch_size=batch_size,
-        desc="verbmem",
-        batch_invariant=batch_invariant,
+        execution=Execution("verbmem", batch_invariant),
     )
     return _rouge_records("verbmem_f", prompts, references, outputs)
 
@@ -124,8 +123,7 @@ def knowmem(
         max_new_tokens,
         batch_size=batch_size,
         stop_strings=list(KNOWMEM_STOP),
-        desc=metric,
-        batch_invariant=batch_invariant,
+        execution=Execution(metric, batch_invariant),
     )
     return _rouge_records(
         metric,

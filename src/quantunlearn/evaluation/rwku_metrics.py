@@ -36,7 +36,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from quantunlearn.data.rwku import RWKUBenchmark, probe_prompt
-from quantunlearn.evaluation.generation import greedy_generate
+from quantunlearn.evaluation.generation import Execution, greedy_generate
 
 NOANSWER = "NOANSWER"
 MAX_NEW_TOKENS = 30  # eval_forget.py: greedy, max_new_tokens=30
@@ -151,7 +151,9 @@ def probe_metric(
     prompts = [probe_prompt(p, tokenizer) for t in bench.targets for p in t.probes[config]]
     if not prompts:
         raise ValueError(f"no {config} probes for targets {[t.target for t in bench.targets]}")
-    outputs = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=metric)
+    outputs = greedy_generate(
+        model, tokenizer, prompts, max_new_tokens, batch_size, execution=Execution(metric)
+    )
     records = probe_records(bench, probe_set, kind, metric, outputs)
     return target_average(records), records
 

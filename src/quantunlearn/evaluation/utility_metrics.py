@@ -43,7 +43,7 @@ from collections.abc import Sequence
 import torch
 
 from quantunlearn.data.rwku import chat_prompt
-from quantunlearn.evaluation.generation import greedy_generate
+from quantunlearn.evaluation.generation import Execution, greedy_generate
 
 LETTERS = "ABCD"
 TRIVIAQA_SHOTS = 6
@@ -220,8 +220,7 @@ def triviaqa(
         max_new_tokens,
         batch_size,
         stop_strings=["\n"],
-        desc="triviaqa",
-        batch_invariant=batch_invariant,
+        execution=Execution("triviaqa", batch_invariant),
     )
     records, total = [], 0.0
     for i, (row, out) in enumerate(zip(rows, outputs, strict=True)):
@@ -244,8 +243,7 @@ def fluency(
         prompts,
         max_new_tokens,
         batch_size,
-        desc="fluency",
-        batch_invariant=batch_invariant,
+        execution=Execution("fluency", batch_invariant),
     )
     records, total = [], 0.0
     for i, (row, out) in enumerate(zip(rows, outputs, strict=True)):
@@ -365,7 +363,9 @@ def triviaqa_rwku(model, tok, rows: list[dict], ev: dict):
     prompts = [
         chat_prompt(tok, TRIVIAQA_RWKU_SHOTS + f"Q: {row['question']}\n") + "A:" for row in rows
     ]
-    outputs = greedy_generate(model, tok, prompts, 30, ev["batch_size"], desc="triviaqa")
+    outputs = greedy_generate(
+        model, tok, prompts, 30, ev["batch_size"], execution=Execution("triviaqa")
+    )
     records = []
     for i, (row, out) in enumerate(zip(rows, outputs, strict=True)):
         records.append(_record("triviaqa_rwku", i, row["question"], row["answers"][0], out))
@@ -378,7 +378,9 @@ def fluency_rwku(model, tok, rows: list[dict], ev: dict):
     ``fluency_max_new_tokens``, RWKU: 256)."""
     max_new_tokens = ev.get("fluency_max_new_tokens", 256)
     prompts = [chat_prompt(tok, f"Instruction: {row['instruction']}\n") for row in rows]
-    outputs = greedy_generate(model, tok, prompts, max_new_tokens, ev["batch_size"], desc="fluency")
+    outputs = greedy_generate(
+        model, tok, prompts, max_new_tokens, ev["batch_size"], execution=Execution("fluency")
+    )
     records = []
     for i, (row, out) in enumerate(zip(rows, outputs, strict=True)):
         records.append(_record("fluency_rwku", i, row["instruction"], "", out))

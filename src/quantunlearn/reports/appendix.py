@@ -23,7 +23,8 @@ import pandas as pd
 from quantunlearn.evaluation.metrics import headers
 from quantunlearn.reports.cells import REGULARIZED, cell_of, value_columns
 from quantunlearn.reports.render import fmt_number, to_markdown, write_frames, write_text
-from quantunlearn.unlearning.methods import METHODS
+from quantunlearn.unlearning.families import RMU, SURE, SURE_S, Family
+from quantunlearn.unlearning.methods import METHODS, TARGET
 
 #: The files these tables write (part of the mitigation_tables report).
 FILES = tuple(
@@ -38,9 +39,9 @@ TARGET_RUN = "method~target"
 Spec = tuple[str, str, str]
 
 
-def variant_of(base: str, family: str) -> str | None:
+def variant_of(base: str, family: Family) -> str | None:
     """The method of ``family`` (SURE, SURE/S) built on the base method ``base``."""
-    found = [m.name for m in METHODS.values() if m.family == family and m.base == base]
+    found = [m.name for m in METHODS.values() if m.family is family and m.base == base]
     return found[0] if found else None
 
 
@@ -64,7 +65,7 @@ def layout(
         group = specs(chosen)
         if not group:
             continue
-        rows.append(_row(table, bench, dtype, "Target", "target", TARGET_RUN, "none", cols))
+        rows.append(_row(table, bench, dtype, "Target", TARGET, TARGET_RUN, "none", cols))
         for label, method, quant in group:
             rows.append(_row(table, bench, dtype, label, method, chosen.get(method), quant, cols))
     return pd.DataFrame(rows, columns=[*KEYS, *cols])
@@ -76,7 +77,7 @@ def sure_s_table(table: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
     def specs(chosen):
         out = []
         for base in REGULARIZED:
-            pair = [variant_of(base, "SURE/S"), variant_of(base, "SURE")]
+            pair = [variant_of(base, SURE_S), variant_of(base, SURE)]
             if pair[0] in chosen:  # the table of SURE/S: its bases only
                 out += [(f"{base} + SURE/S", pair[0], "none"), (f"{base} + SURE", pair[1], "none")]
         return out
@@ -85,12 +86,14 @@ def sure_s_table(table: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
 
 
 def rmu_table(table: pd.DataFrame, selected: pd.DataFrame, low: str) -> pd.DataFrame:
-    """Table 11: RMU and RMU_LAT, each in full precision and at ``low``."""
+    """Table 11: the RMU family (RMU and RMU_LAT, in the METHODS table's order), each in full
+    precision and at ``low``."""
+    rmu = [m.name for m in METHODS.values() if m.family is RMU]
 
     def specs(chosen):
-        if not {"RMU", "RMU_LAT"} & set(chosen):
+        if not set(rmu) & set(chosen):
             return []
-        return [(name + suffix, name, quant) for name in ("RMU", "RMU_LAT")
+        return [(name + suffix, name, quant) for name in rmu
                 for suffix, quant in (("", "none"), (" + Quan.", low))]  # fmt: skip
 
     return layout(table, selected, specs)
@@ -99,11 +102,11 @@ def rmu_table(table: pd.DataFrame, selected: pd.DataFrame, low: str) -> pd.DataF
 def gamma_table(table: pd.DataFrame) -> pd.DataFrame:
     """Table 9: every full-precision SURE cell, by method and saliency percentile."""
     cols = value_columns(table)
-    sure = table[table["method"].map(lambda m: m in METHODS and METHODS[m].family == "SURE")]
+    sure = table[table["method"].map(lambda m: m in METHODS and METHODS[m].family is SURE)]
     sure = sure[sure["quant"] == "none"]
     rows = []
     for (bench, dtype), part in sure.groupby(["benchmark", "weight_dtype"], sort=False):
-        rows.append(_row(table, bench, dtype, "Target", "target", TARGET_RUN, "none", cols))
+        rows.append(_row(table, bench, dtype, "Target", TARGET, TARGET_RUN, "none", cols))
         part = part.sort_values(["method", "gamma_pct", "run"], kind="mergesort")
         for r in part.itertuples():
             base = METHODS[r.method].base

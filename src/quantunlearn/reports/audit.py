@@ -33,6 +33,7 @@ import pandas as pd
 
 from quantunlearn.evaluation.metrics import headers, metric_names
 from quantunlearn.quantizers import parse_quantizer
+from quantunlearn.reports.cell_files import metric_files
 from quantunlearn.reports.cells import build_table1, metric_columns, read_cells
 from quantunlearn.reports.provenance_report import provenance_markdown
 from quantunlearn.reports.quantizers import NOFLIP_HEADERS, noflip_table, read_diagnostics
@@ -44,6 +45,7 @@ from quantunlearn.reports.render import (
 )
 from quantunlearn.reports.table1 import given_back_pct, join_utility_columns
 from quantunlearn.study.grid import external_method, is_external
+from quantunlearn.unlearning.methods import TARGET
 
 #: The summary of every audited checkpoint (relative to the tables folder); each checkpoint's
 #: own report is `checkpoint_file` (one per checkpoint: `checkpoint_files`).
@@ -95,7 +97,7 @@ def audit_frame(table: pd.DataFrame, bench: str, name: str, audit: dict) -> pd.D
     metric the target's value, forgetting, kept % and retained % (module docstring)."""
     part = table[table["benchmark"] == bench]
     ckpt = part[part["method"] == external_method(name)].set_index("quant")
-    target = part[part["method"] == "target"].set_index("quant")
+    target = part[part["method"] == TARGET].set_index("quant")
     metrics = [m for m in [*metric_columns(), *metric_names(group="utility")] if m in ckpt]
     rows = []
     for quant in ckpt.index:
@@ -354,3 +356,36 @@ def summary_markdown(summary: pd.DataFrame, audit: dict) -> str:
         to_markdown(judged, columns) if len(judged) else "No quantizer besides none.\n",
     ]
     return "\n".join(text)
+
+
+# --------------------------------------------------------------------------- its REPORTS row
+
+
+def applies(study) -> bool:
+    """Audit mode: a benchmark names checkpoints unlearned elsewhere
+    (``benchmarks.<b>.models.unlearned``)."""
+    return any(is_external(c.method) for c in study.cells())
+
+
+def needs(study) -> dict[str, list[str]]:
+    """Every cell of each external checkpoint and of its benchmark's target, and the weight
+    diagnostics of every external checkpoint against its target."""
+    benches = {c.benchmark for c in study.cells() if is_external(c.method)}
+    return {
+        "metrics": metric_files(
+            study,
+            lambda c: c.benchmark in benches and (is_external(c.method) or c.method == TARGET),
+        ),
+        "diagnostics": [
+            study.diagnostic_file(c.benchmark, c.run, c.quant)
+            for c in study.diagnostic_cells()
+            if is_external(c.method)
+        ],
+    }
+
+
+def make(study, inputs: dict[str, list[str]], out_dir: Path) -> None:
+    """The audit reports of ``inputs`` (`needs`) into ``out_dir``."""
+    make_audit(
+        inputs["metrics"], inputs["diagnostics"], out_dir, study.quantizers, study.config["audit"]
+    )

@@ -12,6 +12,7 @@ import pandas as pd
 from quantunlearn.evaluation.metrics import headers, metric_names
 from quantunlearn.io import read_parquet
 from quantunlearn.reports.render import ordered_quants, rank
+from quantunlearn.unlearning.families import PLAIN
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS, column_dtype
 from quantunlearn.unlearning.methods import METHODS, REFERENCES
 
@@ -39,9 +40,9 @@ def cell_of(table: pd.DataFrame, bench: str, run: str, quant: str) -> pd.Series 
 
 
 #: Row order of Table 1: the references, then the six methods of Zhang et al. (others after them).
-METHOD_ORDER = [*REFERENCES, *(m.name for m in METHODS.values() if m.family == "base")]
+METHOD_ORDER = [*REFERENCES, *(m.name for m in METHODS.values() if m.family is PLAIN)]
 #: The methods with a retain regularizer (Zhang et al.'s "utility constraints").
-REGULARIZED = [m.name for m in METHODS.values() if m.family == "base" and m.retain is not None]
+REGULARIZED = [m.name for m in METHODS.values() if m.family is PLAIN and m.retain is not None]
 
 #: Columns every per-cell metric file must hold.
 REQUIRED_COLUMNS = [

@@ -1,51 +1,72 @@
 """The predictor of frozen codes against the measured codes, per tensor, for every unlearned run
 of a results folder (`quantunlearn.evaluation.frozen_codes`: the derivation).
 
-    python -m quantunlearn.reports.frozen_codes_report results/ results/tables --quant rtn_w4g128
-
-writes ``frozen_codes.{md,csv,parquet,png,svg}``: one row per (run, quantizable Linear) with
-the predicted shares (weights that can move, codes that can change) and the measured ones
+It writes ``frozen_codes.{md,csv,parquet,png,svg}``: one row per (run, quantizable Linear)
+with the predicted shares (weights that can move, codes that can change) and the measured ones
 (weights the run changed, codes that differ from the target's), and a two-panel figure of
-prediction against measurement. Not yet a rule of the workflow: run it after a study.
+prediction against measurement.
+
+A REPORTS row (rule ``frozen_codes``): a study makes it when it has weight diagnostics, keeps its
+unlearned models (``storage.unlearned_models: keep``), trains its targets in the DAG, and its
+low-bit quantizer (``selection.low_bit_quantizer``) is RTN (config/quantizers.yaml: every
+diagnosed run at rtn_w4). On any results folder, every saved run against its target:
+
+    python -m quantunlearn.reports.frozen_codes_report results/ results/tables --quant rtn_w4g128
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
+from quantunlearn.quantizers import parse_quantizer
+from quantunlearn.quantizers.rtn import RTN
+from quantunlearn.reports.cell_files import low_bit
 from quantunlearn.reports.render import pyplot, save_figure, to_markdown, write_frames, write_text
 
 FILES = tuple(f"frozen_codes.{ext}" for ext in ("md", "csv", "parquet", "png", "svg"))
 
 
-def unlearned_runs(results: Path) -> list[tuple[str, Path]]:
-    """(benchmark, unlearned model folder) of every saved run under results/unlearn."""
+class SavedRun(NamedTuple):
+    """One unlearned run on disk and the target it is compared with."""
+
+    benchmark: str
+    run: str  # its run path
+    target: str  # the target model's folder
+    model: str  # the unlearned model's folder (with its unlearn_info.json)
+
+
+def unlearned_runs(results: Path) -> list[SavedRun]:
+    """Every saved run under results/unlearn, against results/models/<benchmark>/target."""
     found = sorted((results / "unlearn").glob("*/**/model/unlearn_info.json"))
-    return [(p.relative_to(results / "unlearn").parts[0], p.parent) for p in found]
+    runs = []
+    for path in found:
+        bench = path.relative_to(results / "unlearn").parts[0]
+        run = str(path.parent.parent.relative_to(results / "unlearn" / bench))
+        target = str(results / "models" / bench / "target")
+        runs.append(SavedRun(bench, run, target, str(path.parent)))
+    return runs
 
 
-def frozen_codes_frame(results: Path, quant: str) -> pd.DataFrame:
-    """`compare_saved_run` of every unlearned run of ``results`` against its benchmark's
-    target (results/models/<benchmark>/target) under the RTN quantizer ``quant``."""
+def frozen_codes_frame(runs: list[SavedRun], quant: str) -> pd.DataFrame:
+    """`compare_saved_run` of every run against its target under the RTN quantizer ``quant``."""
     from quantunlearn.evaluation.frozen_codes import compare_saved_run
-    from quantunlearn.quantizers import parse_quantizer
 
     spec = parse_quantizer(quant)
     if not hasattr(spec, "bits") or not spec.shares_codes:
         raise ValueError(f"{quant}: the predictor needs an RTN quantizer (rtn_w<N>[g<G>])")
     frames = []
-    for bench, model in unlearned_runs(results):
-        target = results / "models" / bench / "target"
-        frame = compare_saved_run(target, model, spec.bits, spec.group_size)
-        frame.insert(0, "run", str(model.parent.relative_to(results / "unlearn" / bench)))
-        frame.insert(0, "benchmark", bench)
+    for saved in runs:
+        frame = compare_saved_run(saved.target, saved.model, spec.bits, spec.group_size)
+        frame.insert(0, "run", saved.run)
+        frame.insert(0, "benchmark", saved.benchmark)
         frame.insert(0, "quant", quant)
         frames.append(frame)
     if not frames:
-        raise ValueError(f"no unlearned model under {results / 'unlearn'}")
+        raise ValueError("no unlearned model to compare")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -85,10 +106,10 @@ def plot(frame: pd.DataFrame, png: Path, svg: Path) -> None:
     save_figure(fig, png, svg)
 
 
-def make_frozen_codes(results: str | Path, out_dir: str | Path, quant: str) -> pd.DataFrame:
-    """results -> out_dir/frozen_codes.{md,csv,parquet,png,svg} (module docstring)."""
+def make_frozen_codes(runs: list[SavedRun], out_dir: str | Path, quant: str) -> pd.DataFrame:
+    """The runs -> out_dir/frozen_codes.{md,csv,parquet,png,svg} (module docstring)."""
     out = Path(out_dir)
-    frame = frozen_codes_frame(Path(results), quant)
+    frame = frozen_codes_frame(runs, quant)
     write_frames(frame, out / "frozen_codes")
     runs = pooled(frame)
     headers = {
@@ -119,12 +140,67 @@ def make_frozen_codes(results: str | Path, out_dir: str | Path, quant: str) -> p
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command (module docstring): every saved run of a results folder."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", help="a study's results folder (results_dir)")
     parser.add_argument("out_dir", help="where frozen_codes.* are written")
     parser.add_argument("--quant", default="rtn_w4g128", help="an RTN quantizer")
     args = parser.parse_args(argv)
-    make_frozen_codes(args.results, args.out_dir, args.quant)
+    make_frozen_codes(unlearned_runs(Path(args.results)), args.out_dir, args.quant)
+
+
+# --------------------------------------------------------------------------- its REPORTS row
+
+
+def rtn_quantizer(study) -> str | None:
+    """The study's low-bit quantizer when it is RTN (codes the predictor can compare), else
+    None."""
+    quant = low_bit(study)
+    spec = parse_quantizer(quant) if quant else None
+    ok = isinstance(spec, RTN) and spec.shares_codes and not spec.counterfactual
+    return quant if ok else None
+
+
+def saved_runs(study) -> list[SavedRun]:
+    """The diagnosed runs whose unlearned model the study keeps, on benchmarks whose target the
+    DAG trains (results/models/<benchmark>/target); none without an RTN low-bit quantizer."""
+    if rtn_quantizer(study) is None or study.config["storage"]["unlearned_models"] != "keep":
+        return []
+    trained = {
+        b for b in study.benchmarks if study.config["benchmarks"][b]["models"]["target"] is None
+    }
+    return [
+        SavedRun(
+            r.benchmark,
+            r.run,
+            f"{study.results}/models/{r.benchmark}/target",
+            f"{study.results}/unlearn/{r.benchmark}/{r.run}/model",
+        )
+        for r in study.diagnosed_runs().itertuples()
+        if r.benchmark in trained
+    ]
+
+
+def applies(study) -> bool:
+    """A diagnosed study that keeps its unlearned models (`saved_runs`)."""
+    return bool(saved_runs(study))
+
+
+def needs(study) -> dict[str, list[str]]:
+    """Each saved run's unlearned model and its target, in `saved_runs` order."""
+    runs = saved_runs(study)
+    return {"models": [r.model for r in runs], "targets": [r.target for r in runs]}
+
+
+def make(study, inputs: dict[str, list[str]], out_dir: Path) -> None:
+    """The frozen-codes table and figure of ``inputs`` (`needs`) into ``out_dir``."""
+    runs = [
+        saved._replace(model=model, target=target)
+        for saved, model, target in zip(
+            saved_runs(study), inputs["models"], inputs["targets"], strict=True
+        )
+    ]
+    make_frozen_codes(runs, out_dir, rtn_quantizer(study))
 
 
 if __name__ == "__main__":

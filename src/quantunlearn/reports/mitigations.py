@@ -34,6 +34,7 @@ import pandas as pd
 
 from quantunlearn.evaluation.metrics import headers
 from quantunlearn.reports import appendix
+from quantunlearn.reports.cell_files import MUSE, layout_metric_files, low_bit
 from quantunlearn.reports.cells import (
     REGULARIZED,
     build_table1,
@@ -55,8 +56,10 @@ from quantunlearn.reports.render import (
 from quantunlearn.reports.selection import mark_selected, select_runs
 from quantunlearn.reports.table1 import join_utility_columns
 from quantunlearn.study.grid import is_external
+from quantunlearn.unlearning import families
+from quantunlearn.unlearning.families import Family
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS
-from quantunlearn.unlearning.methods import METHODS
+from quantunlearn.unlearning.methods import METHODS, REFERENCES, TARGET
 
 #: The files this report writes (relative to the tables folder), declared for its rule.
 FILES = (
@@ -88,11 +91,29 @@ SUMMARY_COLUMNS = [
 ]
 
 
+#: the summary's family labels of the rows that are not unlearning methods of the DAG
+REFERENCE, EXTERNAL = "reference", "external"
+#: the summary figure's colour of each family (the others: grey)
+COLOURS = {
+    REFERENCE: "black",
+    families.PLAIN.name: "tab:blue",
+    families.SURE.name: "tab:orange",
+    families.QUAIL.name: "tab:green",
+    families.LORA.name: "tab:red",
+    families.RMU.name: "tab:purple",
+}
+
+
 def family(method: str) -> str:
-    """base | SURE | QUAIL | LoRA | RMU | reference | external, for grouping and colours."""
+    """The summary's family label of a method (`Family.name`), or reference / external."""
     if is_external(method):
-        return "external"
-    return METHODS[method].family if method in METHODS else "reference"
+        return EXTERNAL
+    return METHODS[method].family.name if method in METHODS else REFERENCE
+
+
+def in_family(method: str, kind: Family) -> bool:
+    """Whether ``method`` is an unlearning method of the family ``kind``."""
+    return method in METHODS and METHODS[method].family is kind
 
 
 _cell = cell_of
@@ -101,7 +122,7 @@ _cell = cell_of
 def paired_table(
     table: pd.DataFrame,
     selected: pd.DataFrame,
-    variant_family: str,
+    variant_family: Family,
     low: str,
     labels: tuple[str, str],
 ) -> pd.DataFrame:
@@ -117,13 +138,13 @@ def paired_table(
     rows, groups = [], set()
     for _, sel in selected.iterrows():
         method = sel["method"]
-        if family(method) != variant_family or METHODS[method].base not in REGULARIZED:
+        if not in_family(method, variant_family) or METHODS[method].base not in REGULARIZED:
             continue
         if (sel["benchmark"], sel["weight_dtype"]) not in groups:
             groups.add((sel["benchmark"], sel["weight_dtype"]))
             cell = _cell(table, sel["benchmark"], appendix.TARGET_RUN, "none")
             values = [cell[m] if cell is not None else np.nan for m in cols]
-            rows.append((sel["benchmark"], sel["weight_dtype"], "", "Target", "full", "target")
+            rows.append((sel["benchmark"], sel["weight_dtype"], "", "Target", "full", TARGET)
                         + (appendix.TARGET_RUN, "none", *values))  # fmt: skip
         base = METHODS[method].base
         base_sel = selected[
@@ -150,7 +171,7 @@ def paired_table(
 
 def quail_table(table: pd.DataFrame, low: str) -> pd.DataFrame:
     """Every cell of each QUAIL method and of its base, at full precision and `low`."""
-    quail = [m for m in table["method"].unique() if family(m) == "QUAIL"]
+    quail = [m for m in table["method"].unique() if in_family(m, families.QUAIL)]
     bases = {METHODS[m].base for m in quail}
     keep = table["method"].isin([*quail, *bases]) & table["quant"].isin(["none", low])
     cols = [
@@ -177,7 +198,7 @@ def quail_table(table: pd.DataFrame, low: str) -> pd.DataFrame:
 def summary_table(table: pd.DataFrame, selected: pd.DataFrame, low: str) -> pd.DataFrame:
     """Per selected run (and the references): 4-bit minus full precision next to KnowMem_r."""
     rows = []
-    refs = table[table["method"].isin(["target", "retrain"])][["benchmark", "method", "run"]]
+    refs = table[table["method"].isin(list(REFERENCES))][["benchmark", "method", "run"]]
     refs = refs.drop_duplicates().assign(weight_dtype=NA_MARK, meets_threshold=pd.NA)
     picks = pd.concat([refs, selected], ignore_index=True)
     for _, sel in picks.iterrows():
@@ -253,15 +274,13 @@ def _write_pairs(frame: pd.DataFrame, stem: Path, title: str, notes: str) -> Non
 def plot_summary(summary: pd.DataFrame, png: Path, svg: Path, low: str) -> None:
     """Scatter: utility (KnowMem_r, full precision) vs knowledge given back at 4 bits."""
     plt = pyplot()
-    colours = {"reference": "black", "base": "tab:blue", "SURE": "tab:orange"}
-    colours |= {"QUAIL": "tab:green", "LoRA": "tab:red", "RMU": "tab:purple"}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), squeeze=False)
     for ax, metric, name in (
         (axes[0, 0], "d_knowmem_f", "KnowMem_f"),
         (axes[0, 1], "d_verbmem_f", "VerbMem_f"),
     ):
         for fam, part in summary.groupby("family", sort=False):
-            ax.scatter(part["knowmem_r"], part[metric], c=colours.get(fam, "grey"), label=fam, s=30)
+            ax.scatter(part["knowmem_r"], part[metric], c=COLOURS.get(fam, "grey"), label=fam, s=30)
             for r in part.itertuples():
                 text = r.method if r.weight_dtype == NA_MARK else f"{r.method} ({r.weight_dtype})"
                 ax.annotate(
@@ -353,12 +372,12 @@ def make_mitigation_tables(
     _write_grouped(
         selected, out / "selection", "Selected runs", notes, list(selected.columns), ["benchmark"]
     )
-    sure = paired_table(table, selected, "SURE", low, ("", "+ SURE"))
+    sure = paired_table(table, selected, families.SURE, low, ("", "+ SURE"))
     title = "SURE (layout of Zhang et al. Table 3; Table 8 on NEWS lists no 4-bit base row)"
     _write_pairs(sure, out / "table_sure", title, notes)
     appendix.make_appendix_tables(table, selected, out, low, notes)
     lora_low = LORA_LOW_BIT if LORA_LOW_BIT in quant_order else low
-    lora = paired_table(table, selected, "LoRA", lora_low, ("Full-FT", "LoRA"))
+    lora = paired_table(table, selected, families.LORA, lora_low, ("Full-FT", "LoRA"))
     title = "LoRA vs full fine-tuning (layout of Abitante et al. Table II)"
     _write_pairs(lora, out / "table_lora", title, rule_text(selection, lora_low))
     quail = quail_table(table, low)
@@ -387,3 +406,26 @@ def _grid_keys(grid: pd.DataFrame) -> list[str]:
         if col in grid and grid[col].notna().any():
             keys.append(col)
     return keys
+
+
+# --------------------------------------------------------------------------- its REPORTS row
+
+
+def applies(study) -> bool:
+    """A study whose grid holds a method of a family other than `PLAIN` (SURE, QUAIL, LoRA,
+    RMU), with a low-bit quantizer to compare against."""
+    methods = {c.method for c in study.cells()}
+    mitigated = any(m in METHODS and METHODS[m].family is not families.PLAIN for m in methods)
+    return mitigated and low_bit(study) is not None
+
+
+def needs(study) -> dict[str, list[str]]:
+    """The metric files of every MUSE-layout cell."""
+    return {"metrics": layout_metric_files(study, MUSE)}
+
+
+def make(study, inputs: dict[str, list[str]], out_dir: Path) -> None:
+    """The mitigation tables of ``inputs`` (`needs`) into ``out_dir``."""
+    make_mitigation_tables(
+        inputs["metrics"], out_dir, study.quantizers, study.config["selection"], low_bit(study)
+    )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from quantunlearn.reports.cell_files import metric_files
 from quantunlearn.reports.cells import read_cells
 from quantunlearn.reports.render import to_markdown, write_frames, write_text
 
@@ -107,3 +108,21 @@ def make_provenance(metric_files: Sequence[str | Path], out_dir: str | Path) -> 
     write_frames(_cells(long)[keep], Path(out_dir) / "provenance")
     text = "# Provenance of every number\n\n" + provenance_markdown(long)
     write_text(Path(out_dir) / "provenance.md", text)
+
+
+# --------------------------------------------------------------------------- its REPORTS row
+
+
+def applies(study) -> bool:
+    """Every study: the provenance of every number."""
+    return True
+
+
+def needs(study) -> dict[str, list[str]]:
+    """Every cell's metric file."""
+    return {"metrics": metric_files(study)}
+
+
+def make(study, inputs: dict[str, list[str]], out_dir: Path) -> None:
+    """The provenance tables of ``inputs`` (`needs`) into ``out_dir``."""
+    make_provenance(inputs["metrics"], out_dir)

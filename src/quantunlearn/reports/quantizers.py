@@ -27,8 +27,10 @@ import numpy as np
 import pandas as pd
 
 from quantunlearn.io import read_parquet
-from quantunlearn.quantizers import parse_quantizer
+from quantunlearn.quantizers import FullPrecision, parse_quantizer
+from quantunlearn.quantizers.bnb import BitsAndBytes
 from quantunlearn.quantizers.rtn import RTN
+from quantunlearn.reports.cell_files import MUSE, layout_metric_files, layouts
 from quantunlearn.reports.cells import REGULARIZED, build_table1, read_cells
 from quantunlearn.reports.render import (
     empty_figure,
@@ -39,6 +41,7 @@ from quantunlearn.reports.render import (
     write_report_table,
 )
 from quantunlearn.reports.table1 import write_table
+from quantunlearn.unlearning.methods import REFERENCES, TARGET
 
 #: The files this report writes (relative to the tables folder), declared for its rule.
 FILES = (
@@ -105,7 +108,7 @@ def bit_sweep_table(table: pd.DataFrame, quantizers: Sequence[str]) -> pd.DataFr
         sel["group"] = np.where(
             sel["method"].isin(REGULARIZED), "regularized", sel["method"].astype(str)
         )
-        sel = sel[sel["group"].isin(["target", "retrain", "regularized"])]
+        sel = sel[sel["group"].isin([*REFERENCES, "regularized"])]
         sel["weight_dtype"] = (
             sel["weight_dtype"].astype(object).where(sel["group"] == "regularized", "-")
         )
@@ -137,7 +140,7 @@ def plot_bit_sweep(sweep: pd.DataFrame, png: Path, svg: Path) -> None:
             label = f"{group}" + (f" {dtype}" if dtype != "-" else "") + f", {grouping}"
             if sweep["benchmark"].nunique() > 1:
                 label = f"{bench}: {label}"
-            style = "--" if group in ("target", "retrain") else "-"
+            style = "--" if group in REFERENCES else "-"
             x = np.log2(part["bits"].to_numpy(dtype=float))
             ax.plot(x, part[metric], style, marker="o", label=label)
         ticks = sorted(set(sweep["bits"]))
@@ -164,7 +167,7 @@ def noflip_table(table: pd.DataFrame) -> pd.DataFrame:
             if quant not in set(part["quant"]):
                 continue
             by_q = part.set_index("quant")
-            target = table[(table["benchmark"] == bench) & (table["method"] == "target")]
+            target = table[(table["benchmark"] == bench) & (table["method"] == TARGET)]
             target = target.set_index("quant")
             first = part.iloc[0]
             row = {
@@ -425,3 +428,47 @@ def make_quant_tables(
     )
     plot_layer_overlap(diag, out / "overlap_layers.png", out / "overlap_layers.svg")
     plot_tensor_histogram(diag, out / "overlap_hist.png", out / "overlap_hist.svg")
+
+
+# --------------------------------------------------------------------------- its REPORTS row
+
+
+def quail_table_file(results: str | Path, bench: str, run: str) -> str:
+    """Where the quail_table job writes QUAIL's Table I of one run (workflow/rules/quantize.smk)."""
+    return str(Path(results) / "quail_table1" / bench / f"{run}.parquet")
+
+
+def beyond_default(study) -> bool:
+    """Whether the study has diagnostics or a quantizer beyond the default study's (GPTQ, AWQ,
+    GGUF, noflip, or three or more RTN widths): what these tables are about."""
+    quantizers = [parse_quantizer(q) for q in study.quantizers]
+    rtn_bits = {q.bits for q in quantizers if isinstance(q, RTN)}
+    default = (FullPrecision, RTN, BitsAndBytes)
+    beyond = any(not isinstance(q, default) for q in quantizers)
+    return bool(study.config.get("diagnostics")) or beyond or len(rtn_bits) >= 3
+
+
+def applies(study) -> bool:
+    """Table 2, bit sweep, noflip and overlap tables: a MUSE-layout study `beyond_default`."""
+    return beyond_default(study) and MUSE in layouts(study)
+
+
+def needs(study) -> dict[str, list[str]]:
+    """The MUSE-layout cells' metric files, every weight diagnostics file, and QUAIL's Table I
+    of every diagnosed run (``diagnostics.quail_table``)."""
+    spec = study.config.get("diagnostics")
+    runs = study.diagnosed_runs().itertuples() if spec and spec["quail_table"] else ()
+    return {
+        "metrics": layout_metric_files(study, MUSE),
+        "diagnostics": [
+            study.diagnostic_file(c.benchmark, c.run, c.quant) for c in study.diagnostic_cells()
+        ],
+        "quail_table": [quail_table_file(study.results, r.benchmark, r.run) for r in runs],
+    }
+
+
+def make(study, inputs: dict[str, list[str]], out_dir: Path) -> None:
+    """The quantizer tables and figures of ``inputs`` (`needs`) into ``out_dir``."""
+    make_quant_tables(
+        inputs["metrics"], inputs["diagnostics"], out_dir, study.quantizers, inputs["quail_table"]
+    )

@@ -12,6 +12,7 @@ import pandas as pd
 from quantunlearn.io import atomic_write
 from quantunlearn.study.grid import external_name, is_external
 from quantunlearn.unlearning.hyperparameters import all_fields
+from quantunlearn.unlearning.methods import RETRAIN, TARGET
 
 #: Hyperparameters that always appear in row labels (when not NA).
 LABEL_KEYS = ("weight_dtype", "lr", "alpha")
@@ -50,7 +51,7 @@ def row_label(row: Mapping | pd.Series, keys: Sequence[str] = LABEL_KEYS) -> str
     omitted; quantizer "none" adds nothing (the paper's "+ Quan. (4 bit)" suffix otherwise).
     """
     method = str(row["method"])
-    name = {"target": "Target", "retrain": "Retrain"}.get(method, method)
+    name = {TARGET: "Target", RETRAIN: "Retrain"}.get(method, method)
     if is_external(method):  # audit mode: a checkpoint unlearned elsewhere
         name = f"{external_name(method)} (external)"
     parts = []

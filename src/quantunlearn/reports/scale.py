@@ -28,10 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from quantunlearn.reports.cell_files import metric_files
 from quantunlearn.reports.cells import REGULARIZED, build_table1, read_cells
 from quantunlearn.reports.quantizers import read_diagnostics
 from quantunlearn.reports.render import pyplot, save_figure, to_markdown, write_frames, write_text
 from quantunlearn.reports.table1 import given_back_pct
+from quantunlearn.study.grid import unlearned_here
+from quantunlearn.unlearning.methods import TARGET
 
 #: Forget metrics whose recovery the scale table reports.
 SCALE_METRICS = ["knowmem_f", "verbmem_f"]
@@ -106,11 +109,11 @@ def scale_table(
         raise ValueError(f"scale_table: no cell was evaluated with {quant!r}")
     rows = []
     for bench, part in table1.groupby("benchmark", sort=False):
-        target = part[(part["method"] == "target") & (part["quant"] == "none")]
+        target = part[(part["method"] == TARGET) & (part["quant"] == "none")]
         if len(target) != 1:
             raise ValueError(f"scale_table: benchmark {bench!r} has no full-precision target row")
         t = target.iloc[0]
-        target_q = part[(part["method"] == "target") & (part["quant"] == quant)]
+        target_q = part[(part["method"] == TARGET) & (part["quant"] == quant)]
         tq = target_q.iloc[0] if len(target_q) == 1 else None
         memorized = bool(
             t["knowmem_f"] >= min_target_knowmem_f and t["verbmem_f"] >= min_target_verbmem_f
@@ -329,6 +332,38 @@ def make_scale_table(
     write_text(out_dir / "scale.md", scale_markdown(table, notes))
     plot_scale(table, out_dir / "scale.png", out_dir / "scale.svg")
     return table
+
+
+# --------------------------------------------------------------------------- its REPORTS row
+
+
+def applies(study) -> bool:
+    """The scale study (config key ``scale``, config/scale.yaml)."""
+    return "scale" in study.config
+
+
+def needs(study) -> dict[str, list[str]]:
+    """Every cell's metric file, each benchmark's target (its size), and the bucket overlap of
+    every unlearned run at ``scale.quant``."""
+    runs = dict.fromkeys((c.benchmark, c.run) for c in study.cells() if unlearned_here(c.method))
+    quant = study.config["scale"]["quant"] if applies(study) else None
+    return {
+        "metrics": metric_files(study),
+        "targets": [f"{study.results}/models/{bench}/target" for bench in study.benchmarks],
+        "diagnostics": [study.diagnostic_file(b, run, quant) for b, run in runs] if quant else [],
+    }
+
+
+def make(study, inputs: dict[str, list[str]], out_dir: Path) -> None:
+    """The scale table and figure of ``inputs`` (`needs`) into ``out_dir``."""
+    make_scale_table(
+        inputs["metrics"],
+        dict(zip(study.benchmarks, inputs["targets"], strict=True)),
+        out_dir,
+        study.config["scale"],
+        study.quantizers,
+        diagnostic_files=inputs["diagnostics"],
+    )
 
 
 __all__ = ["make_scale_table", "model_sizes", "plot_scale", "scale_markdown", "scale_table"]

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from quantunlearn.unlearning.methods import REFERENCES
+
 RULES = ("max_knowmem_r_under_forget_threshold",)
 SELECTION_COLUMNS = [
     "benchmark",
@@ -53,7 +55,7 @@ def select_runs(
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise ValueError(f"select_runs: table lacks column(s) {missing}")
-    full = table[(table["quant"] == "none") & ~table["method"].isin(["target", "retrain"])]
+    full = table[(table["quant"] == "none") & ~table["method"].isin(REFERENCES)]
     full = full.assign(weight_dtype=full["weight_dtype"].astype(object).fillna("–"))
     rows = []
     for key, part in full.groupby(GROUP, sort=True, dropna=False):

@@ -41,6 +41,7 @@ import pandas as pd
 
 from quantunlearn.evaluation.metrics import headers as headers_of
 from quantunlearn.evaluation.metrics import metric_names
+from quantunlearn.reports.cell_files import MUSE, layout_metric_files, layouts
 from quantunlearn.reports.cells import (
     REGULARIZED,
     build_table1,
@@ -62,6 +63,7 @@ from quantunlearn.reports.render import (
     write_frames,
     write_text,
 )
+from quantunlearn.unlearning.methods import TARGET
 
 #: Forget-set metrics whose retention the headline reports (M1 VerbMem and M2 KnowMem).
 RETENTION_METRICS = ["knowmem_f", "verbmem_f"]
@@ -179,7 +181,7 @@ def write_table(table: pd.DataFrame, stem: Path, title: str, notes: str = "") ->
 
 
 def _target_lookup(table: pd.DataFrame) -> pd.DataFrame:
-    target = table[table["method"] == "target"]
+    target = table[table["method"] == TARGET]
     dup = target.duplicated(["benchmark", "quant"], keep=False)
     if dup.any():
         first = target.loc[dup, ["benchmark", "quant"]].iloc[0]
@@ -476,3 +478,21 @@ def make_table1(
         f"the full-precision forgetting is below {MIN_FORGETTING_POINTS:g} points.",
     )
     plot_retention(summary, out_dir / "retention.png", out_dir / "retention.svg", quant_order)
+
+
+# --------------------------------------------------------------------------- its REPORTS row
+
+
+def applies(study) -> bool:
+    """A study with a MUSE-layout benchmark makes Table 1."""
+    return MUSE in layouts(study)
+
+
+def needs(study) -> dict[str, list[str]]:
+    """The metric files of every MUSE-layout cell."""
+    return {"metrics": layout_metric_files(study, MUSE)}
+
+
+def make(study, inputs: dict[str, list[str]], out_dir: Path) -> None:
+    """Table 1 and the retention summary of ``inputs`` (`needs`) into ``out_dir``."""
+    make_table1(inputs["metrics"], out_dir, study.quantizers)

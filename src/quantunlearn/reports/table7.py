@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from quantunlearn.data.benchmarks import RWKUKind
 from quantunlearn.evaluation.metrics import headers as headers_of
+from quantunlearn.reports.cell_files import RWKU, layout_metric_files, layouts
 from quantunlearn.reports.cells import read_cells
 from quantunlearn.reports.render import (
     label_keys,
@@ -30,12 +32,18 @@ from quantunlearn.reports.render import (
     write_frames,
     write_text,
 )
+from quantunlearn.unlearning.families import PLAIN
 from quantunlearn.unlearning.hyperparameters import HYPER_COLUMNS
+from quantunlearn.unlearning.methods import METHODS
 
 #: The columns: Table 7's forget probes, then the neighbor probes.
 COLUMNS = ["fb_forget", "qa_forget", "aa_forget", "fb_neighbor", "qa_neighbor"]
-#: Table 7's methods first, in its order (others after them, alphabetically).
-METHOD_ORDER = ["target", "GA", "NPO", "RT"]
+#: Table 7's methods first, in its order (others after them, alphabetically): the original
+#: model, then the plain methods without a retain term (GA, NPO, RT: RWKU has no retain corpus)
+METHOD_ORDER = [
+    *RWKUKind.references,
+    *(m.name for m in METHODS.values() if m.family is PLAIN and m.retain is None),
+]
 FILES = tuple(f"table7.{ext}" for ext in ("md", "csv", "parquet"))
 _SUBJECT = re.compile(r"/subject~\d+$")
 
@@ -88,3 +96,21 @@ def make_table7(metric_files: Sequence[str | Path], out_dir: Path, quant_order: 
     write_frames(table, Path(out_dir) / "table7")
     write_text(Path(out_dir) / "table7.md", table7_markdown(table))
     return table
+
+
+# --------------------------------------------------------------------------- its REPORTS row
+
+
+def applies(study) -> bool:
+    """A study with an RWKU-layout benchmark makes Table 7."""
+    return RWKU in layouts(study)
+
+
+def needs(study) -> dict[str, list[str]]:
+    """The metric files of every RWKU-layout cell."""
+    return {"metrics": layout_metric_files(study, RWKU)}
+
+
+def make(study, inputs: dict[str, list[str]], out_dir: Path) -> None:
+    """Table 7 of ``inputs`` (`needs`) into ``out_dir``."""
+    make_table7(inputs["metrics"], out_dir, study.quantizers)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from quantunlearn.evaluation.metrics import headers
+from quantunlearn.reports.cell_files import low_bit, metric_files
 from quantunlearn.reports.cells import build_table1, read_cells
 from quantunlearn.reports.render import label_keys, row_label, to_markdown, write_frames, write_text
 
@@ -76,3 +77,29 @@ def make_twitter_table(
         text += ["No Twitter benchmark in this config.", ""]
     write_text(out.with_suffix(".md"), "\n".join(text) + "\n")
     return table
+
+
+# --------------------------------------------------------------------------- its REPORTS row
+
+
+def twitter_benchmarks(study) -> list[str]:
+    """The benchmarks whose kind scores labelled items (`BenchmarkKind.classification`: the
+    Twitter misinformation set)."""
+    return [b for b in study.benchmarks if study.kind(b).classification]
+
+
+def applies(study) -> bool:
+    """A study with a Twitter benchmark."""
+    return bool(twitter_benchmarks(study))
+
+
+def needs(study) -> dict[str, list[str]]:
+    """Every cell's metric file (the table keeps the Twitter benchmarks' rows)."""
+    return {"metrics": metric_files(study)}
+
+
+def make(study, inputs: dict[str, list[str]], out_dir: Path) -> None:
+    """Table III of ``inputs`` (`needs`) into ``out_dir``."""
+    make_twitter_table(
+        inputs["metrics"], out_dir, study.quantizers, twitter_benchmarks(study), low_bit(study)
+    )

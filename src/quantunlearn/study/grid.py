@@ -19,11 +19,8 @@ import pandas as pd
 
 from quantunlearn.data import benchmark_kind
 from quantunlearn.io import config_hash, write_json
-from quantunlearn.quantizers import FullPrecision, parse_quantizer
-from quantunlearn.quantizers.bnb import BitsAndBytes
-from quantunlearn.quantizers.rtn import RTN
+from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.study.config import ConfigError, normalize_config, read_config_file
-from quantunlearn.study.config_checks import low_bit_quantizer
 from quantunlearn.study.config_tree import benchmark_tiny_model
 from quantunlearn.study.external import identity
 from quantunlearn.study.method_grid import as_list, config_warnings, method_grids
@@ -256,29 +253,9 @@ class Study:
     def benchmarks(self) -> list[str]:
         return list(self.config["benchmarks"])
 
-    @property
-    def has_mitigations(self) -> bool:
-        """Whether the grid holds SURE, QUAIL, LoRA or RMU methods (so: the mitigation tables)."""
-        methods = [get_method(m) for m in self.runs["method"] if unlearned_here(m)]
-        return any(m.family != "base" for m in methods)
-
-    @property
-    def has_external(self) -> bool:
-        """Whether a benchmark names checkpoints unlearned elsewhere (audit mode)."""
-        return bool(self.runs["method"].map(is_external).any())
-
     def external_checkpoints(self, bench: str) -> dict[str, str]:
         """Audit mode: {name: hub id or folder} of the benchmark's external checkpoints."""
         return dict(self.config["benchmarks"][bench]["models"].get("unlearned") or {})
-
-    @property
-    def low_bit_quantizer(self) -> str | None:
-        return low_bit_quantizer(self.config)
-
-    @property
-    def twitter_benchmarks(self) -> list[str]:
-        """The benchmarks of the Twitter misinformation study (source twitter)."""
-        return [b for b in self.benchmarks if self.kind(b).name == "twitter"]
 
     @property
     def utility_check_file(self) -> str:
@@ -305,10 +282,6 @@ class Study:
     def layout(self, bench: str) -> str:
         """muse | rwku: the benchmark's folder layout."""
         return self.kind(bench).layout
-
-    @property
-    def layouts(self) -> set[str]:
-        return {self.layout(b) for b in self.benchmarks}
 
     def eval_subjects(self, bench: str, run: str) -> list[int] | None:
         """The RWKU targets a cell evaluates: its run's target, or every target for the original
@@ -386,16 +359,6 @@ class Study:
             if layout is None or self.layout(c.benchmark) == layout
         ]
 
-    @property
-    def has_quant_tables(self) -> bool:
-        """Table 2, bit sweep, noflip and overlap tables: with diagnostics or a quantizer
-        beyond the default study's (GPTQ, AWQ, GGUF, noflip, or three or more RTN widths)."""
-        quantizers = [parse_quantizer(q) for q in self.quantizers]
-        rtn_bits = {q.bits for q in quantizers if isinstance(q, RTN)}
-        default = (FullPrecision, RTN, BitsAndBytes)
-        beyond = any(not isinstance(q, default) for q in quantizers)
-        return bool(self.config.get("diagnostics")) or beyond or len(rtn_bits) >= 3
-
     def quant_dir(self, bench: str, run: str, quant: str) -> str:
         """Where a stored (GPTQ/AWQ) checkpoint of a run lives: a DAG output."""
         return str(self.results / "quantize" / bench / run / quant)
@@ -424,40 +387,6 @@ class Study:
             lambda q: parse_quantizer(q).diagnosable
         )
         return _cells(cells[keep])
-
-    def quail_table_file(self, bench: str, run: str) -> str:
-        return str(self.results / "quail_table1" / bench / f"{run}.parquet")
-
-    def quail_table_files(self) -> list[str]:
-        """QUAIL's Table I of every diagnosed run (``diagnostics.quail_table``)."""
-        spec = self.config.get("diagnostics")
-        if not spec or not spec["quail_table"]:
-            return []
-        runs = self.diagnosed_runs().itertuples()
-        return [self.quail_table_file(r.benchmark, r.run) for r in runs]
-
-    def scale_diagnostic_files(self) -> list[str]:
-        """The scale table's bucket overlap: every unlearned run at ``scale.quant``."""
-        if "scale" not in self.config:
-            return []
-        runs = self.runs[self.runs.method.map(unlearned_here)]
-        quant = self.config["scale"]["quant"]
-        return [self.diagnostic_file(r.benchmark, r.run, quant) for r in runs.itertuples()]
-
-    def audit_metric_files(self) -> list[str]:
-        """The audit's inputs: every cell of each external checkpoint and of its target."""
-        cells = self.cells()
-        benches = {c.benchmark for c in cells if is_external(c.method)}
-        return [
-            self.metric_file(c.benchmark, c.run, c.quant)
-            for c in cells
-            if c.benchmark in benches and (is_external(c.method) or c.method == "target")
-        ]
-
-    def audit_diagnostic_files(self) -> list[str]:
-        """The weight diagnostics of every external checkpoint against its target."""
-        cells = [c for c in self.diagnostic_cells() if is_external(c.method)]
-        return [self.diagnostic_file(c.benchmark, c.run, c.quant) for c in cells]
 
     def diagnostic_file(self, bench: str, run: str, quant: str) -> str:
         return str(self.results / "diagnostics" / bench / run / f"{quant}.parquet")

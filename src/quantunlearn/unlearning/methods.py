@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from quantunlearn.unlearning.families import PLAIN, Family
 from quantunlearn.unlearning.hyperparameters import (
     Group,
     HyperparameterError,
@@ -43,6 +44,9 @@ from quantunlearn.unlearning.scopes import RMU as RMU_SCOPE
 from quantunlearn.unlearning.scopes import RMULAT, SURE, Full, LoRA, Scope, SUREWithoutSaliency
 
 REFERENCES = ("target", "retrain")
+#: the references' methods: the model unlearning starts from, and the one trained without the
+#: forget set (the reports compare with these, never with their names)
+TARGET, RETRAIN = REFERENCES
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,11 @@ class Method:
         return any(term.needs_reference for term in self.terms)
 
     @property
-    def family(self) -> str:
-        """base | SURE | LoRA | RMU | QUAIL: how the mitigation tables group methods."""
+    def family(self) -> Family:
+        """How the mitigation tables group methods (`quantunlearn.unlearning.families`): its
+        scope's family, else an extra term's, else `PLAIN`."""
         extra = next((t.family for t in self.extras if t.family), None)
-        return self.scope.family or extra or "base"
+        return self.scope.family or extra or PLAIN
 
     @property
     def base(self) -> str:
@@ -96,7 +101,7 @@ class Method:
             if (
                 type(method.forget) is type(self.forget)
                 and type(method.retain) is type(self.retain)
-                and method.family == "base"
+                and method.family is PLAIN
             ):
                 return method.name
         return self.name

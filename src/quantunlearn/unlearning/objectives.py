@@ -17,6 +17,8 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from quantunlearn.unlearning import families
+from quantunlearn.unlearning.families import Family
 from quantunlearn.unlearning.hyperparameters import (
     LossForm,
     NPOParams,
@@ -95,7 +97,7 @@ class Term:
     """One term of the objective."""
 
     #: the family of the methods this extra term defines in the mitigation tables
-    family: ClassVar[str | None] = None
+    family: ClassVar[Family | None] = None
 
     #: the hyperparameter groups this term takes (config keys of the methods that use it)
     params: ClassVar[tuple[type, ...]] = ()
@@ -223,7 +225,7 @@ class QUAILHinge(Term):
     forget logit at least Delta_q / 2 away from the target's."""
 
     params = (QUAILParams,)
-    family = "QUAIL"
+    family = families.QUAIL
     needs_reference = True
     name = "quail"
 

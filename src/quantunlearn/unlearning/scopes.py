@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 
 from quantunlearn.io import write_parquet
+from quantunlearn.unlearning import families
+from quantunlearn.unlearning.families import Family
 from quantunlearn.unlearning.hyperparameters import (
     HyperparameterError,
     LATParams,
@@ -114,7 +116,7 @@ class Scope:
 
     params: ClassVar[tuple[type, ...]] = ()
     #: the family of the methods with this scope in the mitigation tables (None: base)
-    family: ClassVar[str | None] = None
+    family: ClassVar[Family | None] = None
 
     #: a method that needs the frozen target keeps a copy of its weights (LoRA: no, the
     #: adapter-free model is the reference)
@@ -178,7 +180,7 @@ class SUREWithoutSaliency(Full):
     parameter at SURE's learning rate and retain weights; a scope of its own only so that the
     tables tell it from the base methods."""
 
-    family = "SURE/S"
+    family = families.SURE_S
 
 
 # --------------------------------------------------------------------------- SURE
@@ -293,7 +295,7 @@ class SURE(Scope):
     """SURE's module-level saliency mask (Zhang et al. section 6, eq. 4-6; module docstring)."""
 
     params = (SUREParams,)
-    family = "SURE"
+    family = families.SURE
 
     def build(self, model, method, run, forget, pad_id, batch_size):
         reference = _frozen_copy(model) if method.needs_reference else None
@@ -324,7 +326,7 @@ class LoRA(Scope):
     """
 
     params = (LoRAParams,)
-    family = "LoRA"
+    family = families.LORA
     copies_reference = False
     trained_dtype = "fp32"
 
@@ -427,7 +429,7 @@ class RMU(Scope):
     reference is a frozen copy's activations at ``rmu_layer``."""
 
     params = (RMUParams,)
-    family = "RMU"
+    family = families.RMU
     reads_logits = False
 
     def trained_params(self, shape, run) -> int:
