@@ -2,6 +2,7 @@
 table and name parsing (`families`). This file only re-exports the table."""
 
 from quantunlearn.quantizers.families import (
+    FULL_PRECISION,
     QUANTIZERS,
     FullPrecision,
     Quantizer,
@@ -13,6 +14,7 @@ from quantunlearn.quantizers.families import (
 )
 
 __all__ = [
+    "FULL_PRECISION",
     "QUANTIZERS",
     "FullPrecision",
     "Quantizer",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from quantunlearn.quantizers.base import Quantizer, quantizable_linears
 from quantunlearn.quantizers.bnb import BitsAndBytes
-from quantunlearn.quantizers.full import FullPrecision
+from quantunlearn.quantizers.full import FULL_PRECISION, FullPrecision
 from quantunlearn.quantizers.gguf import GGUF
 from quantunlearn.quantizers.gptq_awq import AWQ, GPTQ
 from quantunlearn.quantizers.llamacpp import LlamaCpp
@@ -61,6 +61,7 @@ def parse_quantizer(name: str) -> Quantizer:
 
 
 __all__ = [
+    "FULL_PRECISION",
     "QUANTIZERS",
     "FullPrecision",
     "Quantizer",

@@ -7,16 +7,19 @@ from typing import ClassVar
 
 from quantunlearn.quantizers.base import Quantizer
 
+#: The name of the full-precision "quantizer" in configs, cells and tables.
+FULL_PRECISION = "none"
+
 
 @dataclass(frozen=True)
 class FullPrecision(Quantizer):
-    PATTERN: ClassVar[str] = r"none"
-    SYNTAX: ClassVar[str] = "none"
-    EXAMPLE: ClassVar[str] = "none"
+    PATTERN: ClassVar[str] = FULL_PRECISION
+    SYNTAX: ClassVar[str] = FULL_PRECISION
+    EXAMPLE: ClassVar[str] = FULL_PRECISION
 
     @classmethod
     def parse(cls, name: str) -> FullPrecision | None:
-        return cls(name) if name == "none" else None
+        return cls(name) if name == FULL_PRECISION else None
 
     @property
     def is_quantized(self) -> bool:

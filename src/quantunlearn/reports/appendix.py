@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from quantunlearn.evaluation.metrics import headers
+from quantunlearn.quantizers import FULL_PRECISION
 from quantunlearn.reports.cells import REGULARIZED, cell_of, value_columns
 from quantunlearn.reports.render import fmt_number, to_markdown, write_frames, write_text
 from quantunlearn.unlearning.families import RMU, SURE, SURE_S, Family
@@ -65,7 +66,7 @@ def layout(
         group = specs(chosen)
         if not group:
             continue
-        rows.append(_row(table, bench, dtype, "Target", TARGET, TARGET_RUN, "none", cols))
+        rows.append(_row(table, bench, dtype, "Target", TARGET, TARGET_RUN, FULL_PRECISION, cols))
         for label, method, quant in group:
             rows.append(_row(table, bench, dtype, label, method, chosen.get(method), quant, cols))
     return pd.DataFrame(rows, columns=[*KEYS, *cols])
@@ -79,7 +80,10 @@ def sure_s_table(table: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
         for base in REGULARIZED:
             pair = [variant_of(base, SURE_S), variant_of(base, SURE)]
             if pair[0] in chosen:  # the table of SURE/S: its bases only
-                out += [(f"{base} + SURE/S", pair[0], "none"), (f"{base} + SURE", pair[1], "none")]
+                out += [
+                    (f"{base} + SURE/S", pair[0], FULL_PRECISION),
+                    (f"{base} + SURE", pair[1], FULL_PRECISION),
+                ]
         return out
 
     return layout(table, selected, specs)
@@ -94,7 +98,7 @@ def rmu_table(table: pd.DataFrame, selected: pd.DataFrame, low: str) -> pd.DataF
         if not set(rmu) & set(chosen):
             return []
         return [(name + suffix, name, quant) for name in rmu
-                for suffix, quant in (("", "none"), (" + Quan.", low))]  # fmt: skip
+                for suffix, quant in (("", FULL_PRECISION), (" + Quan.", low))]  # fmt: skip
 
     return layout(table, selected, specs)
 
@@ -103,15 +107,15 @@ def gamma_table(table: pd.DataFrame) -> pd.DataFrame:
     """Table 9: every full-precision SURE cell, by method and saliency percentile."""
     cols = value_columns(table)
     sure = table[table["method"].map(lambda m: m in METHODS and METHODS[m].family is SURE)]
-    sure = sure[sure["quant"] == "none"]
+    sure = sure[sure["quant"] == FULL_PRECISION]
     rows = []
     for (bench, dtype), part in sure.groupby(["benchmark", "weight_dtype"], sort=False):
-        rows.append(_row(table, bench, dtype, "Target", TARGET, TARGET_RUN, "none", cols))
+        rows.append(_row(table, bench, dtype, "Target", TARGET, TARGET_RUN, FULL_PRECISION, cols))
         part = part.sort_values(["method", "gamma_pct", "run"], kind="mergesort")
         for r in part.itertuples():
             base = METHODS[r.method].base
             label = f"{base} + SURE (γ=Percent.(s, {fmt_number(float(r.gamma_pct))}))"
-            rows.append(_row(table, bench, dtype, label, r.method, r.run, "none", cols))
+            rows.append(_row(table, bench, dtype, label, r.method, r.run, FULL_PRECISION, cols))
     return pd.DataFrame(rows, columns=[*KEYS, *cols])
 
 

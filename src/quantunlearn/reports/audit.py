@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from quantunlearn.evaluation.metrics import headers, metric_names
-from quantunlearn.quantizers import parse_quantizer
+from quantunlearn.quantizers import FULL_PRECISION, parse_quantizer
 from quantunlearn.reports.cell_files import metric_files
 from quantunlearn.reports.cells import build_table1, metric_columns, read_cells
 from quantunlearn.reports.provenance_report import provenance_markdown
@@ -106,24 +106,24 @@ def audit_frame(table: pd.DataFrame, bench: str, name: str, audit: dict) -> pd.D
         row = {"benchmark": bench, "checkpoint": name, "quant": quant}
         for m in metrics:
             row[m] = _value(ckpt, quant, m)
-            row[f"d_{m}"] = row[m] - _value(ckpt, "none", m)
+            row[f"d_{m}"] = row[m] - _value(ckpt, FULL_PRECISION, m)
         kept, fp_forgetting = {}, {}
         for k in audit["metrics"]:
             row[f"target_{k}"] = _value(target, reference, k)
             row[f"forgetting_{k}"] = row[f"target_{k}"] - row[k]
             row[f"retained_{k}"] = _pct(row[k], row[f"target_{k}"])
-            fp_forgetting[k] = _value(target, "none", k) - _value(ckpt, "none", k)
+            fp_forgetting[k] = _value(target, FULL_PRECISION, k) - _value(ckpt, FULL_PRECISION, k)
             kept[k] = row[f"kept_{k}"] = _pct(row[f"forgetting_{k}"], fp_forgetting[k])
             row[f"given_back_{k}"] = given_back_pct(
-                _value(target, "none", k),
-                _value(ckpt, "none", k),
+                _value(target, FULL_PRECISION, k),
+                _value(ckpt, FULL_PRECISION, k),
                 row[f"target_{k}"],
                 row[k],
                 min_forgetting=audit["min_forgetting"],
             )
         row["verdict"] = (
             "reference"
-            if quant == "none"
+            if quant == FULL_PRECISION
             else "counterfactual"
             if spec.counterfactual
             else verdict(kept, fp_forgetting, audit)
@@ -237,7 +237,7 @@ def checkpoint_markdown(
     bench, name = frame["benchmark"].iloc[0], frame["checkpoint"].iloc[0]
     method = external_method(name)
     own = long[(long["benchmark"] == bench) & (long["method"] == method)]
-    fp = own[own["quant"] == "none"]
+    fp = own[own["quant"] == FULL_PRECISION]
     first = own.iloc[0]
     out = [f"# Audit: {name} (external checkpoint) on benchmark {bench}", ""]
     out += [

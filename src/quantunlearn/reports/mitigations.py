@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from quantunlearn.evaluation.metrics import headers
+from quantunlearn.quantizers import FULL_PRECISION
 from quantunlearn.reports import appendix
 from quantunlearn.reports.cell_files import MUSE, layout_metric_files, low_bit
 from quantunlearn.reports.cells import (
@@ -142,10 +143,10 @@ def paired_table(
             continue
         if (sel["benchmark"], sel["weight_dtype"]) not in groups:
             groups.add((sel["benchmark"], sel["weight_dtype"]))
-            cell = _cell(table, sel["benchmark"], appendix.TARGET_RUN, "none")
+            cell = _cell(table, sel["benchmark"], appendix.TARGET_RUN, FULL_PRECISION)
             values = [cell[m] if cell is not None else np.nan for m in cols]
             rows.append((sel["benchmark"], sel["weight_dtype"], "", "Target", "full", TARGET)
-                        + (appendix.TARGET_RUN, "none", *values))  # fmt: skip
+                        + (appendix.TARGET_RUN, FULL_PRECISION, *values))  # fmt: skip
         base = METHODS[method].base
         base_sel = selected[
             (selected["benchmark"] == sel["benchmark"])
@@ -156,7 +157,7 @@ def paired_table(
             (labels[0], base, base_sel["run"].iloc[0] if len(base_sel) else None),
             (labels[1], method, sel["run"]),
         ):
-            for precision, quant in (("full", "none"), ("4 bit", low)):
+            for precision, quant in (("full", FULL_PRECISION), ("4 bit", low)):
                 cell = _cell(table, sel["benchmark"], run, quant) if run else None
                 values = [cell[m] if cell is not None else np.nan for m in cols]
                 rows.append(
@@ -173,7 +174,7 @@ def quail_table(table: pd.DataFrame, low: str) -> pd.DataFrame:
     """Every cell of each QUAIL method and of its base, at full precision and `low`."""
     quail = [m for m in table["method"].unique() if in_family(m, families.QUAIL)]
     bases = {METHODS[m].base for m in quail}
-    keep = table["method"].isin([*quail, *bases]) & table["quant"].isin(["none", low])
+    keep = table["method"].isin([*quail, *bases]) & table["quant"].isin([FULL_PRECISION, low])
     cols = [
         "benchmark",
         "weight_dtype",
@@ -202,7 +203,7 @@ def summary_table(table: pd.DataFrame, selected: pd.DataFrame, low: str) -> pd.D
     refs = refs.drop_duplicates().assign(weight_dtype=NA_MARK, meets_threshold=pd.NA)
     picks = pd.concat([refs, selected], ignore_index=True)
     for _, sel in picks.iterrows():
-        full = _cell(table, sel["benchmark"], sel["run"], "none")
+        full = _cell(table, sel["benchmark"], sel["run"], FULL_PRECISION)
         four = _cell(table, sel["benchmark"], sel["run"], low)
         if full is None:
             continue

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from quantunlearn.io import read_parquet
-from quantunlearn.quantizers import FullPrecision, parse_quantizer
+from quantunlearn.quantizers import FULL_PRECISION, FullPrecision, parse_quantizer
 from quantunlearn.quantizers.bnb import BitsAndBytes
 from quantunlearn.quantizers.rtn import RTN
 from quantunlearn.reports.cell_files import MUSE, layout_metric_files, layouts
@@ -101,7 +101,7 @@ def bit_sweep_table(table: pd.DataFrame, quantizers: Sequence[str]) -> pd.DataFr
         return pd.DataFrame()
     rows = []
     for grouping, part in sweep.groupby("grouping", sort=False):
-        quants = dict(zip(part["quant"], part["bits"], strict=True)) | {"none": 32}
+        quants = dict(zip(part["quant"], part["bits"], strict=True)) | {FULL_PRECISION: 32}
         sel = table[table["quant"].isin(quants)].copy()
         sel["bits"] = sel["quant"].map(quants)
         sel["grouping"] = grouping
@@ -173,7 +173,7 @@ def noflip_table(table: pd.DataFrame) -> pd.DataFrame:
             row = {
                 "benchmark": bench,
                 "run": run,
-                "label": row_label(first.to_dict() | {"quant": "none"}, keys),
+                "label": row_label(first.to_dict() | {"quant": FULL_PRECISION}, keys),
             }
             row["method"], row["weight_dtype"], row["quant"] = (
                 first["method"],
@@ -181,7 +181,7 @@ def noflip_table(table: pd.DataFrame) -> pd.DataFrame:
                 base,
             )
             for metric in ("knowmem_f", "verbmem_f", "knowmem_r"):
-                row[f"{metric}_fp"] = by_q[metric].get("none", np.nan)
+                row[f"{metric}_fp"] = by_q[metric].get(FULL_PRECISION, np.nan)
                 row[f"{metric}_q"] = by_q[metric].get(base, np.nan)
                 row[f"{metric}_noflip"] = by_q[metric].get(quant, np.nan)
                 row[f"{metric}_target_q"] = target[metric].get(base, np.nan)
@@ -245,7 +245,9 @@ def overlap_table(diag: pd.DataFrame, quant_order: Sequence[str]) -> pd.DataFram
     glob["share_beyond_half_step"] = glob["share_beyond_half_step"] * 100
     glob["step"] = glob["half_step_median"] * 2
     keys = label_keys(glob) if "weight_dtype" in glob else []
-    glob["label"] = [row_label(r.to_dict() | {"quant": "none"}, keys) for _, r in glob.iterrows()]
+    glob["label"] = [
+        row_label(r.to_dict() | {"quant": FULL_PRECISION}, keys) for _, r in glob.iterrows()
+    ]
     order = {q: i for i, q in enumerate(quant_order)}
     glob["_q"] = glob["quant"].map(order).fillna(len(order))
     glob = glob.sort_values(["benchmark", "method", "run", "_q"], kind="mergesort")
@@ -372,7 +374,9 @@ def quail_table(paths: Sequence[str | Path]) -> pd.DataFrame:
     for col in ("global_overlap", "tensorwise_overlap", "share_bitwise_unchanged"):
         table[col] = table[col] * 100
     keys = label_keys(table) if "weight_dtype" in table else []
-    table["label"] = [row_label(r.to_dict() | {"quant": "none"}, keys) for _, r in table.iterrows()]
+    table["label"] = [
+        row_label(r.to_dict() | {"quant": FULL_PRECISION}, keys) for _, r in table.iterrows()
+    ]
     table = table.sort_values(["benchmark", "method", "run", "bits"], ascending=[1, 1, 1, 0],
                               kind="mergesort")  # fmt: skip
     return table.reindex(columns=["benchmark", "run", "method", *QUAIL_TABLE_COLUMNS])
@@ -391,7 +395,7 @@ def make_quant_tables(
     table = build_table1(read_cells(metric_files), list(quantizers))
     four = four_bit_quantizers(quantizers)
     write_table(
-        table[table["quant"].isin(["none", *four])].reset_index(drop=True),
+        table[table["quant"].isin([FULL_PRECISION, *four])].reset_index(drop=True),
         out / "table2",
         "Table 2: full precision against every 4-bit quantizer",
         "Layout of Table 2 of Zhang et al. (ICLR 2025): RTN vs AWQ vs GPTQ (and GGUF/bnb) at 4 "

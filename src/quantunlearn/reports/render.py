@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from quantunlearn.io import atomic_write
+from quantunlearn.quantizers import FULL_PRECISION
 from quantunlearn.study.grid import external_name, is_external
 from quantunlearn.unlearning.hyperparameters import all_fields
 from quantunlearn.unlearning.methods import RETRAIN, TARGET
@@ -36,7 +37,7 @@ def rank(values: pd.Series, order: Sequence[str]) -> pd.Series:
 
 def ordered_quants(order: Sequence[str]) -> list[str]:
     """'none' first, then the quantizers in the config's order."""
-    return ["none"] + [q for q in order if q != "none"]
+    return [FULL_PRECISION] + [q for q in order if q != FULL_PRECISION]
 
 
 def fmt_number(value: float) -> str:
@@ -62,7 +63,7 @@ def row_label(row: Mapping | pd.Series, keys: Sequence[str] = LABEL_KEYS) -> str
         parts.append(label_part(key, value))
     label = f"{name} [{', '.join(parts)}]" if parts else name
     quant = row["quant"]
-    if isinstance(quant, str) and quant != "none":
+    if isinstance(quant, str) and quant != FULL_PRECISION:
         label += f" + {quant}"
     if is_collapsed(row.get("collapsed")):
         label += f" {COLLAPSED_MARK}"

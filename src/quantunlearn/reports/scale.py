@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from quantunlearn.quantizers import FULL_PRECISION
 from quantunlearn.reports.cell_files import metric_files
 from quantunlearn.reports.cells import REGULARIZED, build_table1, read_cells
 from quantunlearn.reports.quantizers import read_diagnostics
@@ -109,7 +110,7 @@ def scale_table(
         raise ValueError(f"scale_table: no cell was evaluated with {quant!r}")
     rows = []
     for bench, part in table1.groupby("benchmark", sort=False):
-        target = part[(part["method"] == TARGET) & (part["quant"] == "none")]
+        target = part[(part["method"] == TARGET) & (part["quant"] == FULL_PRECISION)]
         if len(target) != 1:
             raise ValueError(f"scale_table: benchmark {bench!r} has no full-precision target row")
         t = target.iloc[0]
@@ -120,7 +121,7 @@ def scale_table(
         )
         runs = part[part["method"].isin(REGULARIZED)]
         for run, cells in runs.groupby("run", sort=False):
-            fp, q = cells[cells["quant"] == "none"], cells[cells["quant"] == quant]
+            fp, q = cells[cells["quant"] == FULL_PRECISION], cells[cells["quant"] == quant]
             if len(fp) != 1 or len(q) != 1:
                 raise ValueError(
                     f"scale_table: run {run!r} of {bench!r} lacks its 'none' or {quant!r} cell"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from quantunlearn.quantizers import FULL_PRECISION
 from quantunlearn.unlearning.methods import REFERENCES
 
 RULES = ("max_knowmem_r_under_forget_threshold",)
@@ -55,7 +56,7 @@ def select_runs(
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise ValueError(f"select_runs: table lacks column(s) {missing}")
-    full = table[(table["quant"] == "none") & ~table["method"].isin(REFERENCES)]
+    full = table[(table["quant"] == FULL_PRECISION) & ~table["method"].isin(REFERENCES)]
     full = full.assign(weight_dtype=full["weight_dtype"].astype(object).fillna("–"))
     rows = []
     for key, part in full.groupby(GROUP, sort=True, dropna=False):

@@ -41,6 +41,7 @@ import pandas as pd
 
 from quantunlearn.evaluation.metrics import headers as headers_of
 from quantunlearn.evaluation.metrics import metric_names
+from quantunlearn.quantizers import FULL_PRECISION
 from quantunlearn.reports.cell_files import MUSE, layout_metric_files, layouts
 from quantunlearn.reports.cells import (
     REGULARIZED,
@@ -245,7 +246,7 @@ def _given_back(part: pd.DataFrame, fp: pd.DataFrame, target, metric: str, quant
     """Mean over the methods of `part` (one quantizer) of their `given_back_pct`, each against
     its own full-precision cell mean (`fp`, indexed by method); NaN when no method is judged."""
     bench = part["benchmark"].iloc[0]
-    t_fp = target[metric].get((bench, "none"), float("nan"))
+    t_fp = target[metric].get((bench, FULL_PRECISION), float("nan"))
     t_q = target[metric].get((bench, quant), float("nan"))
     shares = [
         given_back_pct(t_fp, fp[metric].get(m, float("nan")), t_q, v)
@@ -276,7 +277,7 @@ def retention_summary(table: pd.DataFrame) -> pd.DataFrame:
     ):
         fp = (
             means[(means["benchmark"] == bench) & _same(means["weight_dtype"], dtype)]
-            .loc[lambda f: f["quant"] == "none"]
+            .loc[lambda f: f["quant"] == FULL_PRECISION]
             .set_index("method")
         )
         for metric in RETENTION_METRICS:
@@ -307,7 +308,7 @@ def headline_retention(table: pd.DataFrame) -> pd.DataFrame:
     if means.empty:
         return _empty_retention()
     target = _target_lookup(table)
-    fp = means[means["quant"] == "none"].set_index(["benchmark", "weight_dtype", "method"])
+    fp = means[means["quant"] == FULL_PRECISION].set_index(["benchmark", "weight_dtype", "method"])
     rows = []
     for (dtype, quant), part in means.groupby(["weight_dtype", "quant"], dropna=False, sort=False):
         num = den = 0.0
@@ -323,7 +324,7 @@ def headline_retention(table: pd.DataFrame) -> pd.DataFrame:
                     cells = max(cells, int(row[f"{metric}_n"]))
                     key = (row["benchmark"], row["weight_dtype"], row["method"])
                     four = (
-                        target[metric].get((row["benchmark"], "none"), np.nan),
+                        target[metric].get((row["benchmark"], FULL_PRECISION), np.nan),
                         fp[metric].get(key, np.nan) if key in fp.index else np.nan,
                         ref,
                         row[metric],

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from quantunlearn.evaluation.metrics import headers
+from quantunlearn.quantizers import FULL_PRECISION
 from quantunlearn.reports.cell_files import low_bit, metric_files
 from quantunlearn.reports.cells import build_table1, read_cells
 from quantunlearn.reports.render import label_keys, row_label, to_markdown, write_frames, write_text
@@ -28,7 +29,7 @@ COLUMNS = ["verbmem_f", "acc_f", "acc_r", "privleak"]
 
 def twitter_table(long: pd.DataFrame, quant_order: Sequence[str], low: str | None) -> pd.DataFrame:
     """One row per (benchmark, run) x precision (full, ``low``), in Table 1's order."""
-    quants = ["none", *([low] if low else [])]
+    quants = [FULL_PRECISION, *([low] if low else [])]
     table = build_table1(long, quant_order)
     table = table[table["quant"].isin(quants)].copy()
     extra = long[long["metric"].isin(["acc_f", "acc_r"])]
@@ -39,8 +40,10 @@ def twitter_table(long: pd.DataFrame, quant_order: Sequence[str], low: str | Non
         if col not in table:
             table[col] = float("nan")
     keys = label_keys(table)
-    table["label"] = [row_label(r.to_dict() | {"quant": "none"}, keys) for _, r in table.iterrows()]
-    table["precision"] = ["full" if q == "none" else q for q in table["quant"]]
+    table["label"] = [
+        row_label(r.to_dict() | {"quant": FULL_PRECISION}, keys) for _, r in table.iterrows()
+    ]
+    table["precision"] = ["full" if q == FULL_PRECISION else q for q in table["quant"]]
     return table[["benchmark", "run", "method", "label", "precision", "quant", *COLUMNS]]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from quantunlearn.data import benchmark_kind
 from quantunlearn.data.provenance import is_hub_spec
-from quantunlearn.quantizers import parse_quantizer
+from quantunlearn.quantizers import FULL_PRECISION, parse_quantizer
 from quantunlearn.study.config_tree import benchmark_tiny_model, tiny_benchmarks
 from quantunlearn.study.external import external_errors
 from quantunlearn.study.method_grid import hyperparameter_errors
@@ -91,7 +91,7 @@ def _quantizer_errors(config: dict) -> list[str]:
                 f"not divide the tiny model's Linear input size(s) {bad} "
                 "(tiny_model.hidden_size / intermediate_size)"
             )
-    if "none" not in config["quantizers"]:
+    if FULL_PRECISION not in config["quantizers"]:
         errors.append("config key quantizers: must include 'none' (the full-precision column)")
     return errors
 
@@ -241,7 +241,7 @@ def low_bit_quantizer(config: dict) -> str | None:
     if config["selection"].get("low_bit_quantizer"):
         return config["selection"]["low_bit_quantizer"]
     for name in config["quantizers"]:
-        if name != "none" and parse_quantizer(name).bits == 4:
+        if name != FULL_PRECISION and parse_quantizer(name).bits == 4:
             return name
     return None
 
