@@ -34,7 +34,7 @@ from quantunlearn.quantizers.base import quantizable_linears, relative_error
 from quantunlearn.reports import REPORTS
 from quantunlearn.study.schema import config_schema, schema_json
 from quantunlearn.unlearning.hyperparameters import GROUPS, all_fields, column_dtype
-from quantunlearn.unlearning.loop import unlearn
+from quantunlearn.unlearning.loop import UnlearnJob, unlearn
 from quantunlearn.unlearning.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,9 +58,7 @@ def test_method_changes_its_scope_only(name, tiny_model_dir, corpora, rwku_bench
         retain,
         out,
         tmp_path / "log.parquet",
-        method=name,
-        hyperparameters=TINY_RUN,
-        settings={"batch_size": 2, "max_len": 64},
+        job=UnlearnJob.of(name, TINY_RUN, {"batch_size": 2, "max_len": 64}),
     )
     before, after = load_model(str(tiny_model_dir)), load_model(str(out))
     changed = {
