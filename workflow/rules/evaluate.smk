@@ -53,9 +53,13 @@ rule evaluate:
         runtime=planned("evaluate", "runtime"),
         gpu=planned("evaluate", "gpu"),
     params:
-        # the typed cell (quantunlearn.evaluation.cell.CellJob): models, quantizer, benchmark
-        # kind and targets, the run's parameters and the cell's config
-        cell=lambda wc: cell_job(STUDY, wc.bench, wc.run, wc.quant),
+        # the run's parameters and the cell's config, which its config hash covers: Snakemake
+        # compares them with the last run's (a change reruns the cell)
+        cell=lambda wc: STUDY.run(wc.bench, wc.run).params,
+        cell_config=lambda wc: STUDY.cell_config(wc.bench, wc.run, wc.quant),
         auc=lambda wc: (reference_auc_input(wc.bench) or [None])[0],
+        # the typed cell the script evaluates (quantunlearn.evaluation.cell.CellJob): the same
+        # parameters and config, its models, quantizer, benchmark kind and targets
+        job=lambda wc: cell_job(STUDY, wc.bench, wc.run, wc.quant),
     script:
         "../scripts/evaluate.py"

@@ -52,9 +52,12 @@ rule diagnose:
         mem_mb=16000,
         runtime=60,
     params:
-        # the typed cell (quantunlearn.evaluation.cell.CellJob): the run's and the target's
-        # models and stored checkpoints, the run's parameters and the cell's config
-        cell=lambda wc: diagnostic_job(STUDY, wc.bench, wc.run, wc.quant),
+        # what the cell's config hash covers, compared by Snakemake (a change reruns it)
+        cell=lambda wc: STUDY.run(wc.bench, wc.run).params,
+        cell_config=lambda wc: STUDY.cell_config(wc.bench, wc.run, wc.quant),
+        # the typed cell the script diagnoses (quantunlearn.evaluation.cell.CellJob): the run's
+        # and the target's models and stored checkpoints, the same parameters and config
+        job=lambda wc: diagnostic_job(STUDY, wc.bench, wc.run, wc.quant),
     script:
         "../scripts/diagnose.py"
 

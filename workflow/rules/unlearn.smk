@@ -23,11 +23,12 @@ rule unlearn:
     params:
         target=lambda wc: model_path(wc.bench, TARGET_RUN),
         tokenizer=lambda wc: tokenizer_of(wc.bench),
-        # the benchmark's entry and its kind (which says where the forget and retain data are)
         benchmark=lambda wc: STUDY.benchmark(wc.bench),
-        kind=lambda wc: STUDY.kind(wc.bench).name,
-        # the typed run (quantunlearn.study.runs.Run) and the study's settings it trains under
-        run=lambda wc: STUDY.run(wc.bench, wc.run),
-        settings=lambda wc: STUDY.cell_config(wc.bench, wc.run)["unlearn"],
+        # the run's parameters and the study's settings it trains under, as its cell config
+        # hashes them: Snakemake compares them with the last run's (a change reruns the job)
+        run=lambda wc: STUDY.run(wc.bench, wc.run).params,
+        fixed=lambda wc: STUDY.cell_config(wc.bench, wc.run)["unlearn"],
+        # the typed run (quantunlearn.study.runs.Run): what the script trains
+        typed_run=lambda wc: STUDY.run(wc.bench, wc.run),
     script:
         "../scripts/unlearn.py"

@@ -10,6 +10,7 @@ with `quantunlearn.study.grid.Study.run`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from quantunlearn.data.benchmarks import BenchmarkKind
 from quantunlearn.io import config_hash
 from quantunlearn.study.config import ConfigError, as_list, benchmark_tiny_model, method_grids
 from quantunlearn.unlearning import methods
-from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, group_of
+from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS, group_of
 from quantunlearn.unlearning.methods import REFERENCES, get_method
 
 #: The reference models by role: the target every unlearning run starts from (and every audit
@@ -202,20 +203,28 @@ class Run:
         unlearning job trains with."""
         if not self.unlearned:
             raise ValueError(f"{self.path} is not an unlearning run: it has no hyperparameters")
-        return get_method(self.method).run(self.hyperparameters)
+        return _typed_run(self.method, tuple(self.hyperparameters.items()))
 
     @property
     def params(self) -> dict[str, Any]:
         """Its parameters as every file of its cells records them (and its cell config hashes
         them): benchmark, run, method, the base methods' hyperparameters always (None where the
         method takes none, so the six base methods' files keep their exact columns), its own
-        ones, and its RWKU subject."""
-        base = dict.fromkeys(BASE_HYPER_COLUMNS)
+        ones, and its RWKU subject. In the grid's column order: Snakemake compares a job's
+        params by their text (a reordered dict would rerun every job)."""
+        values = dict.fromkeys(BASE_HYPER_COLUMNS) | self.hyperparameters
         params = {"benchmark": self.benchmark, "run": self.path, "method": self.method}
-        params |= base | self.hyperparameters
+        params |= {key: values[key] for key in HYPER_COLUMNS if key in values}  # the grid's order
         if self.subject is not None:
             params["subject"] = self.subject
         return params
+
+
+@functools.cache
+def _typed_run(method: str, hyperparameters: tuple[tuple[str, Any], ...]) -> methods.Run:
+    """A run's typed groups, built once per process (the plan, the dry run's step counts and
+    the job all ask for them)."""
+    return get_method(method).run(dict(hyperparameters))
 
 
 def _method_runs(config: dict, bench: Benchmark, name: str) -> list[Run]:
@@ -245,12 +254,13 @@ def _repeat_error(config: dict, runs: list[Run]) -> str | None:
         seen[key] = run
     if not dupes:
         return None
-    first = next(iter(dupes.values()))
-    sections = sorted({r.section for r in first if r.section is not None})
+    first = min(dupes.values(), key=lambda group: runs.index(group[0]))  # in grid order
+    same = [r for key, group in dupes.items() if key[1] == first[0].path for r in group]
+    sections = sorted({r.section for r in same if r.section is not None})
     listed = isinstance(config["unlearn"]["methods"][first[0].method], list)
     where = [f"unlearn.methods.{first[0].method}" + (f"[{i}]" if listed else "") for i in sections]
     what = " and ".join(dict.fromkeys(where))
-    more = len(dupes) - 1
+    more = len({path for _, path in dupes}) - 1
     return (
         f"config key {what}: the grid of {first[0].method} repeats the run {first[0].path}"
         + (f" (and {more} more)" if more else "")
