@@ -93,7 +93,7 @@ class Study:
 
     def __post_init__(self):
         self._by_path = {(r.benchmark, r.path): r for r in self.all_runs}
-        #: the read-only pandas view of the runs (`runs_frame`), for tabular questions
+        #: a pandas view derived from the runs (`runs_frame`), for tabular questions
         self.runs = runs_frame(self.all_runs)
 
     def run(self, bench: str, run: str) -> Run:
