@@ -67,7 +67,7 @@ def model_shape(study: Study, bench: str) -> LlamaShape | None:
         vocab = -(-tiny["tokenizer_vocab"] // 128) * 128  # models.build_llama rounds up to 128
         return LlamaShape(vocab, tiny["hidden_size"], tiny["intermediate_size"],
                           tiny["num_layers"], tiny["num_heads"])  # fmt: skip
-    models = study.benchmark(bench)["models"]
+    models = study.bench(bench).models
     target = str(models["target"] or models["base"]).split("@")[0]
     config = Path(target) / "config.json"
     if config.is_file():
