@@ -1,5 +1,6 @@
 """Config validation at parse time, and the grid of runs."""
 
+import pickle
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import yaml
 from quantunlearn.io import config_hash
 from quantunlearn.study import load_study, load_study_file
 from quantunlearn.study.config import ConfigError
-from quantunlearn.study.grid import PLAIN_TRAINING, training_tag, unlearned_here
+from quantunlearn.study.runs import PLAIN_TRAINING, training_tag, unlearned_here
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "config" / "config.yaml"
@@ -36,11 +37,35 @@ def test_default_config_grid():
     run = npo_gdr + f"npo_klr_form~paper/seed~0/train~{training_tag(study.config, 'bf16')}"
     assert run in set(runs.run)
     assert len(study.cells()) == len(runs) * len(study.quantizers)
-    params = study.run_params("synthetic", run)
+    params = study.run("synthetic", run).params
     assert params["lr"] == 1e-05 and isinstance(params["lr"], float)
-    assert params["alpha"] == 1.0 and params["beta"] == 0.1
+    assert params["alpha"] == 1.0 and isinstance(params["alpha"], float) and params["beta"] == 0.1
     assert isinstance(params["epochs"], int) and params["epochs"] == 64
+    typed = study.run("synthetic", run).typed  # the job's typed groups, from the same values
+    assert (typed.method.name, typed.lr, typed.epochs) == ("NPO_GDR", 1e-05, 64)
+    with pytest.raises(ConfigError, match="method~GA' of benchmark 'synthetic' is not in"):
+        study.run("synthetic", "method~GA")
     assert study.cell_config("synthetic", run)["unlearn"]["batch_size"] == 2  # the papers' batch
+
+
+def test_jobs_get_typed_runs_and_cells_they_can_unpickle():
+    """Snakemake pickles a rule's params into the job's script: the typed Run and CellJob are
+    plain values, and a cell's job carries exactly the cell's config and the run's parameters."""
+    from quantunlearn.study.jobs import cell_job, diagnostic_job
+
+    study = load_study_file(DEFAULT)
+    run = next(r for r in study.all_runs if r.unlearned)
+    assert pickle.loads(pickle.dumps(run)) == run and study.run(run.benchmark, run.path) is run
+    job = cell_job(study, run.benchmark, run.path, "rtn_w4")
+    assert pickle.loads(pickle.dumps(job)) == job
+    assert job.cell_config == study.cell_config(run.benchmark, run.path, "rtn_w4")
+    assert job.params == run.params and job.kind == study.kind(run.benchmark).name
+    assert job.model == study.model_path(run.benchmark, run.path) and job.model.endswith("/model")
+    assert job.target == study.model_path(run.benchmark, "method~target")
+    diagnostic = diagnostic_job(study, run.benchmark, run.path, "rtn_w4")
+    assert diagnostic.data_source is None and diagnostic.tokenizer is None
+    bench = study.bench(run.benchmark)
+    assert study.kind(run.benchmark) is bench.kind and study.benchmark(bench.name) is bench.entry
 
 
 def test_yaml_exponent_trap_is_converted():

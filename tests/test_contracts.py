@@ -36,7 +36,7 @@ from quantunlearn.study import load_study_file
 from quantunlearn.study.schema import config_schema, schema_json
 from quantunlearn.unlearning.families import PLAIN, RMU
 from quantunlearn.unlearning.hyperparameters import GROUPS, all_fields, column_dtype
-from quantunlearn.unlearning.loop import unlearn
+from quantunlearn.unlearning.loop import UnlearnJob, unlearn
 from quantunlearn.unlearning.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,9 +60,7 @@ def test_method_changes_its_scope_only(name, tiny_model_dir, corpora, rwku_bench
         retain,
         out,
         tmp_path / "log.parquet",
-        method=name,
-        hyperparameters=TINY_RUN,
-        settings={"batch_size": 2, "max_len": 64},
+        job=UnlearnJob.of(name, TINY_RUN, {"batch_size": 2, "max_len": 64}),
     )
     before, after = load_model(str(tiny_model_dir)), load_model(str(out))
     changed = {
@@ -292,6 +290,39 @@ def test_no_function_is_longer_than_a_screen_without_a_reason():
                 if length > LONG and not any("# long:" in line for line in body):
                     too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} {length}")
     assert not too_long, too_long
+
+
+MANY = 8  # parameters (self and cls not counted); more say why in a `# long: ...` comment
+
+
+def parameter_count(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """The parameters a caller may pass: positional, keyword-only, *args and **kwargs (the
+    first of a method, self or cls, not counted)."""
+    args = node.args
+    names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+    names += [a.arg for a in (args.vararg, args.kwarg) if a is not None]
+    return len(names) - int(bool(names) and names[0] in ("self", "cls"))
+
+
+def test_parameter_count_counts_every_kind_of_parameter():
+    tree = ast.parse("def f(a, /, b, *c, d, **e): pass\nclass K:\n    def m(self, a): pass")
+    f, m = (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef))
+    assert (parameter_count(f), parameter_count(m)) == (5, 1)
+
+
+def test_no_function_takes_more_than_eight_parameters_without_a_reason():
+    """A function with many parameters groups what belongs together into a typed object (a
+    cell, the unlearning settings, the training recipe) instead."""
+    crowded = []
+    for path in sorted((ROOT / "src" / "quantunlearn").rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                body = lines[node.lineno - 1 : node.end_lineno]
+                count = parameter_count(node)
+                if count > MANY and not any("# long:" in line for line in body):
+                    crowded.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} {count}")
+    assert not crowded, crowded
 
 
 def test_no_import_cycles():

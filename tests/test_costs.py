@@ -15,7 +15,7 @@ from quantunlearn.models.shape import LLAMA2_7B, LlamaShape
 from quantunlearn.study.costs import GB, GPU, gpus_needed, unlearn_memory
 from quantunlearn.study.grid import load_study_file
 from quantunlearn.study.plan import plan_summary, request
-from quantunlearn.unlearning.loop import unlearn
+from quantunlearn.unlearning.loop import UnlearnJob, unlearn
 from quantunlearn.unlearning.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,9 +123,10 @@ def test_spread_path_gives_the_same_loss_and_weights_on_one_device(tiny_model_di
     out = {}
     for gpus in (1, 2):
         unlearn(str(tiny_model_dir), forget, retain, tmp_path / f"m{gpus}",
-                tmp_path / f"log{gpus}.parquet", method="NPO_KLR",
-                hyperparameters=dict(weight_dtype="fp32", lr=1e-3, epochs=2, alpha=1.0),
-                settings=dict(batch_size=2, max_len=64), gpus=gpus)  # fmt: skip
+                tmp_path / f"log{gpus}.parquet",
+                job=UnlearnJob.of("NPO_KLR",
+                                  dict(weight_dtype="fp32", lr=1e-3, epochs=2, alpha=1.0),
+                                  dict(batch_size=2, max_len=64), gpus=gpus))  # fmt: skip
         out[gpus] = pd.read_parquet(tmp_path / f"log{gpus}.parquet")
     pd.testing.assert_frame_equal(out[1], out[2])
     a, b = load_model(str(tmp_path / "m1")), load_model(str(tmp_path / "m2"))

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from quantunlearn.evaluation.cell import CellJob
 from quantunlearn.evaluation.diagnostics import (
     bucket_overlap,
     diagnose_run,
@@ -114,7 +115,8 @@ def perturbed_dir(tmp_path_factory, tiny_model):
 def test_diagnose_run_rows(tiny_model_dir, perturbed_dir, tmp_path, quant):
     out = tmp_path / "d.parquet"
     cell = {"benchmark": "b", "run": "method~GA/lr~1", "method": "GA", "weight_dtype": "fp32"}
-    frame = diagnose_run(tiny_model_dir, perturbed_dir, quant, out, cell=cell, cell_config={"x": 1})
+    job = CellJob(cell, quant, {"x": 1}, model=str(perturbed_dir), target=str(tiny_model_dir))
+    frame = diagnose_run(job, out)
     back = pd.read_parquet(out)
     assert len(back) == len(frame)
     assert set(back["pair"]) == {"target_vs_unlearned", "unlearned_vs_quantized"}

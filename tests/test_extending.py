@@ -22,7 +22,7 @@ import quantunlearn.quantizers.families as quantizers_table
 from quantunlearn.data.benchmarks import MuseKind, benchmark_kind
 from quantunlearn.data.synthetic import generate_synthetic
 from quantunlearn.evaluation import metrics as metrics_table
-from quantunlearn.evaluation.cell import evaluate_cell
+from quantunlearn.evaluation.cell import CellJob, evaluate_cell
 from quantunlearn.models.loading import load_model
 from quantunlearn.models.training import IGNORE
 from quantunlearn.quantizers import Quantizer, parse_quantizer, quantizer_pattern
@@ -31,7 +31,7 @@ from quantunlearn.reports.table1 import make_table1
 from quantunlearn.study import ConfigError, load_study
 from quantunlearn.study.schema import _config_schema
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS
-from quantunlearn.unlearning.loop import unlearn
+from quantunlearn.unlearning.loop import UnlearnJob, unlearn
 from quantunlearn.unlearning.methods import METHODS, Method
 from quantunlearn.unlearning.objectives import GDR, Term
 
@@ -76,8 +76,8 @@ def test_a_new_method_is_an_objective_and_a_row(monkeypatch, tiny_model_dir, cor
     forget, retain = corpora
     out = tmp_path / "me"
     info = unlearn(str(tiny_model_dir), forget, retain, out, tmp_path / "log.parquet",
-                   method="ME_GDR", hyperparameters=TINY_RUN,
-                   settings={"batch_size": 2, "max_len": 64})  # fmt: skip
+                   job=UnlearnJob.of("ME_GDR", TINY_RUN,
+                                     {"batch_size": 2, "max_len": 64}))  # fmt: skip
     before, after = load_model(str(tiny_model_dir)), load_model(str(out))
     moved = [n for (n, p), (_, q) in zip(before.named_parameters(), after.named_parameters(),
                                          strict=True) if not torch.equal(p, q)]  # fmt: skip
@@ -143,9 +143,9 @@ def test_a_new_quantizer_is_a_module_and_a_row(monkeypatch, tiny_model_dir, benc
     for name, weight in quantizer.effective_weights(model).items():
         w = original.get_submodule(name).weight
         assert (weight.abs() <= w.abs() + 1e-7).all() and not torch.equal(weight, w)
-    frame = evaluate_cell(str(tiny_model_dir), "trunc_w4", *bench, tmp_path / "m.parquet",
-                          tmp_path / "r.parquet", cell=CELL, cell_config={"quant": "trunc_w4"},
-                          evaluation=EVALUATION)  # fmt: skip
+    cell = CellJob(CELL, "trunc_w4", {"quant": "trunc_w4"}, str(tiny_model_dir),
+                   evaluation=EVALUATION)  # fmt: skip
+    frame = evaluate_cell(cell, *bench, tmp_path / "m.parquet", tmp_path / "r.parquet")
     assert set(frame["quant"]) == {"trunc_w4"} and frame["value"].notna().all()
 
 
@@ -171,8 +171,8 @@ def test_a_new_metric_is_a_function_and_a_row(monkeypatch, tiny_model_dir, bench
     monkeypatch.setattr(metrics_table, "METRICS", (*metrics_table.METRICS, row))
     monkeypatch.setitem(metrics_table.BY_NAME, row.name, row)
     out = tmp_path / "m.parquet"
-    evaluate_cell(str(tiny_model_dir), "none", *bench, out, tmp_path / "r.parquet", cell=CELL,
-                  cell_config={}, evaluation=EVALUATION)  # fmt: skip
+    cell = CellJob(CELL, "none", {}, str(tiny_model_dir), evaluation=EVALUATION)
+    evaluate_cell(cell, *bench, out, tmp_path / "r.parquet")
     records = pd.read_parquet(tmp_path / "r.parquet")
     assert (records["metric"] == "knowmem_f_exact").sum() == 4 * 8  # 4 forget people x 8 facts
     table = build_table1(read_cells([out]), ["none"])
@@ -388,9 +388,9 @@ def test_a_new_report_is_a_module_and_a_row(monkeypatch, tiny_model_dir, bench, 
     files = []
     for quant in ("none", "rtn_w4"):
         files.append(study.metric_file("micro", "method~target", quant))
-        cell = {**CELL, "benchmark": "micro"}
-        evaluate_cell(str(tiny_model_dir), quant, *bench, files[-1], tmp_path / f"{quant}.r",
-                      cell=cell, cell_config={"quant": quant}, evaluation=EVALUATION)  # fmt: skip
+        cell = CellJob({**CELL, "benchmark": "micro"}, quant, {"quant": quant},
+                       str(tiny_model_dir), evaluation=EVALUATION)  # fmt: skip
+        evaluate_cell(cell, *bench, files[-1], tmp_path / f"{quant}.r")
     row.make(study, {"metrics": files}, study.tables)
     knowmem = read_cells(files).query("metric == 'knowmem_f'").set_index("quant")["value"]
     spread = pd.read_parquet(study.tables / "spread.parquet")

@@ -33,7 +33,7 @@ from quantunlearn.evaluation.generation import (
 )
 from quantunlearn.evaluation.muse_metrics import KNOWMEM_STOP, knowmem, knowmem_prompt, verbmem
 from quantunlearn.models.tiny import build_llama, train_tokenizer
-from quantunlearn.models.training import train_lm
+from quantunlearn.models.training import LMRecipe, train_lm
 from quantunlearn.quantizers import parse_quantizer
 
 STOP = list(KNOWMEM_STOP)
@@ -113,13 +113,15 @@ def trained(tmp_path_factory):
         model,
         tokenize_documents(docs["forget"] + docs["retain"], tok),
         tok.pad_token_id,
-        max_len=256,
-        epochs=12,
-        lr=3e-3,
-        batch_size=8,
-        warmup_steps=10,
-        weight_decay=0.01,
-        seed=0,
+        LMRecipe(
+            max_len=256,
+            epochs=12,
+            lr=3e-3,
+            batch_size=8,
+            warmup_steps=10,
+            weight_decay=0.01,
+            seed=0,
+        ),
     )
     path = tmp_path_factory.mktemp("trained_model")
     model.eval().save_pretrained(path)

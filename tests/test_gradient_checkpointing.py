@@ -8,7 +8,7 @@ import torch
 
 from quantunlearn.models.loading import load_model
 from quantunlearn.unlearning import loop as unlearn_module
-from quantunlearn.unlearning.loop import unlearn
+from quantunlearn.unlearning.loop import UnlearnJob, unlearn
 
 DOCS = [
     "Alice Moreau was born in Tarsk in 1931 and works as a baker in the old town.",
@@ -28,9 +28,11 @@ def _run(model_dir, tmp_path, name, checkpointing):
         retain,
         out,
         tmp_path / f"{name}.parquet",
-        method="NPO_KLR",
-        hyperparameters=dict(weight_dtype="fp32", lr=1e-3, epochs=2, alpha=1.0, beta=0.1),
-        settings=dict(batch_size=2, max_len=64, gradient_checkpointing=checkpointing),
+        job=UnlearnJob.of(
+            "NPO_KLR",
+            dict(weight_dtype="fp32", lr=1e-3, epochs=2, alpha=1.0, beta=0.1),
+            dict(batch_size=2, max_len=64, gradient_checkpointing=checkpointing),
+        ),
     )
     return out, info
 

@@ -22,7 +22,7 @@ from quantunlearn.unlearning.lat import (
     pad_batch,
     project_l2_ball,
 )
-from quantunlearn.unlearning.loop import unlearn
+from quantunlearn.unlearning.loop import UnlearnJob, unlearn
 from quantunlearn.unlearning.losses import away_loss, nll
 from quantunlearn.unlearning.methods import METHODS
 from quantunlearn.unlearning.objectives import Step
@@ -175,8 +175,8 @@ def test_rmu_lat_steps_and_scope(tiny_model_dir, corpora, tmp_path):
              "lat_steps": 3, "lat_model_steps": 3, "lat_epsilon": 0.5}  # fmt: skip
     out = tmp_path / "model"
     info = unlearn(str(tiny_model_dir), forget, retain, out, tmp_path / "log.parquet",
-                   method="RMU_LAT", hyperparameters=hyper,
-                   settings={"batch_size": 1, "max_len": 64})  # fmt: skip
+                   job=UnlearnJob.of("RMU_LAT", hyper,
+                                     {"batch_size": 1, "max_len": 64}))  # fmt: skip
     # 2 forget sequences, batch 1: 2 epochs x 2 batches x 3 RMU steps per attack
     assert info["n_forget_sequences"] == 2 and info["steps"] == 12
     assert info["trained_parameters"] == [

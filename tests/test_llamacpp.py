@@ -16,7 +16,7 @@ from quantunlearn.evaluation.generation import greedy_generate
 from quantunlearn.evaluation.muse_metrics import KNOWMEM_STOP, knowmem, min_k_scores, verbmem
 from quantunlearn.models.loading import load_model, load_tokenizer
 from quantunlearn.models.tiny import build_llama, train_tokenizer
-from quantunlearn.models.training import train_lm
+from quantunlearn.models.training import LMRecipe, train_lm
 from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.quantizers.base import RuntimeModel
 from quantunlearn.quantizers.gguf_export import write_gguf
@@ -34,8 +34,8 @@ def trained(tmp_path_factory):
     tok = train_tokenizer([d for split in docs.values() for d in split], 512)
     model = build_llama(tok, 256, 512, 2, 4)
     train_lm(model, tokenize_documents(docs["forget"] + docs["retain"], tok), tok.pad_token_id,
-             max_len=256, epochs=12, lr=3e-3, batch_size=8, warmup_steps=10, weight_decay=0.01,
-             seed=0)  # fmt: skip
+             LMRecipe(max_len=256, epochs=12, lr=3e-3, batch_size=8, warmup_steps=10,
+                      weight_decay=0.01, seed=0))  # fmt: skip
     path = tmp_path_factory.mktemp("trained_model")
     model.eval().save_pretrained(path)
     tok.save_pretrained(path)

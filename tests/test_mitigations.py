@@ -17,7 +17,7 @@ from quantunlearn.study.config import ConfigError, normalize_config
 from quantunlearn.study.grid import expand_runs, run_path
 from quantunlearn.unlearning import losses
 from quantunlearn.unlearning.families import PLAIN, RMU
-from quantunlearn.unlearning.loop import unlearn
+from quantunlearn.unlearning.loop import UnlearnJob, unlearn
 from quantunlearn.unlearning.methods import METHODS, get_method
 from quantunlearn.unlearning.quail_margin import logit_perturbation, parse_margin
 from quantunlearn.unlearning.scopes import (
@@ -124,16 +124,18 @@ def test_quail_unlearning_with_a_quantizer_margin(tiny_model_dir, corpora, tmp_p
         retain,
         tmp_path / "m",
         tmp_path / "log.parquet",
-        method="GA_GDR_QUAIL",
-        hyperparameters=dict(
-            weight_dtype="fp32",
-            lr=1e-3,
-            epochs=2,
-            alpha=1.0,
-            quail_gamma=1.0,
-            quail_delta="rtn_w4g128",
+        job=UnlearnJob.of(
+            "GA_GDR_QUAIL",
+            dict(
+                weight_dtype="fp32",
+                lr=1e-3,
+                epochs=2,
+                alpha=1.0,
+                quail_gamma=1.0,
+                quail_delta="rtn_w4g128",
+            ),
+            dict(batch_size=2, max_len=64),
         ),
-        settings=dict(batch_size=2, max_len=64),
     )
     assert info["quail_margin"] > 0
     log = pd.read_parquet(tmp_path / "log.parquet")
@@ -168,18 +170,20 @@ def test_sure_moves_only_salient_modules(tiny_model_dir, corpora, tmp_path, meth
         retain,
         out,
         tmp_path / "log.parquet",
-        method=method,
-        hyperparameters=dict(
-            weight_dtype="fp32",
-            lr=1e-3,
-            epochs=2,
-            alpha=1.0,
-            beta=0.1,
-            npo_klr_form="paper",
-            gamma_pct=80.0,
-            sure_modules=modules,
+        job=UnlearnJob.of(
+            method,
+            dict(
+                weight_dtype="fp32",
+                lr=1e-3,
+                epochs=2,
+                alpha=1.0,
+                beta=0.1,
+                npo_klr_form="paper",
+                gamma_pct=80.0,
+                sure_modules=modules,
+            ),
+            dict(batch_size=2, max_len=64),
         ),
-        settings=dict(batch_size=2, max_len=64),
     )
     mask = pd.read_parquet(out / SALIENCY_FILE)
     if modules == "linear":  # embeddings, norms and lm_head are never candidates
@@ -275,19 +279,21 @@ def test_lora_unlearning_trains_adapters_and_saves_merged(tiny_model_dir, corpor
         retain,
         out,
         tmp_path / "log.parquet",
-        method="NPO_GDR_LORA",
-        hyperparameters=dict(
-            weight_dtype="fp32",
-            lr=1e-2,
-            epochs=2,
-            alpha=1.0,
-            beta=0.1,
-            npo_klr_form="paper",
-            lora_rank=4,
-            lora_alpha=8.0,
-            lora_targets="mlp",
+        job=UnlearnJob.of(
+            "NPO_GDR_LORA",
+            dict(
+                weight_dtype="fp32",
+                lr=1e-2,
+                epochs=2,
+                alpha=1.0,
+                beta=0.1,
+                npo_klr_form="paper",
+                lora_rank=4,
+                lora_alpha=8.0,
+                lora_targets="mlp",
+            ),
+            dict(batch_size=2, max_len=64),
         ),
-        settings=dict(batch_size=2, max_len=64),
     )
     assert info["lora_trainable_params"] > 0
     adapter = load_file(out / ADAPTER_DIR / "adapter_model.safetensors")

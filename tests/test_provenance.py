@@ -14,7 +14,7 @@ import pytest
 from huggingface_hub import DryRunFileInfo
 
 from quantunlearn.data import provenance as pv
-from quantunlearn.evaluation.cell import evaluate_cell, package_versions, reference_auc
+from quantunlearn.evaluation.cell import CellJob, evaluate_cell, package_versions, reference_auc
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -270,16 +270,13 @@ def test_cell_rows_carry_provenance_and_privleak_recomputes(tmp_path, tiny_model
     reference = json.loads((tmp_path / "auc.json").read_text())
     assert json.loads(reference["provenance"]["inputs"])["retrain"]["source"] == str(tiny_model_dir)
     cell = {"benchmark": "b", "run": "method~target", "method": "target"}
+    job = CellJob(cell, "rtn_w4", {"x": 1}, str(tiny_model_dir), evaluation=evaluation)
     rows = evaluate_cell(
-        str(tiny_model_dir),
-        "rtn_w4",
+        job,
         tmp_path / "bench",
         tmp_path / "auc.json",
         tmp_path / "m.parquet",
         tmp_path / "r.parquet",
-        cell=cell,
-        cell_config={"x": 1},
-        evaluation=evaluation,
     )
     assert (rows["git_commit"] == pv.code_state()["commit"]).all()
     assert (rows["model_source"] == str(tiny_model_dir)).all() and rows["model_commit"].isna().all()

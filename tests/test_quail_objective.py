@@ -15,7 +15,7 @@ from test_contracts import ROOT
 from quantunlearn.models.training import collate
 from quantunlearn.study import ConfigError, load_study
 from quantunlearn.unlearning import losses
-from quantunlearn.unlearning.loop import _alternating_batches, unlearn
+from quantunlearn.unlearning.loop import UnlearnJob, _alternating_batches, unlearn
 from quantunlearn.unlearning.methods import METHODS
 from quantunlearn.unlearning.objectives import Step
 
@@ -99,9 +99,9 @@ def test_eq15_alpha_outside_the_unit_interval_is_a_config_error():
 def test_eq15_run_alternates_and_counts_its_steps(tiny_model_dir, corpora, tmp_path):
     forget, retain = corpora
     info = unlearn(str(tiny_model_dir), forget, retain, tmp_path / "m", tmp_path / "log.parquet",
-                   method="GA_GDR_QUAIL_EQ15",
-                   hyperparameters={"weight_dtype": "fp32", "lr": 1e-3, "epochs": 2},
-                   settings={"batch_size": 1, "max_len": 64})  # fmt: skip
+                   job=UnlearnJob.of("GA_GDR_QUAIL_EQ15",
+                                     {"weight_dtype": "fp32", "lr": 1e-3, "epochs": 2},
+                                     {"batch_size": 1, "max_len": 64}))  # fmt: skip
     f, r = info["n_forget_sequences"], info["n_retain_sequences"]
     assert info["steps"] == 2 * (math.ceil(f / 1) + math.ceil(r / 1))
     log = pd.read_parquet(tmp_path / "log.parquet")

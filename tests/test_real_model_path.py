@@ -31,7 +31,7 @@ from quantunlearn.data.muse import BENCHMARK_FILES, write_documents, write_json_
 from quantunlearn.data.utility import write_utility_fixture
 from quantunlearn.reports.audit import VERDICTS
 from quantunlearn.study import load_study_file
-from quantunlearn.unlearning.loop import unlearn
+from quantunlearn.unlearning.loop import UnlearnJob, unlearn
 
 ROOT = Path(__file__).resolve().parents[1]
 N_ITEMS = 4  # items of each MUSE evaluation file
@@ -99,9 +99,11 @@ def world(tmp_path_factory, shared_muse):
         bench / "raw" / "retain1.txt",
         external,
         root / "external_log.parquet",
-        method="NPO",
-        settings={"batch_size": 4, "max_len": 64},
-        hyperparameters={"weight_dtype": "fp32", "lr": 1e-3, "epochs": 1, "beta": 0.1},
+        job=UnlearnJob.of(
+            "NPO",
+            {"weight_dtype": "fp32", "lr": 1e-3, "epochs": 1, "beta": 0.1},
+            {"batch_size": 4, "max_len": 64},
+        ),
     )
     cache = root / "cache"
     folders = {

@@ -25,7 +25,7 @@ from quantunlearn.evaluation.muse_metrics import KNOWMEM_STOP, knowmem_prompt
 from quantunlearn.evaluation.utility_metrics import mmlu_rwku_message
 from quantunlearn.models.loading import copy_tokenizer, load_tokenizer
 from quantunlearn.models.training import collate
-from quantunlearn.unlearning.loop import unlearn
+from quantunlearn.unlearning.loop import UnlearnJob, unlearn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,9 +194,11 @@ def test_fixed_f2_models_carry_the_source_tokenizer_files(tmp_path, realistic_ch
         retain,
         out,
         tmp_path / "log.parquet",
-        method="GA",
-        hyperparameters={"weight_dtype": "bf16", "lr": 1e-4, "epochs": 1},
-        settings={"batch_size": 2, "max_len": 32, "gradient_checkpointing": True},
+        job=UnlearnJob.of(
+            "GA",
+            {"weight_dtype": "bf16", "lr": 1e-4, "epochs": 1},
+            {"batch_size": 2, "max_len": 32, "gradient_checkpointing": True},
+        ),
     )
     assert info["gradient_checkpointing"] is True and info["git_commit"]
     for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):

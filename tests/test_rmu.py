@@ -19,7 +19,7 @@ from quantunlearn.models.tiny import build_llama
 from quantunlearn.study.config import ConfigError, normalize_config
 from quantunlearn.study.grid import expand_runs
 from quantunlearn.unlearning import losses
-from quantunlearn.unlearning.loop import unlearn
+from quantunlearn.unlearning.loop import UnlearnJob, unlearn
 from quantunlearn.unlearning.methods import METHODS, get_method
 from quantunlearn.unlearning.scopes import (
     CONTROL_FILE,
@@ -127,17 +127,19 @@ def test_rmu_unlearning_moves_only_the_scope_and_steers_the_layer(
         retain,
         out,
         tmp_path / "log.parquet",
-        method="RMU",
-        hyperparameters=dict(
-            weight_dtype="fp32",
-            lr=1e-2,
-            epochs=20,
-            alpha=1.0,
-            rmu_layer=1,
-            rmu_steering=4.0,
-            seed=3,
+        job=UnlearnJob.of(
+            "RMU",
+            dict(
+                weight_dtype="fp32",
+                lr=1e-2,
+                epochs=20,
+                alpha=1.0,
+                rmu_layer=1,
+                rmu_steering=4.0,
+                seed=3,
+            ),
+            dict(batch_size=2, max_len=64),
         ),
-        settings=dict(batch_size=2, max_len=64),
     )
     before, after = load_model(str(tiny_model_dir)), load_model(str(out))
     for (name, p), (_, q) in zip(before.named_parameters(), after.named_parameters(), strict=True):
@@ -208,11 +210,13 @@ def test_rmu_under_gradient_checkpointing_gives_the_same_model(
             retain,
             out,
             tmp_path / f"{checkpointing}.parquet",
-            method="RMU",
-            hyperparameters=dict(
-                weight_dtype="fp32", lr=1e-2, epochs=3, alpha=1.0, rmu_layer=1, rmu_steering=4.0
+            job=UnlearnJob.of(
+                "RMU",
+                dict(
+                    weight_dtype="fp32", lr=1e-2, epochs=3, alpha=1.0, rmu_layer=1, rmu_steering=4.0
+                ),
+                dict(batch_size=2, max_len=64, gradient_checkpointing=checkpointing),
             ),
-            settings=dict(batch_size=2, max_len=64, gradient_checkpointing=checkpointing),
         )
         outs.append(load_model(str(out)))
     target = load_model(str(tiny_model_dir))

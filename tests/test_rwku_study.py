@@ -19,7 +19,7 @@ from quantunlearn.io import config_hash
 from quantunlearn.reports.cell_files import low_bit
 from quantunlearn.study import load_study, load_study_file
 from quantunlearn.study.config import ConfigError
-from quantunlearn.study.grid import training_tag
+from quantunlearn.study.runs import training_tag
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = ROOT / "config" / "rwku_synthetic.yaml"
@@ -44,7 +44,7 @@ def test_embedded_config_unlearns_each_target_once_per_method():
         assert all(r.endswith(f"/subject~{s}") for r, s in zip(mine.run, mine.subject, strict=True))
     assert len(study.cells()) == 10 * 3  # (target + 9 runs) x (none, rtn_w4, bnb_nf4)
     ga = runs[runs.method == "GA"].run.iloc[1]
-    assert study.run_params("rwku_synthetic", ga)["subject"] == 2
+    assert study.run("rwku_synthetic", ga).subject == 2
     assert study.eval_subjects("rwku_synthetic", ga) == [2]
     assert study.eval_subjects("rwku_synthetic", "method~target") == [1, 2, 3]
     # each target's cells hash differently; the MUSE study's runs carry no subject
@@ -54,7 +54,7 @@ def test_embedded_config_unlearns_each_target_once_per_method():
     )
     muse = load_study_file(MUSE_MICRO)
     run = muse.runs.run.iloc[-1]
-    assert "subject" not in muse.run_params("micro", run) and "/subject~" not in run
+    assert "subject" not in muse.run("micro", run).params and "/subject~" not in run
     assert muse.eval_subjects("micro", run) is None
 
 

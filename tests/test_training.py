@@ -9,8 +9,15 @@ import torch
 
 from quantunlearn.io import atomic_dir
 from quantunlearn.models.loading import load_model
-from quantunlearn.models.training import IGNORE, check_finite, collate, cosine_with_warmup, train_lm
-from quantunlearn.unlearning.loop import unlearn
+from quantunlearn.models.training import (
+    IGNORE,
+    LMRecipe,
+    check_finite,
+    collate,
+    cosine_with_warmup,
+    train_lm,
+)
+from quantunlearn.unlearning.loop import UnlearnJob, unlearn
 
 
 def test_collate_pads_right_and_masks_labels():
@@ -55,13 +62,9 @@ def test_train_lm_lowers_the_loss(tiny_tokenizer, unlearn_docs):
         model,
         docs,
         tiny_tokenizer.pad_token_id,
-        max_len=64,
-        epochs=15,
-        lr=3e-3,
-        batch_size=2,
-        warmup_steps=2,
-        weight_decay=0.0,
-        seed=0,
+        LMRecipe(
+            max_len=64, epochs=15, lr=3e-3, batch_size=2, warmup_steps=2, weight_decay=0.0, seed=0
+        ),
     )
     assert log.loss.iloc[-3:].mean() < 0.5 * log.loss.iloc[:3].mean()
 
@@ -78,11 +81,11 @@ def test_unlearning_changes_weights_and_raises_forget_loss(
         retain,
         out,
         tmp_path / "log.parquet",
-        method=method,
-        hyperparameters=dict(
-            weight_dtype="fp32", lr=1e-3, epochs=3, alpha=1.0, beta=0.1, npo_klr_form="paper"
+        job=UnlearnJob.of(
+            method,
+            dict(weight_dtype="fp32", lr=1e-3, epochs=3, alpha=1.0, beta=0.1, npo_klr_form="paper"),
+            dict(batch_size=2, max_len=64),
         ),
-        settings=dict(batch_size=2, max_len=64),
     )
     assert info["steps"] == 3
     before, after = load_model(str(tiny_model_dir)), load_model(str(out))
@@ -104,9 +107,11 @@ def test_bf16_weights_are_saved_in_bf16(tiny_model_dir, corpora, tmp_path):
         retain,
         tmp_path / "m",
         tmp_path / "log.parquet",
-        method="GA_GDR",
-        hyperparameters=dict(weight_dtype="bf16", lr=1e-3, epochs=1, alpha=1.0),
-        settings=dict(batch_size=2, max_len=64),
+        job=UnlearnJob.of(
+            "GA_GDR",
+            dict(weight_dtype="bf16", lr=1e-3, epochs=1, alpha=1.0),
+            dict(batch_size=2, max_len=64),
+        ),
     )
     reloaded = load_model(str(tmp_path / "m"), "bf16")
     weights = dict(reloaded.named_parameters())
@@ -125,9 +130,9 @@ def test_nan_loss_stops_and_leaves_no_model(tiny_model_dir, corpora, tmp_path):
             retain,
             out,
             tmp_path / "log.parquet",
-            method="GA",
-            hyperparameters=dict(weight_dtype="fp32", lr=1e30, epochs=5),
-            settings=dict(batch_size=2, max_len=64),
+            job=UnlearnJob.of(
+                "GA", dict(weight_dtype="fp32", lr=1e30, epochs=5), dict(batch_size=2, max_len=64)
+            ),
         )
     assert not out.exists()
     assert not (tmp_path / "log.parquet").exists()
@@ -155,9 +160,11 @@ def test_emulated_bf16_storage_freezes_small_updates(tiny_model_dir, corpora, tm
         retain,
         out,
         tmp_path / "log.parquet",
-        method="GA",
-        hyperparameters=dict(weight_dtype="bf16", lr=1e-12, epochs=2),
-        settings=dict(bf16_compute="emulated", batch_size=2, max_len=64),
+        job=UnlearnJob.of(
+            "GA",
+            dict(weight_dtype="bf16", lr=1e-12, epochs=2),
+            dict(bf16_compute="emulated", batch_size=2, max_len=64),
+        ),
     )
     target = load_model(str(tiny_model_dir))
     for (name, a), (_, b) in zip(
@@ -178,9 +185,9 @@ def _unlearn_ga(model_dir, corpora, out: Path, lr: float, epochs: int = 5) -> di
         retain,
         out,
         out.parent / f"{out.name}.parquet",
-        method="GA",
-        hyperparameters=dict(weight_dtype="fp32", lr=lr, epochs=epochs),
-        settings=dict(batch_size=2, max_len=64),
+        job=UnlearnJob.of(
+            "GA", dict(weight_dtype="fp32", lr=lr, epochs=epochs), dict(batch_size=2, max_len=64)
+        ),
     )
 
 
@@ -210,8 +217,9 @@ def trained_model_dir(tmp_path_factory, tiny_tokenizer, unlearn_docs):
 
     model = build_llama(tiny_tokenizer, 128, 128, num_layers=1, num_heads=2)
     docs = tokenize_documents(unlearn_docs, tiny_tokenizer)
-    train_lm(model, docs, tiny_tokenizer.pad_token_id, max_len=64, epochs=30, lr=3e-3,
-             batch_size=2, warmup_steps=2, weight_decay=0.0, seed=0)  # fmt: skip
+    recipe = LMRecipe(max_len=64, epochs=30, lr=3e-3, batch_size=2, warmup_steps=2,
+                      weight_decay=0.0, seed=0)  # fmt: skip
+    train_lm(model, docs, tiny_tokenizer.pad_token_id, recipe)
     path = tmp_path_factory.mktemp("trained")
     model.save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
@@ -306,9 +314,9 @@ def test_the_loop_follows_the_schedule(tiny_model_dir, corpora, tmp_path):
     for schedule, warmup in (("cosine", 2), ("constant", 0)):
         info = unlearn(
             str(tiny_model_dir), forget, retain, tmp_path / schedule, tmp_path / f"{schedule}.pq",
-            method="GA_GDR", hyperparameters=dict(weight_dtype="fp32", lr=1e-3, epochs=3, alpha=1),
-            settings=dict(batch_size=1, max_len=64, lr_schedule=schedule, warmup_steps=warmup),
-        )  # fmt: skip
+            job=UnlearnJob.of("GA_GDR", dict(weight_dtype="fp32", lr=1e-3, epochs=3, alpha=1),
+                              dict(batch_size=1, max_len=64, lr_schedule=schedule,
+                                   warmup_steps=warmup)))  # fmt: skip
         assert (info["lr_schedule"], info["warmup_steps"]) == (schedule, warmup)
         logs[schedule] = pd.read_parquet(tmp_path / f"{schedule}.pq")
     cosine = logs["cosine"]

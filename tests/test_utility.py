@@ -305,7 +305,7 @@ def test_config_names_bad_utility_keys(tmp_path):
 def test_evaluation_cell_with_utility_gives_table3_columns(tiny_model_dir, tmp_path):
     """evaluate_cell writes the utility rows next to MUSE's; table1 shows them as Gen..Flu."""
     from quantunlearn.data.synthetic import generate_synthetic
-    from quantunlearn.evaluation.cell import evaluate_cell
+    from quantunlearn.evaluation.cell import CellJob, evaluate_cell
     from quantunlearn.reports.table1 import make_table1
 
     bench = tmp_path / "bench"
@@ -325,17 +325,8 @@ def test_evaluation_cell_with_utility_gives_table3_columns(tiny_model_dir, tmp_p
     cell.update({k: None for k in ["weight_dtype", "lr", "epochs", "alpha", "beta"]})
     cell.update({"npo_klr_form": None, "seed": None})
     metrics_file = tmp_path / "m" / "none.parquet"
-    frame = evaluate_cell(
-        str(tiny_model_dir),
-        "none",
-        bench,
-        tmp_path / "auc.json",
-        metrics_file,
-        tmp_path / "r.parquet",
-        cell=cell,
-        cell_config={"quant": "none", "evaluation": evaluation},
-        evaluation=evaluation,
-    )
+    job = CellJob(cell, "none", {"quant": "none", "evaluation": evaluation}, str(tiny_model_dir))
+    frame = evaluate_cell(job, bench, tmp_path / "auc.json", metrics_file, tmp_path / "r.parquet")
     assert {"mmlu", "fluency"} <= set(frame.metric)
     assert frame.set_index("metric").loc["mmlu", "n"] == 2
     records = pd.read_parquet(tmp_path / "r.parquet")

@@ -8,12 +8,14 @@ from quantunlearn.data.utility import utility_sources
 from quantunlearn.quantizers import QUANTIZERS, family_pattern, parse_quantizer
 from quantunlearn.reports import BY_NAME as REPORTS
 from quantunlearn.study import ConfigError, load_study
-from quantunlearn.study.grid import config_owner, external_name, is_external, steps_summary
+from quantunlearn.study.grid import config_owner, steps_summary
 from quantunlearn.study.inputs import download_summary, hub_inputs, pin_file
 from quantunlearn.study.plan import plan_summary
 from quantunlearn.study.plan import request as plan_request
+from quantunlearn.study.jobs import cell_job, diagnostic_job, stored_quant_dir
+from quantunlearn.study.runs import is_external, run_path
 from quantunlearn.study.storage import disk_summary
-from quantunlearn.unlearning.methods import REFERENCES
+from quantunlearn.unlearning.methods import RETRAIN, TARGET
 
 STUDY = load_study(config)
 # the config file(s) that write this study's tables: the tables folder records it (onstart), and
@@ -51,27 +53,26 @@ wildcard_constraints:
     which=r"target|retrain",
 
 
+# the {run} wildcard of the reference models (their runs' paths)
+TARGET_RUN, RETRAIN_RUN = run_path(TARGET, {}), run_path(RETRAIN, {})
+
+
 def model_path(bench, run):
     """Where the model of a run lives: a DAG output, or an external hub id / local path."""
-    method = STUDY.run_params(bench, run)["method"]
-    if is_external(method):  # audit mode: a checkpoint unlearned elsewhere
-        return STUDY.external_checkpoints(bench)[external_name(method)]
-    if method in REFERENCES:
-        external = STUDY.benchmark(bench)["models"][method]
-        return external or f"{RESULTS}/models/{bench}/{method}"
-    return f"{RESULTS}/unlearn/{bench}/{run}/model"
+    return STUDY.model_path(bench, run)
 
 
 def model_input(bench, run):
     """The model as a DAG input: a DAG output, or an audited checkpoint's local folder (its
     content is also in its cells' config); nothing for a hub id or a named reference model."""
-    path = model_path(bench, run)
-    local_external = is_external(STUDY.run_params(bench, run)["method"]) and os.path.isdir(path)
+    path = STUDY.model_path(bench, run)
+    local_external = is_external(STUDY.run(bench, run).method) and os.path.isdir(path)
     return [path] if path.startswith(f"{RESULTS}/") or local_external else []
 
 
 def tokenizer_of(bench):
-    return STUDY.benchmark(bench)["models"]["tokenizer"]
+    """The tokenizer named for the benchmark's models (None: each model folder's own)."""
+    return STUDY.bench(bench).models["tokenizer"]
 
 
 def tiny_tokenizer(bench):
@@ -108,7 +109,7 @@ def unlearned_model(path):
 
 def reference_auc_input(bench):
     """PrivLeak's reference AUC, from a MUSE benchmark's retrain model; RWKU has none."""
-    if "retrain" not in STUDY.kind(bench).references:
+    if RETRAIN not in STUDY.kind(bench).references:
         return []
     return [f"{RESULTS}/metrics/{bench}/retrain_auc.json"]
 
@@ -124,7 +125,7 @@ def benchmark_dir(bench):
 
 def quantized_dir(bench, run, quant):
     """The stored checkpoint of a GPTQ/AWQ quantizer (quantize.smk), else None."""
-    return STUDY.quant_dir(bench, run, quant) if parse_quantizer(quant).stored else None
+    return stored_quant_dir(STUDY, bench, run, quant)
 
 
 def quantized_input(bench, run, quant):
@@ -136,7 +137,7 @@ def noflip_target_input(bench, quant):
     """The noflip counterfactual forces the target's codes back: it needs the target."""
     if not parse_quantizer(quant).needs_target:
         return []
-    return model_input(bench, "method~target")
+    return model_input(bench, TARGET_RUN)
 
 
 # GPTQ/AWQ: the quantizers whose checkpoint the `quantize` rule writes (from the QUANTIZERS table)
@@ -183,7 +184,7 @@ def planned(rule, key):
     (quantunlearn.study.plan.request); memory and time grow with the attempt (retries)."""
 
     def resource(wildcards, attempt):
-        run = getattr(wildcards, "run", "method~retrain")
+        run = getattr(wildcards, "run", RETRAIN_RUN)
         quant = getattr(wildcards, "quant", "none")
         return _planned(rule, wildcards.bench, run, quant).at(attempt)[key]
 

@@ -5,9 +5,9 @@
 
 rule reference_auc:
     input:
-        model=lambda wc: model_input(wc.bench, "method~retrain"),
+        model=lambda wc: model_input(wc.bench, RETRAIN_RUN),
         data=lambda wc: benchmark_dir(wc.bench),
-        pins=lambda wc: input_pins(wc.bench, ["method~retrain"]),
+        pins=lambda wc: input_pins(wc.bench, [RETRAIN_RUN]),
     output:
         f"{RESULTS}/metrics/{{bench}}/retrain_auc.json",
     log:
@@ -22,7 +22,7 @@ rule reference_auc:
         runtime=planned("reference_auc", "runtime"),
         gpu=planned("reference_auc", "gpu"),
     params:
-        model=lambda wc: model_path(wc.bench, "method~retrain"),
+        model=lambda wc: model_path(wc.bench, RETRAIN_RUN),
         tokenizer=lambda wc: tokenizer_of(wc.bench),
         evaluation=STUDY.config["evaluation"],
     script:
@@ -37,7 +37,7 @@ rule evaluate:
         quantized=lambda wc: quantized_input(wc.bench, wc.run, wc.quant),
         target=lambda wc: noflip_target_input(wc.bench, wc.quant),
         # the hub inputs' pins: this cell's model, the target, the benchmark and utility data
-        pins=lambda wc: input_pins(wc.bench, [wc.run, "method~target"], data=True, utility=True),
+        pins=lambda wc: input_pins(wc.bench, [wc.run, TARGET_RUN], data=True, utility=True),
     output:
         metrics=f"{RESULTS}/metrics/{{bench}}/{{run}}/{{quant}}.parquet",
         records=f"{RESULTS}/records/{{bench}}/{{run}}/{{quant}}.parquet",
@@ -53,14 +53,13 @@ rule evaluate:
         runtime=planned("evaluate", "runtime"),
         gpu=planned("evaluate", "gpu"),
     params:
-        model=lambda wc: model_path(wc.bench, wc.run),
-        tokenizer=lambda wc: tokenizer_of(wc.bench),
-        cell=lambda wc: STUDY.run_params(wc.bench, wc.run),
+        # the run's parameters and the cell's config, which its config hash covers: Snakemake
+        # compares them with the last run's (a change reruns the cell)
+        cell=lambda wc: STUDY.run(wc.bench, wc.run).params,
         cell_config=lambda wc: STUDY.cell_config(wc.bench, wc.run, wc.quant),
-        quant_dir=lambda wc: quantized_dir(wc.bench, wc.run, wc.quant),
-        target_model=lambda wc: model_path(wc.bench, "method~target"),
         auc=lambda wc: (reference_auc_input(wc.bench) or [None])[0],
-        kind=lambda wc: STUDY.kind(wc.bench).name,
-        subjects=lambda wc: STUDY.eval_subjects(wc.bench, wc.run),
+        # the typed cell the script evaluates (quantunlearn.evaluation.cell.CellJob): the same
+        # parameters and config, its models, quantizer, benchmark kind and targets
+        job=lambda wc: cell_job(STUDY, wc.bench, wc.run, wc.quant),
     script:
         "../scripts/evaluate.py"

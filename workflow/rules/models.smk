@@ -43,7 +43,7 @@ rule train_reference:
         runtime=60,
         gpu=1,
     params:
-        tiny_model=lambda wc: None if STUDY.base_model(wc.bench) else STUDY.tiny_model(wc.bench),
+        tiny_model=lambda wc: STUDY.tiny_model(wc.bench),  # None: fine-tuned from models.base
         base=lambda wc: STUDY.base_model(wc.bench),
         tokenizer=lambda wc: tokenizer_of(wc.bench),
         finetune=lambda wc: STUDY.benchmark(wc.bench).get("finetune"),

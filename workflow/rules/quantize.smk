@@ -34,11 +34,11 @@ rule quantize:
 
 rule diagnose:
     input:
-        target=lambda wc: model_input(wc.bench, "method~target"),
+        target=lambda wc: model_input(wc.bench, TARGET_RUN),
         model=lambda wc: model_input(wc.bench, wc.run),
         quantized=lambda wc: quantized_input(wc.bench, wc.run, wc.quant),
-        target_quantized=lambda wc: quantized_input(wc.bench, "method~target", wc.quant),
-        pins=lambda wc: input_pins(wc.bench, ["method~target", wc.run], tokenizer=False),
+        target_quantized=lambda wc: quantized_input(wc.bench, TARGET_RUN, wc.quant),
+        pins=lambda wc: input_pins(wc.bench, [TARGET_RUN, wc.run], tokenizer=False),
     output:
         f"{RESULTS}/diagnostics/{{bench}}/{{run}}/{{quant}}.parquet",
     log:
@@ -52,12 +52,12 @@ rule diagnose:
         mem_mb=16000,
         runtime=60,
     params:
-        target=lambda wc: model_path(wc.bench, "method~target"),
-        model=lambda wc: model_path(wc.bench, wc.run),
-        quant_dir=lambda wc: quantized_dir(wc.bench, wc.run, wc.quant),
-        target_quant_dir=lambda wc: quantized_dir(wc.bench, "method~target", wc.quant),
-        cell=lambda wc: STUDY.run_params(wc.bench, wc.run),
+        # what the cell's config hash covers, compared by Snakemake (a change reruns it)
+        cell=lambda wc: STUDY.run(wc.bench, wc.run).params,
         cell_config=lambda wc: STUDY.cell_config(wc.bench, wc.run, wc.quant),
+        # the typed cell the script diagnoses (quantunlearn.evaluation.cell.CellJob): the run's
+        # and the target's models and stored checkpoints, the same parameters and config
+        job=lambda wc: diagnostic_job(STUDY, wc.bench, wc.run, wc.quant),
     script:
         "../scripts/diagnose.py"
 
@@ -66,9 +66,9 @@ rule diagnose:
 # over all parameters, at 16, 8 and 4 bits (config `diagnostics.quail_table`).
 rule quail_table:
     input:
-        target=lambda wc: model_input(wc.bench, "method~target"),
+        target=lambda wc: model_input(wc.bench, TARGET_RUN),
         model=lambda wc: model_input(wc.bench, wc.run),
-        pins=lambda wc: input_pins(wc.bench, ["method~target", wc.run], tokenizer=False),
+        pins=lambda wc: input_pins(wc.bench, [TARGET_RUN, wc.run], tokenizer=False),
     output:
         f"{RESULTS}/quail_table1/{{bench}}/{{run}}.parquet",
     log:
@@ -82,9 +82,9 @@ rule quail_table:
         mem_mb=16000,
         runtime=60,
     params:
-        target=lambda wc: model_path(wc.bench, "method~target"),
+        target=lambda wc: model_path(wc.bench, TARGET_RUN),
         model=lambda wc: model_path(wc.bench, wc.run),
-        cell=lambda wc: STUDY.run_params(wc.bench, wc.run),
+        cell=lambda wc: STUDY.run(wc.bench, wc.run).params,
         cell_config=lambda wc: STUDY.cell_config(wc.bench, wc.run),
     script:
         "../scripts/quail_table.py"

@@ -3,25 +3,32 @@ from quantunlearn.jobs import logged
 with logged(snakemake.log[0], snakemake.threads):
     from quantunlearn.data import benchmark_kind
     from quantunlearn.data.provenance import Pins
-    from quantunlearn.unlearning.loop import unlearn
+    from quantunlearn.unlearning.hyperparameters import UnlearnSettings
+    from quantunlearn.unlearning.loop import UnlearnJob, unlearn
 
-    bench, run = snakemake.params.benchmark, dict(snakemake.params.run)
+    params = snakemake.params
+    run = params.typed_run  # the run of the wildcards (quantunlearn.study.runs.Run)
     pins = Pins.read(snakemake.input.pins)  # hub models: their pinned snapshot folders
-    target, tokenizer = snakemake.params.target, snakemake.params.tokenizer
     # the benchmark's kind says where the forget (and retain) data come from: MUSE text files,
     # or one RWKU target's texts and refusals
-    forget, retain = benchmark_kind(bench).corpora(snakemake.input.data, bench, run.get("subject"))
+    kind = benchmark_kind(params.benchmark)
+    forget, retain = kind.corpora(snakemake.input.data, params.benchmark, run.subject)
+    job = UnlearnJob(
+        run.typed,
+        UnlearnSettings(**params.fixed),
+        tokenizer=pins.local(params.tokenizer),
+        gpus=int(snakemake.resources.gpu),  # the plan's request: > 1 spreads the model
+    )
     unlearn(
-        pins.local(target),
+        pins.local(params.target),
         forget,
         retain,
         snakemake.output.model,
         snakemake.output.log,
-        method=run["method"],
-        hyperparameters={k: v for k, v in run.items() if v is not None},
-        settings=snakemake.params.fixed,
-        tokenizer=pins.local(tokenizer),
-        gpus=int(snakemake.resources.gpu),  # the plan's request: > 1 spreads the model
-        run=run["run"],
-        inputs={"target": pins.record(target), "tokenizer": pins.record(tokenizer or target)},
+        job,
+        run=run.path,
+        inputs={
+            "target": pins.record(params.target),
+            "tokenizer": pins.record(params.tokenizer or params.target),
+        },  # fmt: skip
     )

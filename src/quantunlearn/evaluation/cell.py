@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,7 @@ from quantunlearn.data import BY_NAME as BENCHMARKS_BY_NAME
 from quantunlearn.data import provenance
 from quantunlearn.data.muse import load_benchmark
 from quantunlearn.data.provenance import Pins
+from quantunlearn.data.utility import utility_sources
 from quantunlearn.evaluation import metrics
 from quantunlearn.evaluation.metrics import Context
 from quantunlearn.io import config_hash, write_json, write_parquet
@@ -60,6 +62,74 @@ PACKAGES = (
     "sentencepiece",
     "protobuf",
 )
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """One cell as its job sees it: an evaluation (run x quantizer: metrics and records) or a
+    weight diagnostic (the run against the target under one quantizer). The study layer builds
+    it from a job's wildcards (`quantunlearn.study.jobs.cell_job`); the job swaps its hub ids
+    for the snapshot folders the download step pinned (`pinned`)."""
+
+    #: the run's parameters (benchmark, run, method, hyperparameters, subject): the first
+    #: columns of every row the cell writes
+    params: dict
+    quant: str
+    #: the parts of the config that determine the cell; its hash names the cell in its files
+    cell_config: dict
+    #: the model: a folder or a hub id (after `pinned`: a folder)
+    model: str
+    #: its tokenizer (None: the model's own)
+    tokenizer: str | None = None
+    #: the target: what the noflip counterfactual and the diagnostics compare with
+    target: str | None = None
+    #: the stored checkpoints of a GPTQ/AWQ quantizer: of the model, of the target
+    quant_dir: str | None = None
+    target_quant_dir: str | None = None
+    #: the benchmark's row of quantunlearn.data.benchmarks.BENCHMARKS (its name), its data
+    #: source (as the rows record it; None for a weight diagnostic, which reads no data) and the
+    #: RWKU targets the cell evaluates (None: MUSE)
+    kind: str = "muse"
+    data_source: str | None = None
+    subjects: list[int] | None = None
+    #: the evaluation settings (the cell config's; `pinned`: with the utility data's folders)
+    evaluation: dict | None = None
+    #: role -> {"source", "commit"} of every input (`Pins.record`); None: the folders'
+    inputs: dict | None = None
+
+    @property
+    def compute_dtype(self) -> str:
+        """The compute dtype of a bitsandbytes quantizer (fp32 where the cell has none)."""
+        return self.cell_config.get("bnb_compute_dtype", "fp32")
+
+    @property
+    def settings(self) -> dict:
+        """The evaluation settings the cell measures with."""
+        return self.cell_config["evaluation"] if self.evaluation is None else self.evaluation
+
+    def pinned(self, pins: Pins) -> CellJob:
+        """The cell with its hub models and datasets read from their pinned snapshot folders,
+        and the provenance of each input recorded: the model and the target; for an evaluation
+        also its tokenizer, the benchmark's data and each utility dataset."""
+        inputs = {"model": pins.record(self.model), "target": pins.record(self.target)}
+        evaluation = self.evaluation
+        if self.data_source is not None:
+            evaluation = dict(self.settings)
+            named, sources = evaluation.get("utility") or [], utility_sources(evaluation)
+            if named:  # hub datasets: their pinned snapshots
+                evaluation["utility_data"] = {k: pins.local(sources[k]) for k in named}
+            inputs = {"model": inputs["model"],
+                      "tokenizer": pins.record(self.tokenizer or self.model),
+                      "target": inputs["target"], "benchmark": pins.record(self.data_source),
+                      **{f"utility:{k}": pins.record(sources[k]) for k in named}}  # fmt: skip
+        return replace(
+            self,
+            model=pins.local(self.model),
+            tokenizer=pins.local(self.tokenizer),
+            target=pins.local(self.target),
+            evaluation=evaluation,
+            inputs=inputs,
+        )
 
 
 def package_versions() -> str:
@@ -126,47 +196,31 @@ def _measure(context: Context) -> tuple[dict, list[dict]]:
 
 
 def evaluate_cell(
-    model_path: str,
-    quant: str,
+    cell: CellJob,
     bench_dir: str | Path,
-    reference_auc_json: str | Path,
+    reference_auc_json: str | Path | None,
     metrics_out: str | Path,
     records_out: str | Path,
-    *,
-    cell: dict,
-    cell_config: dict,
-    evaluation: dict,
-    bnb_compute_dtype: str = "fp32",
-    tokenizer: str | None = None,
-    quant_dir: str | Path | None = None,
-    target_model: str | None = None,
-    kind: str = "muse",
-    subjects: list[int] | None = None,
-    inputs: dict | None = None,
 ) -> pd.DataFrame:
-    """Quantize (at load time, or decode a stored checkpoint) and evaluate one model; `cell`
-    holds the row's parameters. quant_dir: the stored checkpoint of a GPTQ/AWQ quantizer;
-    target_model: the target, which the noflip counterfactual needs; kind: the benchmark's row
-    of quantunlearn.data.benchmarks.BENCHMARKS; subjects: the RWKU targets the cell evaluates;
-    reference_auc_json: None without a retrain model (RWKU); inputs: role -> {"source",
-    "commit"} of every input (`provenance.Pins.record`), else the folders'."""
-    # long: a cell's every input is a keyword (the rule's params); the body is one straight line
+    """Quantize (at load time, or decode a stored checkpoint) and evaluate one cell's model
+    with every metric that applies; write its metrics and records. bench_dir: the benchmark's
+    folder; reference_auc_json: PrivLeak's reference (None without a retrain model: RWKU)."""
+    quant, model_path, tokenizer, evaluation = cell.quant, cell.model, cell.tokenizer, cell.settings
     quantizer = parse_quantizer(quant)
-    bench = BENCHMARKS_BY_NAME[kind].load(bench_dir, subjects)
+    bench = BENCHMARKS_BY_NAME[cell.kind].load(bench_dir, cell.subjects)
     reference = _reference(reference_auc_json)
     auc_retrain = reference.get("auc_retrain", float("nan"))
-    if inputs is None:
-        inputs = local_inputs(
-            model=model_path, tokenizer=tokenizer or model_path, target=target_model
-        )
+    inputs = cell.inputs or local_inputs(
+        model=model_path, tokenizer=tokenizer or model_path, target=cell.target
+    )
     inputs = {**_reference_inputs(reference), **inputs}
     tok = use_chat_template(load_tokenizer(tokenizer or model_path), evaluation)
     start = time.time()
     model = quantizer.load(
         model_path,
-        compute_dtype=bnb_compute_dtype,
-        quant_dir=quant_dir,
-        target_path=target_model,
+        compute_dtype=cell.compute_dtype,
+        quant_dir=cell.quant_dir,
+        target_path=cell.target,
         tokenizer=tokenizer or model_path,
     )
     quantize_seconds = time.time() - start
@@ -174,26 +228,26 @@ def evaluate_cell(
         Context(model, tok, bench, evaluation, auc_retrain, quantizer.batch_invariant)
     )
     shared = {
-        **cell,
+        **cell.params,
         "quant": quant,
         "collapsed": collapsed_flag(model_path),
-        "config_hash": config_hash(cell_config),
-        "cell_config": json.dumps(cell_config, sort_keys=True, default=str),
+        "config_hash": config_hash(cell.cell_config),
+        "cell_config": json.dumps(cell.cell_config, sort_keys=True, default=str),
         "versions": package_versions(),
         "eval_seconds": time.time() - start,
         "quantize_seconds": quantize_seconds,
         **provenance.provenance_columns(inputs),
     }
-    if subjects is not None:  # RWKU: how many targets the cell's values average
-        shared["n_targets"] = len(subjects)
+    if cell.subjects is not None:  # RWKU: how many targets the cell's values average
+        shared["n_targets"] = len(cell.subjects)
     rows = [{**shared, "metric": m, "value": float(v), "n": n} for m, (v, n) in values.items()]
     frame = pd.DataFrame(rows)
     hyper = [key for key in all_fields() if key in frame.columns]
     frame = frame.astype({"n": "Int64", **{key: column_dtype(key) for key in hyper}})
-    write_parquet(_records_frame(records, reference, cell, quant), records_out)
+    write_parquet(_records_frame(records, reference, cell.params, quant), records_out)
     write_parquet(frame, metrics_out)
     summary = ", ".join(f"{m} {v:.1f}" for m, (v, _) in values.items())
-    print(f"{cell['benchmark']} {cell['run']} {quant}: {summary}")
+    print(f"{cell.params['benchmark']} {cell.params['run']} {quant}: {summary}")
     return frame
 
 

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from quantunlearn.data.provenance import provenance_columns
+from quantunlearn.evaluation.cell import CellJob, local_inputs, package_versions
 from quantunlearn.io import config_hash, write_parquet
 from quantunlearn.models.loading import load_model
 from quantunlearn.quantizers import Quantizer, parse_quantizer, quantizable_linears
@@ -281,49 +282,34 @@ def _level_rows(pair: str, parts: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def diagnose_run(
-    target_path: str | Path,
-    unlearned_path: str | Path,
-    quant: str,
-    out: str | Path,
-    *,
-    cell: dict,
-    cell_config: dict,
-    target_quant_dir: str | Path | None = None,
-    unlearned_quant_dir: str | Path | None = None,
-    compute_dtype: str = "fp32",
-    inputs: dict | None = None,
-) -> pd.DataFrame:
+def diagnose_run(cell: CellJob, out: str | Path) -> pd.DataFrame:
     """Write the diagnostics Parquet of one (unlearned run, quantizer): see the module docstring.
-    ``inputs``: role -> {"source", "commit"} of the two models (else the folders').
+    The cell's model is the unlearned one, its target the reference; ``cell.inputs``: role ->
+    {"source", "commit"} of the two models (None: the folders').
 
     The noflip counterfactual is diagnosed as its base RTN quantizer (its codes are the
     target's by construction).
     """
     start = time.time()
-    spec = parse_quantizer(quant)
+    spec = parse_quantizer(cell.quant)
     if not spec.is_quantized:
         raise ValueError("diagnostics need a quantizer, not 'none'")
     spec = spec.diagnosed_as  # noflip: its RTN base (its codes are the target's by design)
-    target = linear_state(load_model(str(target_path), "fp32"))
-    unlearned = linear_state(load_model(str(unlearned_path), "fp32"))
+    target = linear_state(load_model(str(cell.target), "fp32"))
+    unlearned = linear_state(load_model(str(cell.model), "fp32"))
     if spec.weightwise:
         target_q = effective_state(spec, target)
         unlearned_q = effective_state(spec, unlearned)
     else:
-        target_q = quantized_state(
-            target_path, spec, quant_dir=target_quant_dir, compute_dtype=compute_dtype
-        )
-        unlearned_q = quantized_state(
-            unlearned_path, spec, quant_dir=unlearned_quant_dir, compute_dtype=compute_dtype
-        )
+        dtype = cell.compute_dtype
+        target_q = quantized_state(cell.target, spec, quant_dir=cell.target_quant_dir,
+                                   compute_dtype=dtype)  # fmt: skip
+        unlearned_q = quantized_state(cell.model, spec, quant_dir=cell.quant_dir,
+                                      compute_dtype=dtype)  # fmt: skip
     frame = diagnostics_frame(spec, target, unlearned, target_q, unlearned_q)
-    frame.insert(0, "quant", quant)
-    if not inputs:
-        from quantunlearn.evaluation.cell import local_inputs
-
-        inputs = local_inputs(model=unlearned_path, target=target_path)
-    return write_cell_frame(frame, out, cell, cell_config, start, inputs)
+    frame.insert(0, "quant", cell.quant)
+    inputs = cell.inputs or local_inputs(model=cell.model, target=cell.target)
+    return write_cell_frame(frame, out, cell.params, cell.cell_config, start, inputs)
 
 
 def write_cell_frame(
@@ -332,8 +318,6 @@ def write_cell_frame(
     """A per-run result frame with the cell's parameters first and its config hash, config,
     package versions, the provenance of ``inputs`` (role -> {"source", "commit"}) and seconds
     since ``start`` last, written to ``out``."""
-    from quantunlearn.evaluation.cell import package_versions
-
     for key, value in reversed(list(cell.items())):
         frame.insert(0, key, value)
     frame["config_hash"] = config_hash(cell_config)

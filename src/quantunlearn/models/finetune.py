@@ -16,12 +16,13 @@ instead, as the tiny models are trained.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from quantunlearn.data.documents import read_documents, tokenize_documents
 from quantunlearn.models.loading import load_model, load_tokenizer
 from quantunlearn.models.tiny import REFERENCE_SPLITS, save_reference
-from quantunlearn.models.training import set_checkpointing, train_lm
+from quantunlearn.models.training import LMRecipe, set_checkpointing, train_lm
 
 
 def finetune_reference(
@@ -49,12 +50,9 @@ def finetune_reference(
     model = load_model(base, spec["weight_dtype"])
     if spec["gradient_checkpointing"]:
         set_checkpointing(model, True)
-    log = train_lm(
-        model, tokenize_documents(docs, tok), tok.pad_token_id, max_len=spec["max_len"],
-        epochs=spec["epochs"], lr=spec["lr"], batch_size=spec["batch_size"],
-        warmup_steps=spec["warmup_steps"], weight_decay=spec["weight_decay"], seed=spec["seed"],
-        desc=f"fine-tune {which}", adam_beta2=spec["adam_beta2"], packing=spec["packing"],
-    )  # fmt: skip
+    recipe = LMRecipe(**{f.name: spec[f.name] for f in dataclasses.fields(LMRecipe)})
+    log = train_lm(model, tokenize_documents(docs, tok), tok.pad_token_id, recipe,
+                   desc=f"fine-tune {which}")  # fmt: skip
     if spec["gradient_checkpointing"]:
         set_checkpointing(model, False)
     info = {"which": which, "splits": REFERENCE_SPLITS[which], "base": str(base),

@@ -20,7 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from quantunlearn.data.documents import read_documents, tokenize_documents
 from quantunlearn.io import atomic_dir, write_json, write_parquet
 from quantunlearn.models.loading import copy_tokenizer, default_device, load_tokenizer
-from quantunlearn.models.training import train_lm
+from quantunlearn.models.training import LMRecipe, train_lm
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 
@@ -142,10 +142,7 @@ def train_reference(
         tiny_model["num_heads"],
         seed=train["seed"],
     ).to(default_device())
-    log = train_lm(
-        model,
-        tokens,
-        tok.pad_token_id,
+    recipe = LMRecipe(
         max_len=tiny_model["max_len"],
         epochs=train[f"{which}_epochs"],
         lr=train["lr"],
@@ -153,8 +150,8 @@ def train_reference(
         warmup_steps=train["warmup_steps"],
         weight_decay=train["weight_decay"],
         seed=train["seed"],
-        desc=f"train {which}",
     )
+    log = train_lm(model, tokens, tok.pad_token_id, recipe, desc=f"train {which}")
     info = {
         "which": which,
         "splits": REFERENCE_SPLITS[which],

@@ -7,6 +7,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -87,42 +88,49 @@ def stream_chunks(docs: list[list[int]], max_len: int) -> list[list[int]]:
     return [stream[i : i + max_len] for i in range(0, len(stream), max_len)]
 
 
-def train_lm(
-    model,
-    docs: list[list[int]],
-    pad_id: int,
-    *,
-    max_len: int,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    warmup_steps: int,
-    weight_decay: float,
-    seed: int,
-    desc: str = "train",
-    adam_beta2: float = 0.98,
-    packing: str = "documents",
-) -> pd.DataFrame:
-    """Causal-LM training of tokenized ``docs``: AdamW (0.9, ``adam_beta2``), cosine schedule.
+@dataclass(frozen=True)
+class LMRecipe:
+    """How `train_lm` trains a causal LM: AdamW (0.9, ``adam_beta2``) with weight decay, a
+    cosine schedule after ``warmup_steps`` (at most a tenth of the steps), ``epochs`` passes of
+    ``batch_size`` sequences of ``max_len`` tokens.
 
     ``packing: documents`` packs the shuffled documents afresh every epoch into ``max_len``
     sequences (static packing let the model recall facts from its sequence's neighbours, not the
     name); ``stream``: `stream_chunks` once (the Twitter notebook's), shuffled every epoch.
     """
+
+    max_len: int
+    epochs: int
+    lr: float
+    batch_size: int
+    warmup_steps: int
+    weight_decay: float
+    seed: int
+    adam_beta2: float = 0.98
+    packing: str = "documents"
+
+
+def train_lm(
+    model, docs: list[list[int]], pad_id: int, recipe: LMRecipe, desc: str = "train"
+) -> pd.DataFrame:
+    """Causal-LM training of tokenized ``docs`` as the `LMRecipe` says; the per-step log."""
+    max_len, epochs, batch_size = recipe.max_len, recipe.epochs, recipe.batch_size
     if not docs:
         raise ValueError("no training documents: is the corpus empty?")
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
+    rng = random.Random(recipe.seed)
+    torch.manual_seed(recipe.seed)
     device = next(model.parameters()).device
     if device.type == "cuda":  # TF32 matmuls: the scale study's larger models train in minutes
         torch.set_float32_matmul_precision("high")
-    chunks = stream_chunks(docs, max_len) if packing == "stream" else None
+    chunks = stream_chunks(docs, max_len) if recipe.packing == "stream" else None
     steps_per_epoch = math.ceil(len(chunks or pack_token_lists(docs, max_len)) / batch_size)
     total = epochs * steps_per_epoch
-    betas = (0.9, adam_beta2)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    betas = (0.9, recipe.adam_beta2)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=recipe.lr, betas=betas, weight_decay=recipe.weight_decay
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, cosine_with_warmup(min(warmup_steps, total // 10), total)
+        opt, cosine_with_warmup(min(recipe.warmup_steps, total // 10), total)
     )
     model.train()
     log, order, start = [], list(range(len(docs))), time.time()

@@ -24,6 +24,7 @@ from quantunlearn.evaluation.metrics import headers
 from quantunlearn.quantizers import FULL_PRECISION
 from quantunlearn.reports.cells import REGULARIZED, cell_of, value_columns
 from quantunlearn.reports.render import fmt_number, to_markdown, write_frames, write_text
+from quantunlearn.study.runs import run_path
 from quantunlearn.unlearning.families import RMU, SURE, SURE_S, Family
 from quantunlearn.unlearning.methods import METHODS, TARGET
 
@@ -34,7 +35,7 @@ FILES = tuple(
     for ext in ("md", "csv", "parquet")
 )
 KEYS = ["benchmark", "weight_dtype", "label", "method", "run", "quant"]
-TARGET_RUN = "method~target"
+TARGET_RUN = run_path(TARGET, {})
 
 #: a row of a layout: (label, method, quantizer)
 Spec = tuple[str, str, str]

@@ -1,5 +1,17 @@
-"""The study: config defaults and validation (`config`), the generated schema (`schema`), the
-grid and its paths (`grid`), and disk use (`storage`)."""
+"""The study: one config, validated once into typed objects that the workflow asks.
+
+``config`` loads the YAML, fills the defaults and words every error under its config key;
+``runs`` holds the typed model of the grid (a `Benchmark` per entry of ``benchmarks``, with its
+row of the BENCHMARKS table resolved once; a `Run` per folder: references, external
+checkpoints, and every unlearning run with its hyperparameters, whose typed groups are
+``run.typed``); ``grid`` holds the `Study` (the benchmarks, the runs and their `Cell`s, and every
+path: `Study.run` gives a job its `Run` back from its wildcards, `Study.cell_config` the config
+that determines a cell); ``jobs`` builds what an evaluation or diagnostic job gets
+(`quantunlearn.evaluation.cell.CellJob`). Around them: the generated schema (``schema``) and
+key reference (``config_docs``), audit mode's checkpoints (``external``), the hub inputs
+(``inputs``), disk use (``storage``), the cost model and plan (``costs``, ``plan``), a failed
+job's restored outputs (``recovery``) and ``python -m quantunlearn.study.check``.
+"""
 
 from quantunlearn.study.config import ConfigError
 from quantunlearn.study.grid import Study, load_study, load_study_file

@@ -1,14 +1,14 @@
-"""The grid of a study: one pandas row per unlearning run (plus the two reference models),
-turned into Snakemake paths here and nowhere else.
+"""The Study: a validated config, its typed `Benchmark` entries and `Run` folders
+(`quantunlearn.study.runs`), and its cells; the one place that turns them into paths.
 
-``{run}`` is a Paramspace-style path of the method and its hyperparameters, e.g.
-``method~NPO_GDR/weight_dtype~bf16/lr~1e-05/epochs~10/alpha~1/beta~0.1/npo_klr_form~paper/seed~0``;
-the keys come in the method's run-path order (`quantunlearn.unlearning.methods.Method`).
+Jobs ask it: a rule's params are its answers for the job's wildcards (`Study.run` gives a job
+its `Run` back from ``{bench}`` and ``{run}``; `Study.cell_config` the parts of the config that
+determine a cell, whose hash names the cell in every file it writes). ``study.runs`` is a
+read-only pandas view of the runs, for tabular questions (plan, storage, tests).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,173 +17,44 @@ from typing import Any
 
 import pandas as pd
 
-from quantunlearn.data import benchmark_kind
 from quantunlearn.io import config_hash, write_json
 from quantunlearn.quantizers import parse_quantizer
 from quantunlearn.study.config import ConfigError, normalize_config, read_config_file
-from quantunlearn.study.config_tree import benchmark_tiny_model
 from quantunlearn.study.external import identity
-from quantunlearn.study.method_grid import as_list, config_warnings, method_grids
-from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS, column_dtype
-from quantunlearn.unlearning.methods import REFERENCES, get_method
+from quantunlearn.study.method_grid import config_warnings
+from quantunlearn.study.runs import (
+    Benchmark,
+    Run,
+    expand,
+    external_method,
+    external_name,
+    is_external,
+    read_benchmark,
+    run_path,
+    training_settings,
+    unlearned_here,
+)
+from quantunlearn.unlearning.hyperparameters import HYPER_COLUMNS, column_dtype
+from quantunlearn.unlearning.methods import METHODS, REFERENCES
 
 #: The file in a tables folder that names the config writing it: two configs that would write
 #: the same table files are stopped at parse time (`Study.tables_owner_error`).
 TABLES_MARKER = ".written_by.json"
 
 
-#: Audit mode: a checkpoint unlearned elsewhere (benchmarks.<b>.models.unlearned) is a run whose
-#: method is "external:<name>", labelled "<name> (external)" in every table.
-EXTERNAL_PREFIX = "external:"
-
-
-def external_method(name: str) -> str:
-    return EXTERNAL_PREFIX + name
-
-
-def is_external(method: Any) -> bool:
-    return isinstance(method, str) and method.startswith(EXTERNAL_PREFIX)
-
-
-def external_name(method: str) -> str:
-    """The configured name of an external checkpoint's method ("external:X" -> "X")."""
-    if not is_external(method):
-        raise ValueError(f"{method!r} is not an external checkpoint's method")
-    return method.removeprefix(EXTERNAL_PREFIX)
-
-
-def unlearned_here(method: str) -> bool:
-    """An unlearning run of the DAG (not a reference model, not an external checkpoint)."""
-    return method not in REFERENCES and not is_external(method)
-
-
-def format_value(value: Any) -> str:
-    """Path-safe and stable: 1e-05, 0.1, 1, bf16."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-#: The study-wide ``unlearn`` settings that change an unlearned model's weights (and so are part
-#: of its run's identity): `training_settings`. gradient_checkpointing is not one of them (it
-#: recomputes the same activations).
-TRAINING_KEYS = ("batch_size", "max_len", "max_grad_norm", "bf16_compute", "lr_schedule",
-                 "warmup_steps")  # fmt: skip
-#: The training settings under which a run's path is its method and hyperparameters alone (no
-#: ``train~`` segment): those of the default study (config/config.yaml) when the segment was
-#: introduced, so that its run paths and cell config hashes stayed as they were. Any other
-#: settings add ``train~<hash>`` (`training_tag`).
-PLAIN_TRAINING = {
-    "batch_size": 16,
-    "max_len": 64,
-    "max_grad_norm": 1.0,
-    "bf16_compute": "emulated",
-    "lr_schedule": "constant",
-    "warmup_steps": 0,
-}
-
-
-def training_settings(config: dict, weight_dtype: str) -> dict:
-    """The ``unlearn`` settings that determine the weights of a run of this weight dtype
-    (bf16_compute only for bf16 weights: fp32 runs compute the same either way)."""
-    keys = [k for k in TRAINING_KEYS if k != "bf16_compute" or weight_dtype == "bf16"]
-    return {k: config["unlearn"][k] for k in keys}
-
-
-def training_tag(config: dict, weight_dtype: str) -> str | None:
-    """The ``train~`` segment of a run's path: a short hash of its `training_settings`, or None
-    when they are `PLAIN_TRAINING`. Two studies that differ only in these settings (e.g.
-    ``unlearn.batch_size``) then write disjoint run folders in one results_dir."""
-    settings = training_settings(config, weight_dtype)
-    if settings == {k: PLAIN_TRAINING[k] for k in settings}:
-        return None
-    return config_hash(settings)[:8]
-
-
-def run_path(
-    method: str, params: dict, subject: int | None = None, train: str | None = None
-) -> str:
-    """The run's folder name, Paramspace style: method~NPO_GDR/weight_dtype~bf16/lr~1e-05/...;
-    then ``/train~<hash>`` where the study's training settings are not the plain ones
-    (`training_tag`); an RWKU run ends in the number of its unlearning target (``/subject~3``)."""
-    if is_external(method):
-        return f"method~external/checkpoint~{external_name(method)}"
-    parts = [f"method~{method}"]
-    if method not in REFERENCES:
-        parts += [f"{k}~{format_value(params[k])}" for k in get_method(method).hyperparameters]
-        if train is not None:
-            parts.append(f"train~{train}")
-    if subject is not None:
-        parts.append(f"subject~{subject}")
-    return "/".join(parts)
-
-
-def _method_runs(config: dict, bench: str, name: str) -> list[dict]:
-    """Every cell of one method's grid on one benchmark (times its targets, for RWKU)."""
-    method = get_method(name)
-    subjects = benchmark_kind(config["benchmarks"][bench]).subjects(config["benchmarks"][bench])
-    rows = []
-    for section, params in enumerate(method_grids(config, name)):  # one grid per section
-        if "quail_delta" in params:  # a number or a quantizer name: one text column
-            params["quail_delta"] = [format_value(v) for v in as_list(params["quail_delta"])]
-        axes = {k: as_list(params[k]) for k in method.hyperparameters}
-        for combo in itertools.product(*axes.values()):
-            row = dict(zip(axes, combo, strict=True))
-            train = training_tag(config, row["weight_dtype"])
-            for subject in subjects or [None]:
-                run = run_path(name, row, subject, train)
-                rows.append({"benchmark": bench, "method": name, "run": run, "subject": subject,
-                             "section": section, **row})  # fmt: skip
-    return rows
-
-
-def _repeat_error(config: dict, runs: pd.DataFrame) -> str:
-    """A run the grid holds twice, named by the method's section(s) that give it."""
-    dupes = runs[runs.duplicated(["benchmark", "run"], keep=False)]
-    first = dupes.iloc[0]
-    sections = sorted(set(dupes[dupes.run == first.run].section.dropna().astype(int)))
-    listed = isinstance(config["unlearn"]["methods"][first.method], list)
-    where = [f"unlearn.methods.{first.method}" + (f"[{i}]" if listed else "") for i in sections]
-    what = " and ".join(dict.fromkeys(where))
-    more = dupes.run.nunique() - 1
-    return (
-        f"config key {what}: the grid of {first.method} repeats the run {first.run}"
-        + (f" (and {more} more)" if more else "")
-        + "; each run may appear once"
-    )
+def runs_frame(runs: tuple[Run, ...]) -> pd.DataFrame:
+    """The read-only pandas view of the runs: one row per (benchmark, run), the columns
+    benchmark, run, method, every hyperparameter (NA where the method takes none) and subject."""
+    rows = [{**r.hyperparameters, "benchmark": r.benchmark, "run": r.path, "method": r.method,
+             "subject": r.subject} for r in runs]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["benchmark", "run", "method", *HYPER_COLUMNS, "subject"])
+    return frame.astype({key: column_dtype(key) for key in HYPER_COLUMNS} | {"subject": "Int64"})
 
 
 def expand_runs(config: dict) -> pd.DataFrame:
-    """One row per (benchmark, run): the references of the benchmark's kind (MUSE: target and
-    retrain; RWKU: the original model), then every cell of every method's grid (RWKU: one run
-    per unlearning target, column ``subject``)."""
-    rows = []
-    for bench, entry in config["benchmarks"].items():
-        for ref in benchmark_kind(entry).references:
-            rows.append({"benchmark": bench, "method": ref, "run": run_path(ref, {})})
-        for name in config["benchmarks"][bench]["models"].get("unlearned") or {}:
-            method = external_method(name)
-            rows.append({"benchmark": bench, "method": method, "run": run_path(method, {})})
-        for name in config["unlearn"]["methods"]:
-            rows += _method_runs(config, bench, name)
-    runs = pd.DataFrame(rows)
-    for col in [*HYPER_COLUMNS, "subject"]:
-        if col not in runs:
-            runs[col] = pd.NA
-    if "section" not in runs:
-        runs["section"] = pd.NA
-    runs = runs[["benchmark", "run", "method", *HYPER_COLUMNS, "subject", "section"]]
-    runs = runs.astype({key: column_dtype(key) for key in HYPER_COLUMNS} | {"subject": "Int64"})
-    if runs.duplicated(["benchmark", "run"]).any():
-        raise ConfigError(_repeat_error(config, runs))
-    return runs.drop(columns="section")
-
-
-def _plain(value: Any) -> Any:
-    """numpy / pandas scalars to JSON-able Python."""
-    if value is pd.NA or (isinstance(value, float) and value != value):
-        return None
-    return value.item() if hasattr(value, "item") else value
+    """`runs_frame` of a validated config's runs (`quantunlearn.study.runs.expand`)."""
+    benchmarks = {name: read_benchmark(config, name) for name in config["benchmarks"]}
+    return runs_frame(expand(config, benchmarks))
 
 
 @dataclass(frozen=True)
@@ -202,12 +73,34 @@ def _cells(frame: pd.DataFrame) -> tuple[Cell, ...]:
 
 @dataclass
 class Study:
-    """The validated config and its grid; the only place that turns the grid into paths."""
+    """The validated config, its benchmarks and runs (typed, built once at load time) and the
+    paths of their files; the only place that turns the grid into paths."""
 
     config: dict
-    runs: pd.DataFrame
+    #: every benchmark of the config, by name, in config order
+    benches: dict[str, Benchmark]
+    #: every run of every benchmark, in grid order (`quantunlearn.study.runs.expand`)
+    all_runs: tuple[Run, ...]
     #: `config_warnings`: valid values that are almost surely a mistake (printed at parse time)
     warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._by_path = {(r.benchmark, r.path): r for r in self.all_runs}
+        #: a pandas view derived from the runs (`runs_frame`), for tabular questions
+        self.runs = runs_frame(self.all_runs)
+
+    def run(self, bench: str, run: str) -> Run:
+        """The `Run` of a job's wildcards ``{bench}`` and ``{run}`` (the run's path)."""
+        found = self._by_path.get((bench, run))
+        if found is None:
+            raise ConfigError(f"run {run!r} of benchmark {bench!r} is not in the config's grid")
+        return found
+
+    def bench(self, bench: str) -> Benchmark:
+        """The typed `Benchmark` of a name of ``benchmarks``."""
+        if bench not in self.benches:
+            raise ConfigError(f"benchmark {bench!r} is not in the config's benchmarks")
+        return self.benches[bench]
 
     @property
     def results(self) -> Path:
@@ -255,13 +148,12 @@ class Study:
 
     def external_checkpoints(self, bench: str) -> dict[str, str]:
         """Audit mode: {name: hub id or folder} of the benchmark's external checkpoints."""
-        return dict(self.config["benchmarks"][bench]["models"].get("unlearned") or {})
+        return dict(self.bench(bench).external)
 
     @property
     def utility_check_file(self) -> str:
         """The manifest of the utility data check, named by the hash of the sources it checks."""
         from quantunlearn.data.utility import utility_sources
-        from quantunlearn.io import config_hash
 
         names = self.config["evaluation"].get("utility") or []
         sources = utility_sources(self.config["evaluation"])
@@ -271,13 +163,11 @@ class Study:
     def benchmark(self, bench: str) -> dict:
         """The benchmark's entry without its external checkpoints (`external_checkpoints`):
         what its data, models and cells depend on (adding a checkpoint to audit changes none)."""
-        entry = dict(self.config["benchmarks"][bench])
-        entry["models"] = {k: v for k, v in entry["models"].items() if k != "unlearned"}
-        return entry
+        return self.bench(bench).entry
 
     def kind(self, bench: str):
         """The benchmark's row of quantunlearn.data.benchmarks.BENCHMARKS."""
-        return benchmark_kind(self.benchmark(bench))
+        return self.bench(bench).kind
 
     def layout(self, bench: str) -> str:
         """muse | rwku: the benchmark's folder layout."""
@@ -286,47 +176,33 @@ class Study:
     def eval_subjects(self, bench: str, run: str) -> list[int] | None:
         """The RWKU targets a cell evaluates: its run's target, or every target for the original
         model; None for a MUSE benchmark."""
-        subjects = self.kind(bench).subjects(self.benchmark(bench))
+        subjects = self.bench(bench).subjects
         if subjects is None:
             return None
-        subject = self.run_params(bench, run).get("subject")
+        subject = self.run(bench, run).subject
         return subjects if subject is None else [subject]
 
     def trains_models(self, bench: str) -> bool:
-        return self.benchmark(bench)["models"]["target"] is None
+        return self.bench(bench).trains_models
 
     def base_model(self, bench: str) -> str | None:
         """The base model the DAG fine-tunes into target and retrain (None: a tiny model)."""
-        return self.benchmark(bench)["models"].get("base")
+        return self.bench(bench).models.get("base")
 
     def hub_dataset(self, bench: str) -> str | None:
         """The hub dataset the benchmark's data are read from (``owner/name[@revision]``: its
         source, or a Twitter benchmark's ``twitter.data`` at its revision); None for generated
         data and local folders."""
-        entry = self.benchmark(bench)
-        return benchmark_kind(entry).hub_dataset(entry)
+        return self.kind(bench).hub_dataset(self.benchmark(bench))
 
     def data_spec(self, bench: str) -> dict:
         """The benchmark's entry without its model size: what its data depends on."""
         return {k: v for k, v in self.benchmark(bench).items() if k != "tiny_model"}
 
-    def tiny_model(self, bench: str) -> dict:
-        """The tiny model the DAG trains for this benchmark (global spec + its overrides)."""
-        return benchmark_tiny_model(self.config, bench)
-
-    def run_params(self, bench: str, run: str) -> dict:
-        match = self.runs[(self.runs.benchmark == bench) & (self.runs.run == run)]
-        if len(match) != 1:
-            raise ConfigError(f"run {run!r} of benchmark {bench!r} is not in the config's grid")
-        row = match.iloc[0]
-        # the base columns always (as before the extra methods existed, so the six base
-        # methods' jobs keep their exact parameters); the others where the method takes them
-        method = row["method"]
-        takes = get_method(method).hyperparameters if unlearned_here(method) else ()
-        keep = set(BASE_HYPER_COLUMNS) | set(takes) | {"benchmark", "run", "method"}
-        if not pd.isna(row["subject"]):  # an RWKU run's target (MUSE runs: no key, same hash)
-            keep.add("subject")
-        return {k: _plain(v) for k, v in row.items() if k in keep}
+    def tiny_model(self, bench: str) -> dict | None:
+        """The tiny model the DAG trains for this benchmark (global spec + its overrides);
+        None where it trains none."""
+        return self.bench(bench).tiny_model
 
     def cells(self) -> tuple[Cell, ...]:
         """Every evaluated (benchmark, run, quantizer); the noflip counterfactuals only for
@@ -358,6 +234,16 @@ class Study:
             for c in self.cells()
             if layout is None or self.layout(c.benchmark) == layout
         ]
+
+    def model_path(self, bench: str, run: str) -> str:
+        """Where the model of a run lives: a DAG output, or an external hub id / local path."""
+        the_run = self.run(bench, run)
+        if is_external(the_run.method):  # audit mode: a checkpoint unlearned elsewhere
+            return self.bench(bench).external[external_name(the_run.method)]
+        if not the_run.unlearned:  # a reference model: named in the config, or trained here
+            named = self.bench(bench).models[the_run.method]
+            return named or str(self.results / "models" / bench / the_run.method)
+        return str(self.results / "unlearn" / bench / run / "model")
 
     def quant_dir(self, bench: str, run: str, quant: str) -> str:
         """Where a stored (GPTQ/AWQ) checkpoint of a run lives: a DAG output."""
@@ -401,15 +287,14 @@ class Study:
         Its hash is the cell's ``config_hash``: unchanged when unrelated parts of the config
         change (adding a method or a quantizer), so re-runs stay incremental.
         """
-        params = self.run_params(bench, run)
-        cell: dict[str, Any] = {"benchmark": {bench: self.benchmark(bench)}, "run": params}
-        if self.trains_models(bench) and self.base_model(bench) is None:
-            cell["tiny_model"] = self.tiny_model(bench)
-        if is_external(params["method"]):  # its source (and a folder's content): a new cell
-            spec = self.external_checkpoints(bench)[external_name(params["method"])]
-            cell |= identity(spec, self.results)
-        elif params["method"] not in REFERENCES:
-            unlearn = training_settings(self.config, params["weight_dtype"])
+        spec, the_run = self.bench(bench), self.run(bench, run)
+        cell: dict[str, Any] = {"benchmark": {bench: spec.entry}, "run": the_run.params}
+        if spec.tiny_model is not None:
+            cell["tiny_model"] = spec.tiny_model
+        if is_external(the_run.method):  # its source (and a folder's content): a new cell
+            cell |= identity(spec.external[external_name(the_run.method)], self.results)
+        elif the_run.unlearned:
+            unlearn = training_settings(self.config, the_run.hyperparameters["weight_dtype"])
             for key, default in (("lr_schedule", "constant"), ("warmup_steps", 0)):
                 if unlearn[key] == default:  # added later: at the default, hashes as before
                     del unlearn[key]
@@ -437,22 +322,23 @@ MUSE_FORGET_CHUNKS = {"muse-bench/MUSE-News": 407, "muse-bench/MUSE-Books": 553}
 def steps_summary(study: Study) -> str:
     """The lines a dry run prints about the optimizer steps of the unlearning runs."""
     batch = study.config["unlearn"]["batch_size"]
+    repeats = [f" (x {m.scope.steps_key} for {m.name})" for m in METHODS.values()
+               if m.scope.steps_key]  # fmt: skip
     lines = []
     for bench in study.benchmarks:
         chunks = MUSE_FORGET_CHUNKS.get(study.benchmark(bench)["source"])
         if chunks is None:
             lines.append(
-                f"steps ({bench}): epochs x ceil(forget sequences / batch {batch}) per run (x "
-                "lat_model_steps for RMU_LAT), counted by each unlearning job (unlearn_info.json)"
+                f"steps ({bench}): epochs x ceil(forget sequences / batch {batch}) per run"
+                f"{''.join(repeats)}, counted by each unlearning job (unlearn_info.json)"
             )
             continue
         counts: dict[int, int] = {}
-        for r in study.runs[study.runs.benchmark == bench].itertuples():
-            if not unlearned_here(r.method):  # references, external checkpoints
+        for run in study.all_runs:
+            if run.benchmark != bench or not run.unlearned:  # references, external checkpoints
                 continue
-            method = get_method(r.method)
-            run = method.run(study.run_params(bench, r.run))
-            steps = method.optimizer_steps(run, chunks, 0, batch)
+            typed = run.typed
+            steps = typed.method.optimizer_steps(typed, chunks, 0, batch)
             counts[steps] = counts.get(steps, 0) + 1
         spread = ", ".join(f"{n} runs x {s}" for s, n in sorted(counts.items()))
         lines.append(
@@ -477,7 +363,9 @@ def config_owner(configfiles, workdir: str | Path = ".") -> str:
 def load_study(config: dict) -> Study:
     """Validate a config dict (as Snakemake loaded it) and expand its grid."""
     normalized = normalize_config(config)
-    return Study(normalized, expand_runs(normalized), config_warnings(normalized))
+    benches = {name: read_benchmark(normalized, name) for name in normalized["benchmarks"]}
+    runs = expand(normalized, benches)
+    return Study(normalized, benches, runs, config_warnings(normalized))
 
 
 def load_study_file(path: str | Path) -> Study:

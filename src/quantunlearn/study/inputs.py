@@ -100,7 +100,7 @@ def hub_inputs(study) -> dict[str, HubInput]:
 
     for bench in study.benchmarks:
         add(study.hub_dataset(bench), "dataset", f"benchmark:{study.kind(bench).name}")
-        models = study.benchmark(bench)["models"]
+        models = study.bench(bench).models
         for which in ("target", "retrain", "base"):
             add(models.get(which), "model", "model")
         add(models["tokenizer"], "model", "tokenizer")

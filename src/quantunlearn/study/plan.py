@@ -36,7 +36,7 @@ from quantunlearn.study.costs import (
 )
 from quantunlearn.study.grid import MUSE_FORGET_CHUNKS, Study, unlearned_here
 from quantunlearn.study.storage import disk_summary
-from quantunlearn.unlearning.methods import get_method
+from quantunlearn.unlearning.methods import RETRAIN
 
 #: forget sequences where the benchmark's count is not known before its data is prepared
 ASSUMED_SEQUENCES = 100
@@ -67,7 +67,7 @@ def model_shape(study: Study, bench: str) -> LlamaShape | None:
         vocab = -(-tiny["tokenizer_vocab"] // 128) * 128  # models.build_llama rounds up to 128
         return LlamaShape(vocab, tiny["hidden_size"], tiny["intermediate_size"],
                           tiny["num_layers"], tiny["num_heads"])  # fmt: skip
-    models = study.benchmark(bench)["models"]
+    models = study.bench(bench).models
     target = str(models["target"] or models["base"]).split("@")[0]
     config = Path(target) / "config.json"
     if config.is_file():
@@ -83,9 +83,8 @@ def _host_bytes(shape: LlamaShape, dtype: str) -> float:
 def unlearn_job(study: Study, bench: str, run: str, gpu: GPU) -> Job:
     """The unlearning job of one run."""
     shape = model_shape(study, bench)
-    params = study.run_params(bench, run)
-    method = get_method(params["method"])
-    hp = method.run(params)
+    hp = study.run(bench, run).typed
+    method = hp.method
     unlearn = study.config["unlearn"]
     batch, length = unlearn["batch_size"], unlearn["max_len"]
     ckpt = bool(unlearn["gradient_checkpointing"])
@@ -157,7 +156,7 @@ def jobs(study: Study, gpu: GPU) -> pd.DataFrame:
                 (c.benchmark, c.run, c.quant, quantize_job(study, c.benchmark, c.quant, gpu))
             )
     for bench in study.benchmarks:
-        if study.layout(bench) == "muse" and model_shape(study, bench) is not None:
+        if RETRAIN in study.kind(bench).references and model_shape(study, bench) is not None:
             rows.append((bench, "method~retrain", "none",
                          evaluate_job(study, bench, "none", gpu, "reference_auc")))  # fmt: skip
     return pd.DataFrame(

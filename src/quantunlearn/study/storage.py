@@ -65,7 +65,7 @@ def model_params(study, bench: str) -> int | None:
         vocab = -(-tiny["tokenizer_vocab"] // 128) * 128  # models.build_llama rounds up to 128
         return llama_params(vocab, tiny["hidden_size"], tiny["intermediate_size"],
                             tiny["num_layers"])  # fmt: skip
-    models = study.benchmark(bench)["models"]
+    models = study.bench(bench).models
     target = models["target"] or models["base"]
     config = Path(target) / "config.json"
     if config.is_file():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -36,31 +37,44 @@ from quantunlearn.unlearning.objectives import Step
 RECORDED_SETTINGS = ("batch_size", "max_len", "max_grad_norm", "lr_schedule", "warmup_steps")
 
 
+@dataclass(frozen=True)
+class UnlearnJob:
+    """What one unlearning job does to the target: a method at typed hyperparameters, under the
+    study-wide settings, with the target's tokenizer, across some GPUs."""
+
+    #: the method's typed hyperparameters (`quantunlearn.unlearning.methods.Method.run`)
+    run: Run
+    settings: UnlearnSettings = field(default_factory=UnlearnSettings)
+    #: the tokenizer's folder or hub id (None: the target's own)
+    tokenizer: str | None = None
+    #: > 1: the model spread across that many GPUs (quantunlearn.models.loading.device_map)
+    gpus: int = 1
+
+    @classmethod
+    def of(cls, method: str, hyperparameters: dict, settings: dict | None = None, **rest):
+        """A job from plain values: the method's name, its hyperparameters (a dict of config
+        keys: the method's own are read, the rest ignored) and the ``unlearn`` settings."""
+        run = get_method(method).run(hyperparameters)
+        return cls(run, UnlearnSettings(**(settings or {})), **rest)
+
+
 def unlearn(
     target: str,
     forget_corpus,
     retain_corpus,
     out_dir: str | Path,
     log_path: str | Path,
-    *,
-    method: str,
-    hyperparameters: dict,
-    settings: dict | UnlearnSettings | None = None,
-    tokenizer: str | None = None,
-    gpus: int = 1,  # > 1: across that many GPUs (quantunlearn.models.loading.device_map)
-    **provenance,  # long: the job's one entry point, its steps in order
+    job: UnlearnJob,
+    **provenance,
 ) -> dict:
     """Unlearn the forget corpus (a text file, or a `TextCorpus` / `RWKUCorpus`) from ``target``
-    with ``method`` at ``hyperparameters`` (a dict of config keys: the method's own are read,
-    the rest ignored); save the model, a copy of the tokenizer's files and ``unlearn_info.json``
+    as ``job`` says; save the model, a copy of the tokenizer's files and ``unlearn_info.json``
     (``provenance``, the git state) to ``out_dir``, the per-step log to ``log_path``."""
-    spec = get_method(method)
-    run = spec.run(hyperparameters)
-    if not isinstance(settings, UnlearnSettings):
-        settings = UnlearnSettings(**(settings or {}))
+    # long: the job's one entry point, its steps in order
+    run, settings, tokenizer, spec = job.run, job.settings, job.tokenizer, job.run.method
     tok = load_tokenizer(tokenizer or target)
     forget, retain = _sequences(spec, forget_corpus, retain_corpus, tok, settings.max_len)
-    model, emulate = _load(target, run.weight_dtype, settings.bf16_compute, gpus)
+    model, emulate = _load(target, run.weight_dtype, settings.bf16_compute, job.gpus)
     probe = probe_sequences(retain_corpus, tok, settings.max_len)
     target_ce = retain_ce(model, probe, tok.pad_token_id, settings.batch_size)
     context = {"run": run, "target": target, "model": model, "forget": forget}
@@ -70,7 +84,7 @@ def unlearn(
     if settings.gradient_checkpointing:
         set_checkpointing(trainable.model, True)
     start = time.time()
-    log = _train(spec, run, trainable, forget, retain, tok.pad_token_id, settings, emulate, state)
+    log = _train(run, trainable, forget, retain, tok.pad_token_id, settings, emulate, state)
     seconds = time.time() - start
     trainable.model.eval()
     if settings.gradient_checkpointing:  # saved as a plain model: generation uses the cache
@@ -78,7 +92,7 @@ def unlearn(
     vocab = trainable.model.get_output_embeddings().weight.shape[0]
     after_ce = retain_ce(trainable.model, probe, tok.pad_token_id, settings.batch_size)
     info = {
-        "method": method,
+        "method": spec.name,
         **run.values(),
         **state,
         **trainable.info,
@@ -277,9 +291,10 @@ def _step(opt, params: list, lr: float, where: str) -> None:
         )
 
 
-def _train(method: Method, run: Run, trainable, forget, retain, pad_id, settings, emulate, state):
+def _train(run: Run, trainable, forget, retain, pad_id, settings, emulate, state):
     """AdamW (weight decay 0; lr times `lr_factor` of the study's schedule at every optimizer
-    step) over the method's loss; returns the per-step log."""
+    step) over the loss of the run's method; returns the per-step log."""
+    method = run.method
     model, device = trainable.model, next(trainable.model.parameters()).device
     model.train()
     torch.manual_seed(run.seed)

@@ -113,12 +113,11 @@ class Method:
 
     def optimizer_steps(self, run: Run, n_forget: int, n_retain: int, batch_size: int) -> int:
         """The run's optimizer steps: epochs x batches per epoch (Algorithm 1: forget and retain
-        batches) x steps per batch (RMU_LAT: lat_model_steps)."""
+        batches) x steps per batch (its scope's: RMU_LAT's lat_model_steps)."""
         batches = math.ceil(n_forget / batch_size)
         if self.alternating:
             batches += math.ceil(n_retain / batch_size)
-        repeats = int(run.lat_model_steps) if "lat_model_steps" in self.hyperparameters else 1
-        return run.epochs * batches * repeats
+        return run.epochs * batches * self.scope.steps_per_batch(run)
 
     def run(self, values: dict[str, Any]) -> Run:
         """This method's typed hyperparameters from a dict (missing keys: the defaults), checked

@@ -126,9 +126,15 @@ class Scope:
     #: the trained parameters' dtype when it is not the weight dtype (LoRA: peft keeps bf16
     #: models' adapters in fp32)
     trained_dtype: ClassVar[str | None] = None
+    #: the hyperparameter that sets the optimizer steps taken on each batch (None: one)
+    steps_key: ClassVar[str | None] = None
 
     def build(self, model, method, run, forget: list, pad_id: int, batch_size: int) -> Trainable:
         raise NotImplementedError
+
+    def steps_per_batch(self, run) -> int:
+        """Optimizer steps on each batch (RMU_LAT: ``lat_model_steps`` per attack)."""
+        return int(getattr(run, self.steps_key)) if self.steps_key else 1
 
     def trained_params(self, shape, run) -> int:
         """Parameters AdamW updates, for a `LlamaShape` (an upper bound where the run chooses:
@@ -490,6 +496,7 @@ class RMULAT(RMU):
     and takes ``lat_model_steps`` optimizer steps per attack."""
 
     params = (RMUParams, LATParams)
+    steps_key = "lat_model_steps"
 
     def check(self, run) -> None:
         if not run.lat_layer < run.rmu_layer:
@@ -507,5 +514,5 @@ class RMULAT(RMU):
         trainable.adversary = LatentAdversary(
             int(run.lat_layer), run.lat_epsilon, int(run.lat_steps), run.lat_lr, run.lat_away
         )
-        trainable.steps_per_batch = int(run.lat_model_steps)
+        trainable.steps_per_batch = self.steps_per_batch(run)
         return trainable
