@@ -5,7 +5,7 @@ import os
 import sys
 
 from quantunlearn.data.utility import utility_sources
-from quantunlearn.quantizers import QUANTIZERS, family_pattern, parse_quantizer
+from quantunlearn.quantizers import FULL_PRECISION, QUANTIZERS, family_pattern, parse_quantizer
 from quantunlearn.reports import BY_NAME as REPORTS
 from quantunlearn.study import ConfigError, load_study
 from quantunlearn.study.grid import config_owner, steps_summary
@@ -185,7 +185,7 @@ def planned(rule, key):
 
     def resource(wildcards, attempt):
         run = getattr(wildcards, "run", RETRAIN_RUN)
-        quant = getattr(wildcards, "quant", "none")
+        quant = getattr(wildcards, "quant", FULL_PRECISION)
         return _planned(rule, wildcards.bench, run, quant).at(attempt)[key]
 
     return resource

@@ -1,6 +1,9 @@
 """The study: one config, validated once into typed objects that the workflow asks.
 
-``config`` loads the YAML, fills the defaults and words every error under its config key;
+``config`` loads the YAML, fills the defaults and words every error under its config key
+(``config_tree``: merging and the benchmarks' model questions; ``method_grid``: the methods'
+grids, checked and warned about by their hyperparameter groups; ``config_checks``: the checks
+across sections, a benchmark's own asked of its BENCHMARKS row);
 ``runs`` holds the typed model of the grid (a `Benchmark` per entry of ``benchmarks``, with its
 row of the BENCHMARKS table resolved once; a `Run` per folder: references, external
 checkpoints, and every unlearning run with its hyperparameters, whose typed groups are

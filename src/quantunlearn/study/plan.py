@@ -20,7 +20,7 @@ import pandas as pd
 
 from quantunlearn.evaluation.metrics import METRICS
 from quantunlearn.models.shape import LlamaShape
-from quantunlearn.quantizers import parse_quantizer
+from quantunlearn.quantizers import FULL_PRECISION, parse_quantizer
 from quantunlearn.study.costs import (
     BYTES,
     GB,
@@ -35,6 +35,7 @@ from quantunlearn.study.costs import (
     unlearn_memory,
 )
 from quantunlearn.study.grid import MUSE_FORGET_CHUNKS, Study, unlearned_here
+from quantunlearn.study.runs import run_path
 from quantunlearn.study.storage import disk_summary
 from quantunlearn.unlearning.methods import RETRAIN
 
@@ -157,8 +158,8 @@ def jobs(study: Study, gpu: GPU) -> pd.DataFrame:
             )
     for bench in study.benchmarks:
         if RETRAIN in study.kind(bench).references and model_shape(study, bench) is not None:
-            rows.append((bench, "method~retrain", "none",
-                         evaluate_job(study, bench, "none", gpu, "reference_auc")))  # fmt: skip
+            job = evaluate_job(study, bench, FULL_PRECISION, gpu, "reference_auc")
+            rows.append((bench, run_path(RETRAIN, {}), FULL_PRECISION, job))
     return pd.DataFrame(
         [
             {"benchmark": b, "run": run, "quant": q, "rule": j.rule, "job": j}
