@@ -71,6 +71,22 @@ METRIC_GROUPS = ("muse", "rwku", "utility")
 
 
 @dataclass(frozen=True)
+class Work:
+    """What a metric runs on a model in a full-size cell, for the cost plan
+    (`quantunlearn.study.costs`): prompts, tokens scored per prompt, tokens generated per prompt.
+    The rows' values are the benchmarks' published sizes: MUSE (Shi et al., "MUSE: Machine
+    Unlearning Six-Way Evaluation for Language Models") has 100 VerbMem excerpts, 100 KnowMem QA
+    pairs per side with 10 in-context examples, and 100 texts each in the forget, retain and
+    holdout sets of PrivLeak (2048 tokens at most); RWKU's small utility files (Jin et al.,
+    "RWKU") 171 MMLU 5-shot questions, 50 TruthfulQA questions of 4 choices, 100 TriviaQA, 50
+    AlpacaEval instructions. Assumptions, not measurements."""
+
+    prompts: int
+    prompt_tokens: int
+    new_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class Metric:
     name: str  # the value's key in the metric files (column ``metric``)
     label: str  # the column header of the paper's tables
@@ -84,6 +100,9 @@ class Metric:
     # how the value follows from the per-item records: "mean" of their scores, or "auc": the
     # ROC AUC of their scores with the holdout texts as positives (Min-K% membership)
     summary: str = "mean"
+    #: its work in a full-size cell (the cost plan); a row without one is planned at 100
+    #: prompts of 512 tokens with 32 generated
+    work: Work = Work(100, 512, 32)
 
     @property
     def header(self) -> str:
@@ -262,36 +281,104 @@ def _seeds(name: str, protocol: Callable[[Any], Callable]) -> Callable[[Context]
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("verbmem_f", "VerbMem_f", "lower", _verbmem),
-    Metric("knowmem_f", "KnowMem_f", "lower", _knowmem("forget"), needs="knowmem_forget_qa"),
-    Metric("privleak", "PrivLeak", "zero", _privleak),
-    Metric("knowmem_r", "KnowMem_r", "higher", _knowmem("retain"), needs="knowmem_retain_qa"),
+    Metric("verbmem_f", "VerbMem_f", "lower", _verbmem, work=Work(100, 128, 128)),
+    Metric(
+        "knowmem_f",
+        "KnowMem_f",
+        "lower",
+        _knowmem("forget"),
+        needs="knowmem_forget_qa",
+        work=Work(100, 600, 32),
+    ),
+    Metric("privleak", "PrivLeak", "zero", _privleak, work=Work(300, 2048)),
+    Metric(
+        "knowmem_r",
+        "KnowMem_r",
+        "higher",
+        _knowmem("retain"),
+        needs="knowmem_retain_qa",
+        work=Work(100, 600, 32),
+    ),
     # PrivLeak's input, recorded so that PrivLeak can be recomputed from the metric files; its
-    # records are the per-text Min-K% scores (split, index, score) the AUC is computed from
-    Metric("mink_auc", "Min-K% AUC", None, _mink_auc, table=False, summary="auc"),
+    # records are the per-text Min-K% scores (split, index, score) the AUC is computed from (no
+    # work of its own: it reuses PrivLeak's scores)
+    Metric("mink_auc", "Min-K% AUC", None, _mink_auc, table=False, summary="auc", work=Work(0, 0)),
     # a labelled benchmark's classification accuracy (the Twitter study, Mishra and Mehreen
     # Table III's layout): forget tweets (not judged) and retain tweets
     Metric(
-        "acc_f", "Acc_f", None, _accuracy("forget"), table=False, needs="classification_forget"
-    ),  # fmt: skip
+        "acc_f",
+        "Acc_f",
+        None,
+        _accuracy("forget"),
+        table=False,
+        needs="classification_forget",
+        work=Work(100, 128),
+    ),
     Metric(
-        "acc_r", "Acc_r", "higher", _accuracy("retain"), table=False, needs="classification_retain"
-    ),  # fmt: skip
+        "acc_r",
+        "Acc_r",
+        "higher",
+        _accuracy("retain"),
+        table=False,
+        needs="classification_retain",
+        work=Work(100, 128),
+    ),
     # RWKU (Jin et al., NeurIPS 2024; Zhang et al. Table 7): the forget probes at three levels and
     # the neighbor probes, ROUGE-L recall of the answer x 100 (evaluation/rwku_metrics.py)
-    Metric("fb_forget", "FB", "lower", _probe("forget", "FB"), group="rwku"),
-    Metric("qa_forget", "QA", "lower", _probe("forget", "QA"), group="rwku"),
-    Metric("aa_forget", "AA", "lower", _probe("forget", "AA"), group="rwku"),
-    Metric("fb_neighbor", "Neighbor FB", "higher", _probe("neighbor", "FB"), group="rwku"),
-    Metric("qa_neighbor", "Neighbor QA", "higher", _probe("neighbor", "QA"), group="rwku"),
+    Metric(
+        "fb_forget", "FB", "lower", _probe("forget", "FB"), group="rwku", work=Work(100, 64, 32)
+    ),
+    Metric(
+        "qa_forget", "QA", "lower", _probe("forget", "QA"), group="rwku", work=Work(100, 64, 32)
+    ),
+    Metric(
+        "aa_forget", "AA", "lower", _probe("forget", "AA"), group="rwku", work=Work(100, 64, 32)
+    ),
+    Metric(
+        "fb_neighbor",
+        "Neighbor FB",
+        "higher",
+        _probe("neighbor", "FB"),
+        group="rwku",
+        work=Work(100, 64, 32),
+    ),
+    Metric(
+        "qa_neighbor",
+        "Neighbor QA",
+        "higher",
+        _probe("neighbor", "QA"),
+        group="rwku",
+        work=Work(100, 64, 32),
+    ),
     # RWKU's membership-inference sets: LOSS x 100 of forget members (FM, should rise) and of
     # retain members (RM, should not)
-    Metric("mia_forget", "MIA FM", "higher", _mia("mia_forget"), group="rwku", table=False),
-    Metric("mia_retain", "MIA RM", "lower", _mia("mia_retain"), group="rwku", table=False),
+    Metric(
+        "mia_forget",
+        "MIA FM",
+        "higher",
+        _mia("mia_forget"),
+        group="rwku",
+        table=False,
+        work=Work(100, 512),
+    ),
+    Metric(
+        "mia_retain",
+        "MIA RM",
+        "lower",
+        _mia("mia_retain"),
+        group="rwku",
+        table=False,
+        work=Work(100, 512),
+    ),
     # Zhang et al. section 6.2 (Table 3): general knowledge, truthfulness, factuality, fluency, as
     # the seeds measured them: RWKU's code on RWKU's small utility files of target 1
     Metric(
-        "mmlu_rwku", "Gen", "higher", _seeds("mmlu_rwku", lambda u: u.mmlu_rwku), group="utility"
+        "mmlu_rwku",
+        "Gen",
+        "higher",
+        _seeds("mmlu_rwku", lambda u: u.mmlu_rwku),
+        group="utility",
+        work=Work(171, 700),
     ),
     Metric(
         "truthfulqa_rwku",
@@ -299,6 +386,7 @@ METRICS: tuple[Metric, ...] = (
         "higher",
         _seeds("truthfulqa_rwku", lambda u: u.truthfulqa_rwku),
         group="utility",
+        work=Work(200, 100),
     ),
     Metric(
         "triviaqa_rwku",
@@ -306,6 +394,7 @@ METRICS: tuple[Metric, ...] = (
         "higher",
         _seeds("triviaqa_rwku", lambda u: u.triviaqa_rwku),
         group="utility",
+        work=Work(100, 64, 32),
     ),
     Metric(
         "fluency_rwku",
@@ -313,12 +402,24 @@ METRICS: tuple[Metric, ...] = (
         "higher",
         _seeds("fluency_rwku", lambda u: u.fluency_rwku),
         group="utility",
+        work=Work(50, 64, 512),
     ),
     # the same four on the full public benchmarks (MMLU and TruthfulQA through lm-eval)
-    Metric("mmlu", "MMLU", "higher", _mmlu, group="utility"),
-    Metric("truthfulqa_mc1", "TruthfulQA MC1", "higher", _truthfulqa_mc1, group="utility"),
-    Metric("triviaqa", "TriviaQA F1", "higher", _triviaqa, group="utility"),
-    Metric("fluency", "Flu (AlpacaEval)", "higher", _fluency, group="utility"),
+    Metric("mmlu", "MMLU", "higher", _mmlu, group="utility", work=Work(14042, 700)),
+    Metric(
+        "truthfulqa_mc1",
+        "TruthfulQA MC1",
+        "higher",
+        _truthfulqa_mc1,
+        group="utility",
+        work=Work(3268, 100),
+    ),
+    Metric(
+        "triviaqa", "TriviaQA F1", "higher", _triviaqa, group="utility", work=Work(17944, 64, 32)
+    ),
+    Metric(
+        "fluency", "Flu (AlpacaEval)", "higher", _fluency, group="utility", work=Work(805, 64, 512)
+    ),
 )
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
 

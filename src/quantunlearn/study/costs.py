@@ -57,6 +57,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from quantunlearn.evaluation.metrics import BY_NAME as METRICS_BY_NAME
 from quantunlearn.models.shape import LLAMA2_7B, LLAMA3_8B, LlamaShape
 
 GB = 1e9
@@ -197,53 +198,13 @@ def gpus_needed(bytes_: float, gpu: GPU) -> int:
     return max(1, math.ceil(bytes_ / (gpu.memory_gb * GB * gpu.usable)))
 
 
-@dataclass(frozen=True)
-class Work:
-    """What one metric runs on a model: prompts, tokens scored per prompt, tokens generated."""
-
-    prompts: int
-    prompt_tokens: int
-    new_tokens: int = 0
-
-
-#: The work of each metric (METRICS names) on the benchmarks' published sizes: MUSE (Shi et al.,
-#: "MUSE: Machine Unlearning Six-Way Evaluation for Language Models") has 100 VerbMem excerpts,
-#: 100 KnowMem QA pairs per side with 10 in-context examples, and 100 texts each in the forget,
-#: retain and holdout sets of PrivLeak (2048 tokens at most); RWKU's small utility files (Jin et
-#: al., "RWKU") 171 MMLU 5-shot questions, 50 TruthfulQA questions of 4 choices, 100 TriviaQA,
-#: 50 AlpacaEval instructions. mink_auc reuses PrivLeak's scores. Assumptions, not measurements.
-METRIC_WORK = {
-    "verbmem_f": Work(100, 128, 128),
-    "knowmem_f": Work(100, 600, 32),
-    "knowmem_r": Work(100, 600, 32),
-    "privleak": Work(300, 2048),
-    "mink_auc": Work(0, 0),
-    "acc_f": Work(100, 128),
-    "acc_r": Work(100, 128),
-    "fb_forget": Work(100, 64, 32),
-    "qa_forget": Work(100, 64, 32),
-    "aa_forget": Work(100, 64, 32),
-    "fb_neighbor": Work(100, 64, 32),
-    "qa_neighbor": Work(100, 64, 32),
-    "mia_forget": Work(100, 512),
-    "mia_retain": Work(100, 512),
-    "mmlu_rwku": Work(171, 700),
-    "truthfulqa_rwku": Work(200, 100),
-    "triviaqa_rwku": Work(100, 64, 32),
-    "fluency_rwku": Work(50, 64, 512),
-    "mmlu": Work(14042, 700),
-    "truthfulqa_mc1": Work(3268, 100),
-    "triviaqa": Work(17944, 64, 32),
-    "fluency": Work(805, 64, 512),
-}
-
-
 def eval_seconds(shape: LlamaShape, metrics: list[str], batch: int, gpu: GPU) -> float:
-    """Prefill and scoring at the MFU, decoding at the memory bandwidth (module docstring)."""
+    """Prefill and scoring at the MFU, decoding at the memory bandwidth (module docstring), of
+    the work each metric's METRICS row declares (`quantunlearn.evaluation.metrics.Work`)."""
     weights = shape.params * BYTES["bf16"]
     seconds = 0.0
     for name in metrics:
-        work = METRIC_WORK.get(name, Work(100, 512, 32))
+        work = METRICS_BY_NAME[name].work
         seconds += work.prompts * work.prompt_tokens * 2 * shape.params / gpu.flops_per_s("bf16")
         steps = math.ceil(work.prompts / batch) * work.new_tokens
         seconds += steps * weights / (gpu.bandwidth_tb_s * 1e12 * gpu.bandwidth_share)

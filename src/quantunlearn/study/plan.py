@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from quantunlearn.evaluation.metrics import BY_NAME as METRICS_BY_NAME
 from quantunlearn.evaluation.metrics import METRICS
 from quantunlearn.models.shape import LlamaShape
 from quantunlearn.quantizers import FULL_PRECISION, parse_quantizer
@@ -26,7 +27,6 @@ from quantunlearn.study.costs import (
     GB,
     GPU,
     KNOWN_SHAPES,
-    METRIC_WORK,
     eval_seconds,
     gpus_needed,
     load_seconds,
@@ -103,7 +103,8 @@ def _eval_memory(shape: LlamaShape, metrics: list[str], batch: int, length: int)
     """bf16 weights and the larger of a scoring batch's logits (bf16 and their fp32 log-softmax,
     at ``length`` tokens, no cache) and a generation batch's KV cache (bf16, at the longest
     prompt and continuation of the metrics)."""
-    generated = [METRIC_WORK[m] for m in metrics if m in METRIC_WORK and METRIC_WORK[m].new_tokens]
+    works = [METRICS_BY_NAME[m].work for m in metrics]
+    generated = [w for w in works if w.new_tokens]
     longest = max((w.prompt_tokens + w.new_tokens for w in generated), default=0)
     kv = 2 * shape.layers * batch * longest * shape.kv_hidden * 2
     return shape.params * 2 + max(kv, batch * length * shape.vocab * (2 + 4))
