@@ -64,7 +64,7 @@ from quantunlearn.evaluation.muse_metrics import (  # noqa: E402
 )
 from quantunlearn.models.loading import load_model, load_tokenizer  # noqa: E402
 from quantunlearn.models.tiny import build_llama, train_tokenizer  # noqa: E402
-from quantunlearn.models.training import train_lm  # noqa: E402
+from quantunlearn.models.training import LMRecipe, train_lm  # noqa: E402
 
 IMPLS = ("batch1", "current", "new")
 # config/config.yaml's benchmark
@@ -115,19 +115,10 @@ def tiny_model(bench_dir: Path, model_path: str | None):
     tok = train_tokenizer(docs["forget"] + docs["retain"] + holdout, 2048)
     model = build_llama(tok, 256, 768, 2, 4)
     train = tokenize_documents(docs["forget"] + docs["retain"], tok)
-    train_lm(
-        model,
-        train,
-        tok.pad_token_id,
-        max_len=256,
-        epochs=8,
-        lr=2e-3,
-        batch_size=8,
-        warmup_steps=50,
-        weight_decay=0.01,
-        seed=0,
-        desc="train tiny",
+    recipe = LMRecipe(
+        max_len=256, epochs=8, lr=2e-3, batch_size=8, warmup_steps=50, weight_decay=0.01, seed=0
     )
+    train_lm(model, train, tok.pad_token_id, recipe, desc="train tiny")
     return model.eval(), tok, "tiny Llama trained here for 8 epochs"
 
 

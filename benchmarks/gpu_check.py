@@ -61,6 +61,7 @@ import tarfile
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -76,7 +77,7 @@ from quantunlearn.data.synthetic import generate_synthetic  # noqa: E402
 from quantunlearn.models.loading import load_model  # noqa: E402
 from quantunlearn.models.tiny import build_llama  # noqa: E402
 from quantunlearn.quantizers import parse_quantizer, quantizable_linears  # noqa: E402
-from quantunlearn.unlearning.loop import unlearn  # noqa: E402
+from quantunlearn.unlearning.loop import UnlearnJob, unlearn  # noqa: E402
 
 START = time.time()
 ROOT = Path(__file__).resolve().parents[1]
@@ -332,9 +333,7 @@ def _unlearn_pair(ctx, name: str, a: dict, b: dict, common: dict) -> dict:
             retain,
             out,
             ctx["tmp"] / f"{name}_{label}.parquet",
-            method="NPO_KLR",
-            hyperparameters=hyper,
-            settings={**settings, **extra},
+            UnlearnJob.of("NPO_KLR", hyper, {**settings, **extra}),
         )
         runs[label] = {"dir": out, "seconds": time.time() - start, "steps": info["steps"]}
     base, wa, wb = weights_of(target), weights_of(runs["a"]["dir"]), weights_of(runs["b"]["dir"])
@@ -541,9 +540,9 @@ def section_spread(ctx: dict) -> dict:
     logs = {}
     for gpus in (1, 2):
         out = ctx["tmp"] / f"spread{gpus}"
-        unlearn(str(path), forget, retain, out / "model", out / "log.parquet", method="NPO_KLR",
-                hyperparameters={"weight_dtype": "fp32", "lr": 1e-4, "epochs": 2},
-                settings={"batch_size": 2, "max_len": 128}, gpus=gpus)  # fmt: skip
+        job = UnlearnJob.of("NPO_KLR", {"weight_dtype": "fp32", "lr": 1e-4, "epochs": 2},
+                            {"batch_size": 2, "max_len": 128}, gpus=gpus)  # fmt: skip
+        unlearn(str(path), forget, retain, out / "model", out / "log.parquet", job)
         logs[gpus] = pd.read_parquet(out / "log.parquet")["loss"].tolist()
     gap = max(abs(a - b) for a, b in zip(logs[1], logs[2], strict=True))
     return {"devices": sorted(map(str, devices)), "loss_1_gpu": logs[1], "loss_2_gpus": logs[2],
@@ -770,6 +769,8 @@ def run_size(ctx: dict, bench: str, results: Path) -> dict:  # long: one size's 
     from quantunlearn.models.loading import load_tokenizer
     from quantunlearn.models.tiny import build_tokenizer, train_reference
     from quantunlearn.study import load_study
+    from quantunlearn.study.jobs import cell_job
+    from quantunlearn.unlearning.hyperparameters import UnlearnSettings
     from quantunlearn.unlearning.methods import REFERENCES
 
     stages, models, data = {}, results / "models" / bench, results / "data" / bench
@@ -822,9 +823,10 @@ def run_size(ctx: dict, bench: str, results: Path) -> dict:  # long: one size's 
                     retain_corpus=data / spec["retain_corpus"],
                     out_dir=results / "unlearn" / bench / r.run / "model",
                     log_path=results / "unlearn" / bench / r.run / "train_log.parquet",
-                    method=r.method,
-                    hyperparameters=study.run_params(bench, r.run),
-                    settings=study.cell_config(bench, r.run)["unlearn"],
+                    job=UnlearnJob(
+                        study.run(bench, r.run).typed,
+                        UnlearnSettings(**study.cell_config(bench, r.run)["unlearn"]),
+                    ),
                     run=r.run,
                 ),
             )
@@ -845,15 +847,15 @@ def run_size(ctx: dict, bench: str, results: Path) -> dict:  # long: one size's 
             (
                 evaluate_cell,
                 dict(
-                    model_path=str(model_dir(c.run, c.method)),
-                    quant=c.quant,
+                    cell=replace(
+                        cell_job(study, bench, c.run, c.quant),
+                        model=str(model_dir(c.run, c.method)),
+                        target=str(models / "target"),
+                    ),
                     bench_dir=data,
                     reference_auc_json=auc,
                     metrics_out=study.metric_file(bench, c.run, c.quant),
                     records_out=results / "records" / bench / c.run / f"{c.quant}.parquet",
-                    cell=study.run_params(bench, c.run),
-                    cell_config=study.cell_config(bench, c.run, c.quant),
-                    evaluation=study.config["evaluation"],
                 ),
             )
             for c in study.cells()
@@ -883,7 +885,7 @@ def scale_tables(ctx: dict, done: dict, results: Path) -> dict:
         for bench, info in done.items():
             study, epochs = info["study"], info["regimes"][regime]
             for c in study.cells():
-                params = study.run_params(bench, c.run)
+                params = study.run(bench, c.run).params
                 if c.method in REFERENCES or params["epochs"] == epochs:
                     files.append(study.metric_file(bench, c.run, c.quant))
             targets[bench] = results / "models" / bench / "target"

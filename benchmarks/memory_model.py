@@ -12,7 +12,7 @@ memory before the model was loaded, after one warm-up step of the same case on a
 cost model's peak with ``device="cpu"``.
 
     nice -n 10 python benchmarks/memory_model.py --out results/memory_model.csv
-    python benchmarks/memory_model.py --sizes tiny --methods GA_GDR --dtypes fp32  # one case
+    python benchmarks/memory_model.py --sizes 10M --methods GA_GDR --dtypes fp32  # one case
 
 Linux only (/proc). Prints one line per case: predicted, measured, ratio (predicted / measured).
 """
@@ -100,7 +100,7 @@ def case(model_dir: str, method_name: str, dtype: str, batch: int, length: int, 
         "5"
     )  # VmHWM := VmRSS (the load's own peak is not a step's)
     start = time.time()
-    _train(method, run, trainable, seqs, seqs, 0, settings, False, {})
+    _train(run, trainable, seqs, seqs, 0, settings, False, {})
     seconds = (time.time() - start) / steps
     return {"measured": _rss("VmHWM") - before, "seconds_per_step": seconds}
 
@@ -126,7 +126,7 @@ def _warm_up(method, run, settings) -> None:
     model = LlamaForCausalLM(config).to(dtype)
     seqs = [torch.randint(3, 256, (settings.max_len,)).tolist() for _ in range(settings.batch_size)]
     trainable = method.scope.build(model, method, run, seqs, 0, settings.batch_size)
-    _train(method, run, trainable, seqs, seqs, 0, settings, False, {})
+    _train(run, trainable, seqs, seqs, 0, settings, False, {})
 
 
 def predict(shape: LlamaShape, method_name: str, dtype: str, batch, length, checkpointing):

@@ -45,7 +45,7 @@ class Context:
     @cached_property
     def membership(self) -> tuple[float, list[dict]]:
         """Min-K% Prob AUC of the forget texts (label 0) against the holdout texts (label 1),
-        and the per-text scores it comes from (`evaluation.muse.membership_scores`)."""
+        and the per-text scores it comes from (`evaluation.muse_metrics.membership_scores`)."""
         from quantunlearn.evaluation.muse_metrics import membership_scores
 
         ev, bench = self.evaluation, self.benchmark

@@ -201,7 +201,7 @@ class RuntimeModel:
     """A quantized model that computes in another runtime than torch (llama.cpp), as a
     quantizer's ``load`` returns it. The evaluation's two entry points hand it token ids of the
     cell's own tokenizer: `evaluation.generation.greedy_generate` calls ``greedy_ids`` and
-    `evaluation.muse.min_k_scores` calls ``token_log_probs``; everything else (prompts, stop
+    `evaluation.muse_metrics.min_k_scores` calls ``token_log_probs``; everything else (prompts, stop
     rules, decoding, scores) is the torch cells' code. Calling it as a torch module is an error
     naming what it supports."""
 

@@ -14,13 +14,13 @@ keys and values in an f16 cache. A ``llamacpp_*`` cell therefore
 3. evaluates it through llama.cpp (`LlamaCppModel`): greedy generation for VerbMem and KnowMem
    with the torch cells' prompts and stop rules, per-token log-probabilities for Min-K%.
 
-**The seam.** ``load`` returns a `RuntimeModel` instead of a torch module; the two functions
-every MUSE metric goes through, `evaluation.generation.greedy_generate` and
-`evaluation.muse.min_k_scores`, hand such a model the token ids of the cell's tokenizer and take
-back generated ids or per-token log-probabilities. Tokenizing, prompts, stop strings, decoding
+**The seam.** ``load`` returns a `RuntimeModel` instead of a torch module; the two functions every
+MUSE metric goes through, `evaluation.generation.greedy_generate` and
+`evaluation.muse_metrics.min_k_scores`, hand such a model the token ids of the cell's tokenizer and
+take back generated ids or per-token log-probabilities. Tokenizing, prompts, stop strings, decoding
 and scoring stay the torch cells' own code, so a difference between a ``llamacpp_*`` cell and a
-torch cell is the runtime's arithmetic, nothing else. Metrics that need a torch forward (RWKU's
-MIA, classification, the utility harness) are refused with the metric's name.
+torch cell is the runtime's arithmetic, nothing else. Metrics that need a torch forward (RWKU's MIA,
+classification, the utility harness) are refused with the metric's name.
 
 The files live in a temporary folder as long as the model object (the f32 file of a 7B model is
 28 GB: a cell of a real model needs that much free space in ``$TMPDIR``).
