@@ -31,8 +31,11 @@ def clone(tmp_path_factory) -> Path:
         ["git", "-C", str(ROOT), "archive", "HEAD"], capture_output=True, check=True
     ).stdout
     (root / "head.tar").write_bytes(tar)
+    # the "data" filter (no absolute paths, links out of the folder, devices) where this Python
+    # has it (3.11.4+; Debian's 3.11.2 does not)
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     with tarfile.open(root / "head.tar") as archive:
-        archive.extractall(root / "repo", filter="data")
+        archive.extractall(root / "repo", **safe)
     # the working tree's environment file (the committed one may predate this change)
     (root / "repo" / "environment.yml").write_text((ROOT / "environment.yml").read_text())
     return root / "repo"
