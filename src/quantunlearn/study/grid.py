@@ -67,10 +67,6 @@ class Cell:
     quant: str
 
 
-def _cells(frame: pd.DataFrame) -> tuple[Cell, ...]:
-    return tuple(Cell(c.benchmark, c.run, c.method, c.quant) for c in frame.itertuples())
-
-
 @dataclass
 class Study:
     """The validated config, its benchmarks and runs (typed, built once at load time) and the
@@ -88,6 +84,15 @@ class Study:
         self._by_path = {(r.benchmark, r.path): r for r in self.all_runs}
         #: a pandas view derived from the runs (`runs_frame`), for tabular questions
         self.runs = runs_frame(self.all_runs)
+        self._quantizers = {q: parse_quantizer(q) for q in self.quantizers}
+        # every run x quantizer but the noflip counterfactuals of the reference models (for the
+        # target itself noflip is plain RTN), in grid order: built once, asked by every rule
+        self._cells = tuple(
+            Cell(r.benchmark, r.path, r.method, q)
+            for r in self.all_runs
+            for q, quantizer in self._quantizers.items()
+            if not (quantizer.counterfactual and r.method in REFERENCES)
+        )
 
     def run(self, bench: str, run: str) -> Run:
         """The `Run` of a job's wildcards ``{bench}`` and ``{run}`` (the run's path)."""
@@ -207,14 +212,7 @@ class Study:
     def cells(self) -> tuple[Cell, ...]:
         """Every evaluated (benchmark, run, quantizer); the noflip counterfactuals only for
         unlearned runs (for the target itself noflip is plain RTN)."""
-        return _cells(self._cell_frame())
-
-    def _cell_frame(self) -> pd.DataFrame:
-        quants = pd.DataFrame({"quant": self.quantizers})
-        cells = self.runs[["benchmark", "run", "method"]].merge(quants, how="cross")
-        counterfactual = cells.quant.map(lambda q: parse_quantizer(q).counterfactual)
-        noflip_ref = counterfactual & cells.method.isin(list(REFERENCES))
-        return cells[~noflip_ref].reset_index(drop=True)
+        return self._cells
 
     def metric_file(self, bench: str, run: str, quant: str) -> str:
         return str(self.results / "metrics" / bench / run / f"{quant}.parquet")
@@ -265,14 +263,17 @@ class Study:
         counterfactuals, whose codes are the target's by design, and QUAIL's grid), and every
         external checkpoint's always (its audit report shows them)."""
         spec = self.config.get("diagnostics")
-        cells = self._cell_frame()
-        keep = cells.run.isin(set(self.diagnosed_runs().run))
-        if spec and spec["quantizers"] is not None:
-            keep &= cells.quant.isin(spec["quantizers"])
-        keep = (keep | cells.method.map(is_external)) & cells.quant.map(
-            lambda q: parse_quantizer(q).diagnosable
+        diagnosed = set(self.diagnosed_runs().run)
+        quantizers = spec["quantizers"] if spec and spec["quantizers"] is not None else None
+
+        def chosen(cell: Cell) -> bool:
+            return cell.run in diagnosed and (quantizers is None or cell.quant in quantizers)
+
+        return tuple(
+            c
+            for c in self._cells
+            if (chosen(c) or is_external(c.method)) and self._quantizers[c.quant].diagnosable
         )
-        return _cells(cells[keep])
 
     def diagnostic_file(self, bench: str, run: str, quant: str) -> str:
         return str(self.results / "diagnostics" / bench / run / f"{quant}.parquet")
