@@ -11,6 +11,7 @@ each tiny model the DAG trains. Errors and warnings name the key the value came 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 from quantunlearn.study.config_tree import benchmark_tiny_model, did_you_mean, tiny_benchmarks
@@ -47,6 +48,14 @@ def method_grids(config: dict, name: str) -> list[dict]:
     return [method_params(config, name, s) for s in method_sections(config, name)]
 
 
+def grid_cells(name: str, params: dict) -> Iterator[dict]:
+    """Every cell of one grid of method ``name`` (its `method_params`): one value of each of
+    its hyperparameters, the product of the axes in the method's run-path order."""
+    keys = get_method(name).hyperparameters
+    for combo in itertools.product(*(as_list(params[k]) for k in keys)):
+        yield dict(zip(keys, combo, strict=True))
+
+
 def not_a_hyperparameter(name: str, key: str, where: str) -> str:
     """The error for a key method ``name`` does not take; ``where``: the section under
     ``unlearn`` (``methods.<name>`` or ``methods.<name>[i]``)."""
@@ -70,11 +79,9 @@ def hyperparameter_errors(config: dict) -> list[str]:
             for key in section:
                 if key not in method.hyperparameters:
                     errors.append(not_a_hyperparameter(name, key, where_own))
-            params = method_params(config, name, section)
-            axes = {k: as_list(params[k]) for k in method.hyperparameters}
-            for combo in itertools.product(*axes.values()):
+            for cell in grid_cells(name, method_params(config, name, section)):
                 try:
-                    method.run(dict(zip(axes, combo, strict=True)))
+                    method.run(cell)
                 except HyperparameterError as err:
                     own = err.key in section or err.key not in common
                     where = where_own if own else "common"

@@ -11,7 +11,6 @@ with `quantunlearn.study.grid.Study.run`.
 from __future__ import annotations
 
 import functools
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +19,7 @@ from quantunlearn.data.benchmarks import BenchmarkKind
 from quantunlearn.io import config_hash
 from quantunlearn.study.config import ConfigError
 from quantunlearn.study.config_tree import benchmark_tiny_model
-from quantunlearn.study.method_grid import as_list, method_grids
+from quantunlearn.study.method_grid import grid_cells, method_grids
 from quantunlearn.unlearning import methods
 from quantunlearn.unlearning.hyperparameters import BASE_HYPER_COLUMNS, HYPER_COLUMNS, group_of
 from quantunlearn.unlearning.methods import REFERENCES, get_method
@@ -227,12 +226,9 @@ def _typed_run(method: str, hyperparameters: tuple[tuple[str, Any], ...]) -> met
 
 def _method_runs(config: dict, bench: Benchmark, name: str) -> list[Run]:
     """Every cell of one method's grid on one benchmark (times its targets, for RWKU)."""
-    method = get_method(name)
     runs = []
     for section, params in enumerate(method_grids(config, name)):  # one grid per section
-        axes = {k: as_list(params[k]) for k in method.hyperparameters}
-        for combo in itertools.product(*axes.values()):
-            given = dict(zip(axes, combo, strict=True))  # the path spells them as written
+        for given in grid_cells(name, params):  # the path spells them as written
             values = {k: grid_value(k, v) for k, v in given.items()}
             train = training_tag(config, values["weight_dtype"])
             for subject in bench.subjects or [None]:
