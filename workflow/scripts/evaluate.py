@@ -3,16 +3,11 @@ from quantunlearn.jobs import logged
 with logged(snakemake.log[0], snakemake.threads):
     from quantunlearn.data.provenance import Pins
     from quantunlearn.evaluation.cell import evaluate_cell
-    from quantunlearn.study.external import check_before_loading
-    from quantunlearn.study.runs import is_external
+    from quantunlearn.study.jobs import pinned_cell
 
-    planned = snakemake.params.job  # the typed cell (quantunlearn.evaluation.cell.CellJob)
-    # hub models and datasets: their pinned folders, and every input's provenance
-    cell = planned.pinned(Pins.read(snakemake.input.pins))
-    if is_external(cell.params["method"]):  # audit mode: the files planned for
-        content = cell.cell_config.get("external_content")  # a local folder's, None for a hub id
-        check_before_loading(planned.model, cell.model, cell.target, content)
-        cell.inputs["model"]["content"] = content
+    # the typed cell (quantunlearn.evaluation.cell.CellJob) with its hub models and datasets
+    # read from their pinned folders, and every input's provenance
+    cell = pinned_cell(snakemake.params.job, Pins.read(snakemake.input.pins))
     evaluate_cell(
         cell,
         snakemake.input.data,

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from quantunlearn.data.provenance import Pins
 from quantunlearn.evaluation.cell import CellJob
 from quantunlearn.quantizers import parse_quantizer
+from quantunlearn.study.external import check_before_loading
 from quantunlearn.study.grid import Study
-from quantunlearn.study.runs import run_path
+from quantunlearn.study.runs import is_external, run_path
 from quantunlearn.unlearning.methods import TARGET
 
 
@@ -41,3 +43,15 @@ def diagnostic_job(study: Study, bench: str, run: str, quant: str) -> CellJob:
     """The weight diagnostic of the same wildcards: the run's weights against the target's,
     under the quantizer; it reads no tokenizer and no benchmark data."""
     return replace(cell_job(study, bench, run, quant), tokenizer=None, data_source=None)
+
+
+def pinned_cell(planned: CellJob, pins: Pins) -> CellJob:
+    """What an evaluate or diagnose job runs: ``planned`` with its hub inputs read from their
+    pinned folders (`CellJob.pinned`); an audited checkpoint is first checked against the
+    files planned for (a local folder's content, recorded in the cell's provenance)."""
+    cell = planned.pinned(pins)
+    if is_external(cell.params["method"]):
+        content = cell.cell_config.get("external_content")  # a local folder's, None for a hub id
+        check_before_loading(planned.model, cell.model, cell.target, content)
+        cell.inputs["model"]["content"] = content
+    return cell
